@@ -1,0 +1,167 @@
+//! Per-resident facts and their merge.
+//!
+//! Every field is a max register or a last-writer-wins register with a total
+//! order on (time, event_id), so [`Facts::merge`] is idempotent, commutative
+//! and associative, and `Facts::default()` is its identity. Delivery order,
+//! retries and duplicates therefore cannot change a resident's facts.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Color, Event, EventBody, ScanKind, TestOutcome};
+use crate::time::UnixMicros;
+
+/// How many negative samples are kept: the policy never needs more than the
+/// two latest to decide whether a positive has been cleared.
+pub const NEGATIVES_KEPT: usize = 2;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Facts {
+    /// Latest `sampled_at` of a positive result.
+    pub latest_positive: Option<UnixMicros>,
+    /// The distinct latest negative `sampled_at`s, newest first.
+    pub latest_negatives: [Option<UnixMicros>; NEGATIVES_KEPT],
+    /// Latest `sampled_at` of any result, inconclusive included: "a test is on record".
+    pub latest_test: Option<UnixMicros>,
+    /// The override with the greatest (issued_at, event_id).
+    pub latest_override: Option<OverrideFact>,
+    /// The scan with the greatest (scanned_at, event_id).
+    pub latest_scan: Option<ScanFact>,
+    /// The latest event time folded in (resulted_at, issued_at or scanned_at).
+    pub updated_at: Option<UnixMicros>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OverrideFact {
+    // Field order is the LWW order: derived Ord compares issued_at, then event_id.
+    pub issued_at: UnixMicros,
+    pub event_id: String,
+    pub expires_at: UnixMicros,
+    pub color: Color,
+    pub authority_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ScanFact {
+    // Field order is the LWW order: derived Ord compares scanned_at, then event_id.
+    pub scanned_at: UnixMicros,
+    pub event_id: String,
+    pub site_id: String,
+    pub station_id: String,
+    pub kind: ScanKind,
+}
+
+impl Facts {
+    /// The facts a single event contributes.
+    pub fn from_event(event: &Event) -> Facts {
+        let mut facts = Facts { updated_at: Some(event.occurred_at()), ..Facts::default() };
+        match &event.body {
+            EventBody::Scan { station_id, site_id, kind, scanned_at } => {
+                facts.latest_scan = Some(ScanFact {
+                    scanned_at: *scanned_at,
+                    event_id: event.event_id.clone(),
+                    site_id: site_id.clone(),
+                    station_id: station_id.clone(),
+                    kind: *kind,
+                });
+            }
+            EventBody::TestResult { outcome, sampled_at, .. } => {
+                facts.latest_test = Some(*sampled_at);
+                match outcome {
+                    TestOutcome::Positive => facts.latest_positive = Some(*sampled_at),
+                    TestOutcome::Negative => facts.latest_negatives[0] = Some(*sampled_at),
+                    TestOutcome::Inconclusive => {}
+                }
+            }
+            EventBody::Override { authority_id, color, issued_at, expires_at, .. } => {
+                facts.latest_override = Some(OverrideFact {
+                    issued_at: *issued_at,
+                    event_id: event.event_id.clone(),
+                    expires_at: *expires_at,
+                    color: *color,
+                    authority_id: authority_id.clone(),
+                });
+            }
+        }
+        facts
+    }
+
+    /// Join of two fact sets (the semilattice's least upper bound).
+    pub fn merge(&mut self, other: &Facts) {
+        self.latest_positive = self.latest_positive.max(other.latest_positive);
+        self.latest_test = self.latest_test.max(other.latest_test);
+        self.updated_at = self.updated_at.max(other.updated_at);
+        self.latest_negatives = top_distinct(&self.latest_negatives, &other.latest_negatives);
+        max_register(&mut self.latest_override, &other.latest_override);
+        max_register(&mut self.latest_scan, &other.latest_scan);
+    }
+
+    pub fn merged(mut self, other: &Facts) -> Facts {
+        self.merge(other);
+        self
+    }
+
+    pub fn apply(&mut self, event: &Event) {
+        self.merge(&Facts::from_event(event));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Facts::default()
+    }
+
+    /// The newest negative sample time.
+    pub fn latest_negative(&self) -> Option<UnixMicros> {
+        self.latest_negatives[0]
+    }
+
+    /// The time after which these facts may be forgotten: retention counts
+    /// from the newest fact, so a resident active within the window keeps all.
+    pub fn newest_time(&self) -> Option<UnixMicros> {
+        let override_expiry = self.latest_override.as_ref().map(|o| o.expires_at);
+        [self.updated_at, self.latest_test, override_expiry].into_iter().flatten().max()
+    }
+}
+
+fn max_register<T: Ord + Clone>(mine: &mut Option<T>, theirs: &Option<T>) {
+    if theirs > mine {
+        mine.clone_from(theirs);
+    }
+}
+
+/// The `NEGATIVES_KEPT` largest distinct values of both arrays, newest first.
+fn top_distinct(
+    a: &[Option<UnixMicros>; NEGATIVES_KEPT],
+    b: &[Option<UnixMicros>; NEGATIVES_KEPT],
+) -> [Option<UnixMicros>; NEGATIVES_KEPT] {
+    let mut all: Vec<UnixMicros> = a.iter().chain(b.iter()).flatten().copied().collect();
+    all.sort_unstable_by(|x, y| y.cmp(x));
+    all.dedup();
+    let mut out = [None; NEGATIVES_KEPT];
+    for (slot, t) in out.iter_mut().zip(all) {
+        *slot = Some(t);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Option<UnixMicros> {
+        Some(UnixMicros(s * 1_000_000))
+    }
+
+    #[test]
+    fn negatives_keep_the_two_latest_distinct_samples() {
+        let merged = top_distinct(&[t(5), t(1)], &[t(5), t(3)]);
+        assert_eq!(merged, [t(5), t(3)]);
+        let merged = top_distinct(&[t(2), None], &[None, None]);
+        assert_eq!(merged, [t(2), None]);
+    }
+
+    #[test]
+    fn default_is_the_identity_of_merge() {
+        let facts = Facts { latest_positive: t(4), latest_negatives: [t(9), t(7)], ..Facts::default() };
+        assert_eq!(facts.clone().merged(&Facts::default()), facts);
+        assert_eq!(Facts::default().merged(&facts), facts);
+    }
+}

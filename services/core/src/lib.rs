@@ -1,0 +1,16 @@
+//! healthcode's domain. Facts per resident form a join-semilattice (every
+//! field is a max or a last-writer-wins register), so merging is idempotent,
+//! commutative and associative; the color is computed at read time from the
+//! facts and `now`. Nothing here does I/O.
+
+pub mod event;
+pub mod facts;
+pub mod policy;
+pub mod time;
+pub mod validation;
+
+pub use event::{Color, Event, EventBody, ScanKind, TestKind, TestOutcome};
+pub use facts::{Facts, OverrideFact, ScanFact};
+pub use policy::{Policy, Reason, Status};
+pub use time::UnixMicros;
+pub use validation::{Limits, ValidationError, Validator};

@@ -1,0 +1,310 @@
+//! Wire events to domain events. Every rule names the field it guards, so a
+//! station maker sees exactly what to fix.
+
+use std::time::Duration;
+
+use healthcode_proto::Timestamp;
+use healthcode_proto::v1 as pb;
+
+use crate::event::{Color, Event, EventBody, ScanKind, TestKind, TestOutcome};
+use crate::time::UnixMicros;
+
+pub const MAX_ID_LEN: usize = 64;
+pub const MAX_NOTE_LEN: usize = 1024;
+pub const MAX_BATCH_EVENTS: usize = 1000;
+pub const MAX_LOOKUP_BATCH: usize = 500;
+
+/// A rejected field and the rule it broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct ValidationError {
+    /// Path of the field in the request, e.g. `event.sampled_at`.
+    pub field: String,
+    pub rule: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        ValidationError { field: field.into(), rule: rule.into() }
+    }
+}
+
+/// Bounds that depend on the clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// How far in the future an event time may be (clock skew of stations).
+    pub max_future_skew: Duration,
+    /// How old an event time may be; facts older than this are forgotten.
+    pub retention: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_future_skew: Duration::from_secs(5 * 60), retention: Duration::from_secs(30 * 24 * 3600) }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Validator {
+    pub limits: Limits,
+}
+
+/// The clock rules apply at the edge, when the event arrives; a record read
+/// back from the log later is checked for shape only.
+#[derive(Copy, Clone)]
+enum Clock {
+    At(UnixMicros),
+    Ignore,
+}
+
+impl Validator {
+    pub fn new(limits: Limits) -> Self {
+        Validator { limits }
+    }
+
+    /// Full validation at arrival time `now`. `prefix` is the path of the event
+    /// in the request (`event`, `events[3]`).
+    pub fn validate(&self, event: &pb::Event, prefix: &str, now: UnixMicros) -> Result<Event, ValidationError> {
+        self.check(event, prefix, Clock::At(now))
+    }
+
+    pub fn validate_scan(&self, e: &pb::ScanEvent, prefix: &str, now: UnixMicros) -> Result<Event, ValidationError> {
+        self.scan(e, prefix, Clock::At(now))
+    }
+
+    pub fn validate_test_result(
+        &self,
+        e: &pb::TestResultEvent,
+        prefix: &str,
+        now: UnixMicros,
+    ) -> Result<Event, ValidationError> {
+        self.test_result(e, prefix, Clock::At(now))
+    }
+
+    pub fn validate_override(
+        &self,
+        e: &pb::OverrideEvent,
+        prefix: &str,
+        now: UnixMicros,
+    ) -> Result<Event, ValidationError> {
+        self.override_event(e, prefix, Clock::At(now))
+    }
+
+    /// Shape-only validation of a record already accepted once (read from the log).
+    pub fn decode_record(&self, event: &pb::Event) -> Result<Event, ValidationError> {
+        self.check(event, "record", Clock::Ignore)
+    }
+
+    fn check(&self, event: &pb::Event, prefix: &str, clock: Clock) -> Result<Event, ValidationError> {
+        use pb::event::Kind;
+        match &event.kind {
+            None => Err(ValidationError::new(
+                format!("{prefix}.kind"),
+                "must be set to one of scan, test_result, override_event",
+            )),
+            Some(Kind::Scan(e)) => self.scan(e, &format!("{prefix}.scan"), clock),
+            Some(Kind::TestResult(e)) => self.test_result(e, &format!("{prefix}.test_result"), clock),
+            Some(Kind::OverrideEvent(e)) => self.override_event(e, &format!("{prefix}.override_event"), clock),
+        }
+    }
+
+    fn scan(&self, e: &pb::ScanEvent, p: &str, clock: Clock) -> Result<Event, ValidationError> {
+        let event_id = id(&e.event_id, p, "event_id")?;
+        let resident_id = id(&e.resident_id, p, "resident_id")?;
+        let station_id = id(&e.station_id, p, "station_id")?;
+        let site_id = id(&e.site_id, p, "site_id")?;
+        let kind = match enum_value::<pb::ScanKind>(e.kind, p, "kind")? {
+            pb::ScanKind::VenueEntry => ScanKind::VenueEntry,
+            pb::ScanKind::Checkpoint => ScanKind::Checkpoint,
+            pb::ScanKind::TestSiteArrival => ScanKind::TestSiteArrival,
+            pb::ScanKind::Unspecified => unreachable!("enum_value refuses 0"),
+        };
+        let scanned_at = self.event_time(e.scanned_at.as_ref(), p, "scanned_at", clock)?;
+        Ok(Event { event_id, resident_id, body: EventBody::Scan { station_id, site_id, kind, scanned_at } })
+    }
+
+    fn test_result(&self, e: &pb::TestResultEvent, p: &str, clock: Clock) -> Result<Event, ValidationError> {
+        let event_id = id(&e.event_id, p, "event_id")?;
+        let resident_id = id(&e.resident_id, p, "resident_id")?;
+        let sample_id = id(&e.sample_id, p, "sample_id")?;
+        let lab_id = id(&e.lab_id, p, "lab_id")?;
+        let kind = match enum_value::<pb::TestKind>(e.kind, p, "kind")? {
+            pb::TestKind::Pcr => TestKind::Pcr,
+            pb::TestKind::PcrPooled => TestKind::PcrPooled,
+            pb::TestKind::Antigen => TestKind::Antigen,
+            pb::TestKind::Unspecified => unreachable!("enum_value refuses 0"),
+        };
+        let outcome = match enum_value::<pb::TestOutcome>(e.outcome, p, "outcome")? {
+            pb::TestOutcome::Negative => TestOutcome::Negative,
+            pb::TestOutcome::Positive => TestOutcome::Positive,
+            pb::TestOutcome::Inconclusive => TestOutcome::Inconclusive,
+            pb::TestOutcome::Unspecified => unreachable!("enum_value refuses 0"),
+        };
+        let sampled_at = self.event_time(e.sampled_at.as_ref(), p, "sampled_at", clock)?;
+        let resulted_at = self.event_time(e.resulted_at.as_ref(), p, "resulted_at", clock)?;
+        if resulted_at < sampled_at {
+            return Err(ValidationError::new(format!("{p}.resulted_at"), "must not be before sampled_at"));
+        }
+        Ok(Event {
+            event_id,
+            resident_id,
+            body: EventBody::TestResult { sample_id, lab_id, kind, outcome, sampled_at, resulted_at },
+        })
+    }
+
+    fn override_event(&self, e: &pb::OverrideEvent, p: &str, clock: Clock) -> Result<Event, ValidationError> {
+        let event_id = id(&e.event_id, p, "event_id")?;
+        let resident_id = id(&e.resident_id, p, "resident_id")?;
+        let authority_id = id(&e.authority_id, p, "authority_id")?;
+        let color = match enum_value::<pb::Color>(e.color, p, "color")? {
+            pb::Color::Green => Color::Green,
+            pb::Color::Yellow => Color::Yellow,
+            pb::Color::Red => Color::Red,
+            pb::Color::Unspecified => unreachable!("enum_value refuses 0"),
+        };
+        if e.note.len() > MAX_NOTE_LEN {
+            return Err(ValidationError::new(format!("{p}.note"), format!("must be at most {MAX_NOTE_LEN} bytes")));
+        }
+        let issued_at = self.event_time(e.issued_at.as_ref(), p, "issued_at", clock)?;
+        let expires_at = timestamp(e.expires_at.as_ref(), p, "expires_at")?;
+        if expires_at <= issued_at {
+            return Err(ValidationError::new(format!("{p}.expires_at"), "must be after issued_at"));
+        }
+        Ok(Event {
+            event_id,
+            resident_id,
+            body: EventBody::Override { authority_id, color, note: e.note.clone(), issued_at, expires_at },
+        })
+    }
+
+    /// A timestamp that must be set and, at arrival, lie within
+    /// [now - retention, now + skew].
+    fn event_time(
+        &self,
+        ts: Option<&Timestamp>,
+        p: &str,
+        name: &str,
+        clock: Clock,
+    ) -> Result<UnixMicros, ValidationError> {
+        let t = timestamp(ts, p, name)?;
+        if let Clock::At(now) = clock {
+            if t > now.saturating_add(self.limits.max_future_skew) {
+                return Err(ValidationError::new(
+                    format!("{p}.{name}"),
+                    format!("must not be more than {}s in the future", self.limits.max_future_skew.as_secs()),
+                ));
+            }
+            if t < now.saturating_sub(self.limits.retention) {
+                return Err(ValidationError::new(
+                    format!("{p}.{name}"),
+                    format!("must not be older than the retention window of {}s", self.limits.retention.as_secs()),
+                ));
+            }
+        }
+        Ok(t)
+    }
+}
+
+fn timestamp(ts: Option<&Timestamp>, p: &str, name: &str) -> Result<UnixMicros, ValidationError> {
+    let ts = ts.ok_or_else(|| ValidationError::new(format!("{p}.{name}"), "must be set"))?;
+    UnixMicros::from_timestamp(ts)
+        .ok_or_else(|| ValidationError::new(format!("{p}.{name}"), "must be a valid timestamp between years 1 and 9999"))
+}
+
+fn enum_value<E: TryFrom<i32> + Default + PartialEq>(raw: i32, p: &str, name: &str) -> Result<E, ValidationError> {
+    match E::try_from(raw) {
+        Ok(v) if v != E::default() => Ok(v),
+        Ok(_) => Err(ValidationError::new(format!("{p}.{name}"), "must not be unspecified")),
+        Err(_) => Err(ValidationError::new(format!("{p}.{name}"), format!("unknown value {raw}"))),
+    }
+}
+
+/// Checks an identifier: 1 to 64 characters from `[A-Za-z0-9._:-]`.
+pub fn check_id(value: &str, field: &str) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(ValidationError::new(field, format!("must be at most {MAX_ID_LEN} characters")));
+    }
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')) {
+        return Err(ValidationError::new(field, "must only contain characters from [A-Za-z0-9._:-]"));
+    }
+    Ok(())
+}
+
+fn id(value: &str, p: &str, name: &str) -> Result<String, ValidationError> {
+    check_id(value, &format!("{p}.{name}"))?;
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> UnixMicros {
+        UnixMicros(1_800_000_000_000_000)
+    }
+
+    fn ts(t: UnixMicros) -> Option<Timestamp> {
+        Some(t.to_timestamp())
+    }
+
+    fn good_test() -> pb::TestResultEvent {
+        pb::TestResultEvent {
+            event_id: "e-1".into(),
+            resident_id: "r:1".into(),
+            sample_id: "s.1".into(),
+            lab_id: "lab_1".into(),
+            kind: pb::TestKind::Pcr as i32,
+            outcome: pb::TestOutcome::Negative as i32,
+            sampled_at: ts(now().saturating_sub(Duration::from_secs(3600))),
+            resulted_at: ts(now()),
+        }
+    }
+
+    fn err(e: pb::TestResultEvent) -> ValidationError {
+        Validator::default().validate_test_result(&e, "event", now()).unwrap_err()
+    }
+
+    #[test]
+    fn a_good_event_passes() {
+        let e = Validator::default().validate_test_result(&good_test(), "event", now()).unwrap();
+        assert_eq!(e.resident_id, "r:1");
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        assert_eq!(err(pb::TestResultEvent { event_id: "".into(), ..good_test() }).field, "event.event_id");
+        assert_eq!(err(pb::TestResultEvent { lab_id: "x".repeat(65), ..good_test() }).field, "event.lab_id");
+        assert_eq!(err(pb::TestResultEvent { sample_id: "a b".into(), ..good_test() }).field, "event.sample_id");
+        assert_eq!(err(pb::TestResultEvent { kind: 0, ..good_test() }).field, "event.kind");
+        assert_eq!(err(pb::TestResultEvent { outcome: 42, ..good_test() }).rule, "unknown value 42");
+        assert_eq!(err(pb::TestResultEvent { sampled_at: None, ..good_test() }).field, "event.sampled_at");
+        let early = pb::TestResultEvent { resulted_at: ts(now().saturating_sub(Duration::from_secs(7200))), ..good_test() };
+        assert_eq!(err(early).rule, "must not be before sampled_at");
+    }
+
+    #[test]
+    fn ids_accept_exactly_the_documented_alphabet() {
+        assert!(check_id("Az09._:-", "f").is_ok());
+        assert!(check_id(&"a".repeat(64), "f").is_ok());
+        for bad in ["", "é", "a/b", "a b", "a\0"] {
+            assert!(check_id(bad, "f").is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn clock_rules_apply_only_at_arrival() {
+        let old = pb::Event {
+            kind: Some(pb::event::Kind::TestResult(pb::TestResultEvent {
+                sampled_at: ts(UnixMicros(0)),
+                resulted_at: ts(UnixMicros(1)),
+                ..good_test()
+            })),
+        };
+        let v = Validator::default();
+        assert_eq!(v.validate(&old, "event", now()).unwrap_err().field, "event.test_result.sampled_at");
+        assert!(v.decode_record(&old).is_ok());
+    }
+}

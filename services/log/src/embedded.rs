@@ -1,0 +1,290 @@
+//! The one-machine event log: records in a redb file under the data
+//! directory, one partition, group commit.
+//!
+//! Appends from many concurrent callers are gathered by one writer thread into
+//! a single write transaction, so one fsync acknowledges many events. A record
+//! is visible to consumers only after its transaction committed, so everything
+//! a consumer sees is durable. Records every group has committed are trimmed.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{Delivered, EventLog, LogConsumer, LogError, Position, Record};
+
+const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+const GROUP_OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("group_offsets");
+
+/// Pending appends the writer takes into one transaction at most.
+const MAX_RECORDS_PER_TRANSACTION: usize = 20_000;
+/// Appends that may wait for the writer before callers are slowed down.
+const QUEUE_DEPTH: usize = 4_096;
+
+fn storage<E: Into<redb::Error>>(e: E) -> LogError {
+    LogError::Storage(e.into().to_string())
+}
+
+struct Append {
+    records: Vec<Record>,
+    done: oneshot::Sender<Result<(), LogError>>,
+}
+
+pub struct EmbeddedLog {
+    db: Arc<Database>,
+    appends: Mutex<Option<mpsc::Sender<Append>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// The next offset to be written: every record below it is durable.
+    head: watch::Receiver<u64>,
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) the log in `dir/log.redb`.
+    pub fn open(dir: &Path) -> Result<EmbeddedLog, LogError> {
+        std::fs::create_dir_all(dir).map_err(|e| LogError::Storage(format!("creating {}: {e}", dir.display())))?;
+        let db = Database::create(dir.join("log.redb")).map_err(storage)?;
+        let txn = db.begin_write().map_err(storage)?;
+        let next = {
+            let records = txn.open_table(RECORDS).map_err(storage)?;
+            txn.open_table(GROUP_OFFSETS).map_err(storage)?;
+            let last = records.last().map_err(storage)?;
+            last.map(|(k, _)| k.value() + 1).unwrap_or(0)
+        };
+        txn.commit().map_err(storage)?;
+
+        let db = Arc::new(db);
+        let (head_tx, head) = watch::channel(next);
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer_db = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || write_loop(&writer_db, rx, next, head_tx))
+            .map_err(|e| LogError::Storage(format!("starting the log writer: {e}")))?;
+        Ok(EmbeddedLog { db, appends: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), head })
+    }
+}
+
+fn write_loop(db: &Database, mut rx: mpsc::Receiver<Append>, mut next: u64, head: watch::Sender<u64>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        let mut count = batch[0].records.len();
+        while count < MAX_RECORDS_PER_TRANSACTION {
+            match rx.try_recv() {
+                Ok(a) => {
+                    count += a.records.len();
+                    batch.push(a);
+                }
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let result = write_batch(db, next, &batch);
+        metrics::histogram!("healthcode_log_append_seconds", "log" => "embedded").record(started.elapsed());
+        match result {
+            Ok(()) => {
+                next += count as u64;
+                head.send_replace(next);
+                metrics::counter!("healthcode_log_appended_records_total", "log" => "embedded").increment(count as u64);
+                for a in batch {
+                    let _ = a.done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = count, "event log append failed");
+                for a in batch {
+                    let _ = a.done.send(Err(LogError::Storage(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn write_batch(db: &Database, mut next: u64, batch: &[Append]) -> Result<(), LogError> {
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        let mut table = txn.open_table(RECORDS).map_err(storage)?;
+        let mut buf = Vec::new();
+        for record in batch.iter().flat_map(|a| &a.records) {
+            encode(record, &mut buf);
+            table.insert(next, buf.as_slice()).map_err(storage)?;
+            next += 1;
+        }
+    }
+    txn.commit().map_err(storage)
+}
+
+/// Value layout: key length (u32 LE), key, payload.
+fn encode(record: &Record, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.extend_from_slice(&(record.key.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&record.key);
+    buf.extend_from_slice(&record.payload);
+}
+
+fn decode(value: &[u8]) -> Result<Record, LogError> {
+    let corrupt = || LogError::Storage("corrupt record in the embedded log".into());
+    let len_bytes: [u8; 4] = value.get(..4).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
+    let key_len = u32::from_le_bytes(len_bytes) as usize;
+    let key = value.get(4..4 + key_len).ok_or_else(corrupt)?.to_vec();
+    Ok(Record { key, payload: value[4 + key_len..].to_vec() })
+}
+
+#[async_trait]
+impl EventLog for EmbeddedLog {
+    async fn append(&self, records: Vec<Record>) -> Result<(), LogError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let sender = self.appends.lock().expect("append lock").clone().ok_or(LogError::Closed)?;
+        let (done, ack) = oneshot::channel();
+        sender.send(Append { records, done }).await.map_err(|_| LogError::Closed)?;
+        ack.await.map_err(|_| LogError::Closed)?
+    }
+
+    async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError> {
+        let db = self.db.clone();
+        let group_name = group.to_owned();
+        let committed = tokio::task::spawn_blocking(move || -> Result<u64, LogError> {
+            let txn = db.begin_read().map_err(storage)?;
+            let offsets = txn.open_table(GROUP_OFFSETS).map_err(storage)?;
+            if let Some(offset) = offsets.get(group_name.as_str()).map_err(storage)? {
+                return Ok(offset.value());
+            }
+            // A new group starts at the oldest record still kept.
+            let records = txn.open_table(RECORDS).map_err(storage)?;
+            let first = records.first().map_err(storage)?;
+            Ok(first.map(|(k, _)| k.value()).unwrap_or(0))
+        })
+        .await
+        .map_err(|e| LogError::Storage(e.to_string()))??;
+        Ok(Box::new(EmbeddedConsumer {
+            db: self.db.clone(),
+            group: group.to_owned(),
+            next: committed,
+            committed,
+            head: self.head.clone(),
+        }))
+    }
+
+    async fn close(&self) -> Result<(), LogError> {
+        // Dropping the sender lets the writer finish what is queued and stop.
+        drop(self.appends.lock().expect("append lock").take());
+        let writer = self.writer.lock().expect("writer lock").take();
+        if let Some(writer) = writer {
+            tokio::task::spawn_blocking(move || writer.join())
+                .await
+                .map_err(|e| LogError::Storage(e.to_string()))?
+                .map_err(|_| LogError::Storage("the log writer panicked".into()))?;
+        }
+        Ok(())
+    }
+}
+
+struct EmbeddedConsumer {
+    db: Arc<Database>,
+    group: String,
+    next: u64,
+    committed: u64,
+    head: watch::Receiver<u64>,
+}
+
+#[async_trait]
+impl LogConsumer for EmbeddedConsumer {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivered>, LogError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let head = *self.head.borrow_and_update();
+            if head > self.next {
+                let db = self.db.clone();
+                let (from, to) = (self.next, head.min(self.next + max.max(1) as u64));
+                let delivered = tokio::task::spawn_blocking(move || read_range(&db, from, to))
+                    .await
+                    .map_err(|e| LogError::Storage(e.to_string()))??;
+                if let Some(last) = delivered.last() {
+                    self.next = last.position.offset + 1;
+                } else {
+                    // Everything in range was trimmed by another group's progress.
+                    self.next = to;
+                }
+                return Ok(delivered);
+            }
+            match tokio::time::timeout_at(deadline, self.head.changed()).await {
+                Ok(Ok(())) => continue,
+                // The writer stopped: nothing more will come.
+                Ok(Err(_)) => return Ok(Vec::new()),
+                Err(_) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError> {
+        let Some(upto) = positions.iter().map(|p| p.offset + 1).max() else { return Ok(()) };
+        if upto <= self.committed {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        let group = self.group.clone();
+        tokio::task::spawn_blocking(move || commit_offset(&db, &group, upto))
+            .await
+            .map_err(|e| LogError::Storage(e.to_string()))??;
+        self.committed = upto;
+        Ok(())
+    }
+
+    fn lag(&self) -> Option<u64> {
+        Some(self.head.borrow().saturating_sub(self.committed))
+    }
+}
+
+fn read_range(db: &Database, from: u64, to: u64) -> Result<Vec<Delivered>, LogError> {
+    let txn = db.begin_read().map_err(storage)?;
+    let table = txn.open_table(RECORDS).map_err(storage)?;
+    let mut out = Vec::with_capacity((to - from) as usize);
+    for item in table.range(from..to).map_err(storage)? {
+        let (k, v) = item.map_err(storage)?;
+        out.push(Delivered { position: Position { partition: 0, offset: k.value() }, record: decode(v.value())? });
+    }
+    Ok(out)
+}
+
+fn commit_offset(db: &Database, group: &str, upto: u64) -> Result<(), LogError> {
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        let mut offsets = txn.open_table(GROUP_OFFSETS).map_err(storage)?;
+        offsets.insert(group, upto).map_err(storage)?;
+        // Trim what every group has consumed.
+        let mut min = u64::MAX;
+        for item in offsets.iter().map_err(storage)? {
+            min = min.min(item.map_err(storage)?.1.value());
+        }
+        let mut records = txn.open_table(RECORDS).map_err(storage)?;
+        records.retain_in(..min, |_, _| false).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_encoding_round_trips() {
+        let record = Record { key: b"resident".to_vec(), payload: vec![1, 2, 3] };
+        let mut buf = Vec::new();
+        encode(&record, &mut buf);
+        assert_eq!(decode(&buf).unwrap(), record);
+        let empty = Record { key: vec![], payload: vec![] };
+        encode(&empty, &mut buf);
+        assert_eq!(decode(&buf).unwrap(), empty);
+    }
+
+    #[test]
+    fn truncated_values_are_an_error_not_a_panic() {
+        assert!(decode(&[1, 0]).is_err());
+        assert!(decode(&[9, 0, 0, 0, 1]).is_err());
+    }
+}

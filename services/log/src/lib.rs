@@ -1,0 +1,76 @@
+//! The event log between the edge and the materializer.
+//!
+//! The edge appends and answers ACCEPTED only once [`EventLog::append`]
+//! returned: the records are then durable. The materializer reads through a
+//! [`LogConsumer`] and commits positions only after their facts are in the
+//! store, so delivery is at-least-once; the facts merge makes that enough.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod embedded;
+
+pub use embedded::EmbeddedLog;
+
+/// A record to append: `key` keeps one resident's records together
+/// (one partition on Kafka), `payload` is an encoded `healthcode.v1.Event`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// Where a record sits in the log.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// A record read back from the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    pub position: Position,
+    pub record: Record,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The log cannot take or give records now; retrying later may work.
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
+    /// The log's storage failed.
+    #[error("event log storage error: {0}")]
+    Storage(String),
+    /// The log was closed by this process.
+    #[error("event log is closed")]
+    Closed,
+}
+
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends the records; when this returns `Ok` every one of them is durable.
+    async fn append(&self, records: Vec<Record>) -> Result<(), LogError>;
+
+    /// Opens a consumer in `group`; it resumes after the group's last commit.
+    async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError>;
+
+    /// Finishes pending appends and releases the log; later appends fail with `Closed`.
+    async fn close(&self) -> Result<(), LogError>;
+}
+
+#[async_trait]
+pub trait LogConsumer: Send {
+    /// Up to `max` records after the last one returned; waits up to `wait`
+    /// for the first one and returns an empty batch when none came.
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivered>, LogError>;
+
+    /// Records that everything up to and including `positions` is processed.
+    async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError>;
+
+    /// Records in the log that this group has not committed yet, if known.
+    fn lag(&self) -> Option<u64>;
+}

@@ -1,0 +1,182 @@
+//! The StatusStore conformance suite: one set of checks every adapter must
+//! pass. An adapter's test file provides a [`StoreFactory`] and invokes
+//! [`status_store_conformance!`](crate::status_store_conformance).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use healthcode_core::{Color, Facts, OverrideFact, UnixMicros};
+
+use crate::{FactsUpdate, StatusStore};
+
+/// Opens the store under test. A call after the previous handle was dropped
+/// opens the same data again. Residents are prefixed so that suites sharing a
+/// server do not see each other's rows.
+#[async_trait]
+pub trait StoreFactory: Send + Sync {
+    async fn open(&self) -> Arc<dyn StatusStore>;
+    fn resident(&self, name: &str) -> String;
+}
+
+/// Runs every conformance check as its own test, against a fresh factory each.
+/// `$factory` evaluates to `Option<impl StoreFactory>`; `None` means the
+/// backing server is not configured, and each test says that it skipped.
+#[macro_export]
+macro_rules! status_store_conformance {
+    ($factory:expr) => {
+        $crate::status_store_conformance!(@cases $factory;
+            unknown_residents_have_no_facts,
+            merged_facts_are_read_back,
+            merging_twice_equals_merging_once,
+            merge_order_does_not_matter,
+            many_residents_in_one_merge,
+            facts_survive_reopen,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                match $factory {
+                    Some(factory) => $crate::conformance::$case(&factory).await,
+                    None => eprintln!("SKIPPED {}: store server not configured", stringify!($case)),
+                }
+            }
+        )*
+    };
+}
+
+fn at(secs: i64) -> UnixMicros {
+    UnixMicros(1_800_000_000_000_000 + secs * 1_000_000)
+}
+
+fn negative(secs: i64) -> Facts {
+    Facts {
+        latest_negatives: [Some(at(secs)), None],
+        latest_test: Some(at(secs)),
+        updated_at: Some(at(secs + 60)),
+        ..Facts::default()
+    }
+}
+
+fn positive(secs: i64) -> Facts {
+    Facts { latest_positive: Some(at(secs)), latest_test: Some(at(secs)), updated_at: Some(at(secs)), ..Facts::default() }
+}
+
+fn override_fact(secs: i64, id: &str, color: Color) -> Facts {
+    Facts {
+        latest_override: Some(OverrideFact {
+            issued_at: at(secs),
+            event_id: id.into(),
+            expires_at: at(secs + 3600),
+            color,
+            authority_id: "authority-1".into(),
+        }),
+        updated_at: Some(at(secs)),
+        ..Facts::default()
+    }
+}
+
+fn update(resident: &str, facts: Facts) -> FactsUpdate {
+    FactsUpdate { resident: resident.to_owned(), facts }
+}
+
+pub async fn unknown_residents_have_no_facts(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let known = factory.resident("known");
+    store.merge(vec![update(&known, negative(0))]).await.unwrap();
+    assert_eq!(store.get(&factory.resident("nobody")).await.unwrap(), None);
+    let many = store.get_many(&[factory.resident("nobody"), known.clone(), factory.resident("else")]).await.unwrap();
+    assert_eq!(many, vec![None, Some(negative(0)), None], "answers come in the order asked");
+}
+
+pub async fn merged_facts_are_read_back(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let r = factory.resident("merged");
+    store.merge(vec![update(&r, negative(10))]).await.unwrap();
+    store.merge(vec![update(&r, positive(5)), update(&r, negative(20))]).await.unwrap();
+    let expected = negative(10).merged(&positive(5)).merged(&negative(20));
+    assert_eq!(store.get(&r).await.unwrap(), Some(expected.clone()));
+    assert_eq!(expected.latest_negatives, [Some(at(20)), Some(at(10))]);
+}
+
+pub async fn merging_twice_equals_merging_once(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let r = factory.resident("twice");
+    let facts = positive(1).merged(&override_fact(2, "o-1", Color::Yellow));
+    store.merge(vec![update(&r, facts.clone())]).await.unwrap();
+    store.merge(vec![update(&r, facts.clone()), update(&r, facts.clone())]).await.unwrap();
+    assert_eq!(store.get(&r).await.unwrap(), Some(facts));
+}
+
+pub async fn merge_order_does_not_matter(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let parts = vec![
+        negative(30),
+        positive(10),
+        negative(50),
+        override_fact(40, "o-b", Color::Red),
+        override_fact(40, "o-a", Color::Yellow),
+        negative(40),
+    ];
+    let (forward, backward) = (factory.resident("forward"), factory.resident("backward"));
+    for p in &parts {
+        store.merge(vec![update(&forward, p.clone())]).await.unwrap();
+    }
+    for p in parts.iter().rev() {
+        store.merge(vec![update(&backward, p.clone())]).await.unwrap();
+    }
+    let a = store.get(&forward).await.unwrap().unwrap();
+    let b = store.get(&backward).await.unwrap().unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.latest_negatives, [Some(at(50)), Some(at(40))]);
+    assert_eq!(a.latest_override.unwrap().event_id, "o-b", "ties on issued_at break on event_id");
+}
+
+pub async fn many_residents_in_one_merge(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let residents: Vec<String> = (0..1000).map(|i| factory.resident(&format!("many-{i}"))).collect();
+    let updates = residents.iter().enumerate().map(|(i, r)| update(r, negative(i as i64))).collect();
+    store.merge(updates).await.unwrap();
+    let got = store.get_many(&residents).await.unwrap();
+    for (i, facts) in got.into_iter().enumerate() {
+        assert_eq!(facts, Some(negative(i as i64)), "resident {i}");
+    }
+}
+
+pub async fn facts_survive_reopen(factory: &impl StoreFactory) {
+    let r = factory.resident("durable");
+    let store = factory.open().await;
+    store.merge(vec![update(&r, positive(3))]).await.unwrap();
+    drop(store);
+    let store = factory.open().await;
+    assert_eq!(store.get(&r).await.unwrap(), Some(positive(3)));
+}
+
+/// A factory for the embedded store in a temporary directory.
+pub struct EmbeddedStoreFactory {
+    pub dir: tempfile::TempDir,
+}
+
+impl EmbeddedStoreFactory {
+    pub fn new() -> Self {
+        EmbeddedStoreFactory { dir: tempfile::tempdir().expect("temp dir") }
+    }
+}
+
+impl Default for EmbeddedStoreFactory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl StoreFactory for EmbeddedStoreFactory {
+    async fn open(&self) -> Arc<dyn StatusStore> {
+        Arc::new(crate::EmbeddedStore::open(self.dir.path()).expect("open embedded store"))
+    }
+
+    fn resident(&self, name: &str) -> String {
+        name.to_owned()
+    }
+}

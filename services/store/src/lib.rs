@@ -1,0 +1,42 @@
+//! Where resident facts live. The store only merges and returns facts; the
+//! color is computed by the lookup from the facts and `now`.
+
+use async_trait::async_trait;
+use healthcode_core::Facts;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod embedded;
+
+pub use embedded::EmbeddedStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot answer now (node down, timeout); retrying may work.
+    #[error("status store unavailable: {0}")]
+    Unavailable(String),
+    /// The store's storage failed or holds data it cannot read.
+    #[error("status store storage error: {0}")]
+    Storage(String),
+}
+
+/// Facts to fold into one resident's stored facts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FactsUpdate {
+    /// The resident's key in the store.
+    pub resident: String,
+    pub facts: Facts,
+}
+
+#[async_trait]
+pub trait StatusStore: Send + Sync + 'static {
+    /// Merges each update into the stored facts (a semilattice join, so the
+    /// order and repetition of updates do not matter). Durable when `Ok`.
+    async fn merge(&self, updates: Vec<FactsUpdate>) -> Result<(), StoreError>;
+
+    /// The facts of one resident; `None` when nothing is known.
+    async fn get(&self, resident: &str) -> Result<Option<Facts>, StoreError>;
+
+    /// The facts of many residents, in the order asked.
+    async fn get_many(&self, residents: &[String]) -> Result<Vec<Option<Facts>>, StoreError>;
+}
