@@ -1,0 +1,199 @@
+//! The Ingest service. An event is ACCEPTED only once the event log has it
+//! durably; a retried `event_id` the edge still remembers is answered
+//! DUPLICATE. Forgetting is safe: the facts merge makes a re-append harmless.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use healthcode_core::{Event, UnixMicros, Validator, validation::MAX_BATCH_EVENTS, ValidationError};
+use healthcode_log::{EventLog, LogError, Record};
+use healthcode_proto::Message;
+use healthcode_proto::v1::{self as pb, ingest_server::Ingest};
+use healthcode_rpc::{ServiceError, observe};
+use tonic::{Request, Response, Status};
+
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    /// How many recent event ids the edge remembers to answer DUPLICATE.
+    pub dedup_capacity: u64,
+    /// How long an event id is remembered.
+    pub dedup_ttl: Duration,
+    /// What a station is told to wait before retrying when the log is down.
+    pub retry_after: Duration,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig { dedup_capacity: 500_000, dedup_ttl: Duration::from_secs(24 * 3600), retry_after: Duration::from_millis(500) }
+    }
+}
+
+pub struct EdgeService {
+    log: Arc<dyn EventLog>,
+    validator: Validator,
+    recent: moka::sync::Cache<String, ()>,
+    retry_after: Duration,
+}
+
+impl EdgeService {
+    pub fn new(log: Arc<dyn EventLog>, validator: Validator, config: &EdgeConfig) -> Self {
+        let recent = moka::sync::Cache::builder()
+            .max_capacity(config.dedup_capacity)
+            .time_to_live(config.dedup_ttl)
+            .build();
+        EdgeService { log, validator, recent, retry_after: config.retry_after }
+    }
+
+    /// Appends validated events in one durable append and remembers their ids.
+    async fn append(&self, events: Vec<(Event, pb::Event)>) -> Result<(), ServiceError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let records = events
+            .iter()
+            .map(|(event, wire)| Record { key: event.resident_id.as_bytes().to_vec(), payload: wire.encode_to_vec() })
+            .collect();
+        self.log.append(records).await.map_err(|e| self.log_error(e))?;
+        for (event, _) in &events {
+            self.recent.insert(event.event_id.clone(), ());
+            metrics::counter!("healthcode_ingest_events_total", "kind" => event.kind_label(), "outcome" => "accepted")
+                .increment(1);
+        }
+        Ok(())
+    }
+
+    fn log_error(&self, e: LogError) -> ServiceError {
+        tracing::warn!(error = %e, "event log refused an append");
+        ServiceError::Unavailable { what: "event log", detail: e.to_string(), retry_after: self.retry_after }
+    }
+
+    async fn submit_one(&self, validated: Result<Event, ValidationError>, wire: pb::Event) -> Result<pb::SubmitReply, ServiceError> {
+        let event = validated?;
+        let event_id = event.event_id.clone();
+        if self.recent.contains_key(&event_id) {
+            duplicate(&event);
+            return Ok(pb::SubmitReply { event_id, outcome: pb::Outcome::Duplicate as i32 });
+        }
+        self.append(vec![(event, wire)]).await?;
+        Ok(pb::SubmitReply { event_id, outcome: pb::Outcome::Accepted as i32 })
+    }
+
+    async fn submit_batch(&self, request: pb::SubmitBatchRequest) -> Result<pb::SubmitBatchReply, ServiceError> {
+        if request.events.len() > MAX_BATCH_EVENTS {
+            return Err(ValidationError::new("events", format!("must hold at most {MAX_BATCH_EVENTS} events")).into());
+        }
+        let now = UnixMicros::now();
+        let mut results = Vec::with_capacity(request.events.len());
+        let mut to_append = Vec::new();
+        let mut in_this_batch = HashSet::new();
+        for (i, wire) in request.events.into_iter().enumerate() {
+            match self.validator.validate(&wire, &format!("events[{i}]"), now) {
+                Err(e) => {
+                    metrics::counter!("healthcode_ingest_events_total", "kind" => "unknown", "outcome" => "rejected").increment(1);
+                    results.push(pb::EventResult { event_id: wire_event_id(&wire), outcome: pb::Outcome::Rejected as i32, reason: e.to_string() });
+                }
+                Ok(event) => {
+                    let fresh = !self.recent.contains_key(&event.event_id) && in_this_batch.insert(event.event_id.clone());
+                    let outcome = if fresh { pb::Outcome::Accepted } else { pb::Outcome::Duplicate };
+                    if fresh {
+                        results.push(pb::EventResult { event_id: event.event_id.clone(), outcome: outcome as i32, reason: String::new() });
+                        to_append.push((event, wire));
+                    } else {
+                        duplicate(&event);
+                        results.push(pb::EventResult { event_id: event.event_id, outcome: outcome as i32, reason: String::new() });
+                    }
+                }
+            }
+        }
+        // All or nothing for the valid events: on failure the station retries
+        // the batch, and ids already accepted come back DUPLICATE.
+        self.append(to_append).await?;
+        Ok(pb::SubmitBatchReply { results })
+    }
+}
+
+fn duplicate(event: &Event) {
+    metrics::counter!("healthcode_ingest_events_total", "kind" => event.kind_label(), "outcome" => "duplicate").increment(1);
+}
+
+fn rejected(e: &ServiceError) {
+    if matches!(e, ServiceError::InvalidArgument(_)) {
+        metrics::counter!("healthcode_ingest_events_total", "kind" => "unknown", "outcome" => "rejected").increment(1);
+    }
+}
+
+fn wire_event_id(e: &pb::Event) -> String {
+    use pb::event::Kind;
+    match &e.kind {
+        Some(Kind::Scan(s)) => s.event_id.clone(),
+        Some(Kind::TestResult(t)) => t.event_id.clone(),
+        Some(Kind::OverrideEvent(o)) => o.event_id.clone(),
+        None => String::new(),
+    }
+}
+
+fn required<T>(event: Option<T>) -> Result<T, ServiceError> {
+    event.ok_or_else(|| ValidationError::new("event", "must be set").into())
+}
+
+/// Runs one unary submit and records its metrics.
+fn finish(rpc: &'static str, started: Instant, result: Result<pb::SubmitReply, ServiceError>) -> Result<Response<pb::SubmitReply>, Status> {
+    observe(rpc, started, &result);
+    if let Err(e) = &result {
+        rejected(e);
+    }
+    result.map(Response::new).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl Ingest for EdgeService {
+    async fn submit_scan(&self, request: Request<pb::SubmitScanRequest>) -> Result<Response<pb::SubmitReply>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let e = required(request.into_inner().event)?;
+            let validated = self.validator.validate_scan(&e, "event", UnixMicros::now());
+            self.submit_one(validated, pb::Event { kind: Some(pb::event::Kind::Scan(e)) }).await
+        }
+        .await;
+        finish("SubmitScan", started, result)
+    }
+
+    async fn submit_test_result(
+        &self,
+        request: Request<pb::SubmitTestResultRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let e = required(request.into_inner().event)?;
+            let validated = self.validator.validate_test_result(&e, "event", UnixMicros::now());
+            self.submit_one(validated, pb::Event { kind: Some(pb::event::Kind::TestResult(e)) }).await
+        }
+        .await;
+        finish("SubmitTestResult", started, result)
+    }
+
+    async fn submit_override(
+        &self,
+        request: Request<pb::SubmitOverrideRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let e = required(request.into_inner().event)?;
+            let validated = self.validator.validate_override(&e, "event", UnixMicros::now());
+            self.submit_one(validated, pb::Event { kind: Some(pb::event::Kind::OverrideEvent(e)) }).await
+        }
+        .await;
+        finish("SubmitOverride", started, result)
+    }
+
+    async fn submit_batch(
+        &self,
+        request: Request<pb::SubmitBatchRequest>,
+    ) -> Result<Response<pb::SubmitBatchReply>, Status> {
+        let started = Instant::now();
+        let result = self.submit_batch(request.into_inner()).await;
+        observe("SubmitBatch", started, &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+}

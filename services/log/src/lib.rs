@@ -63,7 +63,7 @@ pub trait EventLog: Send + Sync + 'static {
 }
 
 #[async_trait]
-pub trait LogConsumer: Send {
+pub trait LogConsumer: Send + Sync {
     /// Up to `max` records after the last one returned; waits up to `wait`
     /// for the first one and returns an empty batch when none came.
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivered>, LogError>;

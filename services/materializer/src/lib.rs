@@ -1,0 +1,161 @@
+//! The materializer: reads events from the log, folds each batch into one
+//! facts update per resident, merges them into the store, and only then
+//! commits the log positions. A crash between the merge and the commit
+//! replays the batch, which the facts merge absorbs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use healthcode_core::{Facts, Validator};
+use healthcode_log::{Delivered, LogConsumer, LogError, Position};
+use healthcode_proto::Message;
+use healthcode_proto::v1 as pb;
+use healthcode_store::{FactsUpdate, StatusStore};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug)]
+pub struct MaterializerConfig {
+    /// Most records folded into one store write.
+    pub batch_size: usize,
+    /// How long one poll waits for records.
+    pub poll_wait: Duration,
+    /// Upper bound of the backoff between store retries.
+    pub max_retry_delay: Duration,
+}
+
+impl Default for MaterializerConfig {
+    fn default() -> Self {
+        MaterializerConfig { batch_size: 2_000, poll_wait: Duration::from_millis(200), max_retry_delay: Duration::from_secs(5) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaterializerError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+pub struct Materializer {
+    consumer: Box<dyn LogConsumer>,
+    store: Arc<dyn StatusStore>,
+    validator: Validator,
+    config: MaterializerConfig,
+}
+
+/// What one batch folded into: updates per resident plus records skipped.
+#[derive(Debug, Default, PartialEq)]
+pub struct Folded {
+    pub updates: Vec<FactsUpdate>,
+    pub events: usize,
+    pub undecodable: usize,
+}
+
+/// Folds a batch of log records into one facts update per resident. Records
+/// that do not decode are counted and skipped, never allowed to stall the log.
+pub fn fold(batch: &[Delivered], validator: &Validator) -> Folded {
+    let mut per_resident: HashMap<String, Facts> = HashMap::new();
+    let mut folded = Folded::default();
+    for delivered in batch {
+        let event = pb::Event::decode(delivered.record.payload.as_slice())
+            .map_err(|e| e.to_string())
+            .and_then(|wire| validator.decode_record(&wire).map_err(|e| e.to_string()));
+        match event {
+            Ok(event) => {
+                per_resident.entry(event.resident_id.clone()).or_default().apply(&event);
+                folded.events += 1;
+            }
+            Err(reason) => {
+                folded.undecodable += 1;
+                tracing::error!(
+                    partition = delivered.position.partition,
+                    offset = delivered.position.offset,
+                    reason,
+                    "skipping an undecodable log record"
+                );
+            }
+        }
+    }
+    folded.updates = per_resident.into_iter().map(|(resident, facts)| FactsUpdate { resident, facts }).collect();
+    folded
+}
+
+impl Materializer {
+    pub fn new(
+        consumer: Box<dyn LogConsumer>,
+        store: Arc<dyn StatusStore>,
+        validator: Validator,
+        config: MaterializerConfig,
+    ) -> Self {
+        Materializer { consumer, store, validator, config }
+    }
+
+    /// Runs until `shutdown` is cancelled; the batch in hand is finished
+    /// (merged and committed) unless the store is failing at that moment.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), MaterializerError> {
+        while !shutdown.is_cancelled() {
+            let batch = tokio::select! {
+                batch = self.consumer.poll(self.config.batch_size, self.config.poll_wait) => batch?,
+                _ = shutdown.cancelled() => break,
+            };
+            if let Some(lag) = self.consumer.lag() {
+                metrics::gauge!("healthcode_materializer_lag_records").set(lag as f64);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            if !self.apply(&batch, &shutdown).await {
+                break;
+            }
+            let positions: Vec<Position> = batch.iter().map(|d| d.position).collect();
+            self.consumer.commit(&last_per_partition(&positions)).await?;
+            if let Some(lag) = self.consumer.lag() {
+                metrics::gauge!("healthcode_materializer_lag_records").set(lag as f64);
+            }
+        }
+        tracing::info!("materializer stopped");
+        Ok(())
+    }
+
+    /// Merges the batch into the store, retrying with backoff. Returns false
+    /// when shutdown interrupted the retries (the batch will be replayed).
+    async fn apply(&self, batch: &[Delivered], shutdown: &CancellationToken) -> bool {
+        let started = Instant::now();
+        let folded = fold(batch, &self.validator);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(self.config.max_retry_delay)
+            .with_jitter()
+            .without_max_times();
+        let merge = (|| self.store.merge(folded.updates.clone()))
+            .retry(backoff)
+            .notify(|e, wait| {
+                metrics::counter!("healthcode_materializer_store_retries_total").increment(1);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "store merge failed, retrying");
+            });
+        tokio::select! {
+            result = merge => {
+                if let Err(e) = result {
+                    // Unreachable with unlimited retries; keep the batch for replay.
+                    tracing::error!(error = %e, "store merge gave up");
+                    return false;
+                }
+            }
+            _ = shutdown.cancelled() => return false,
+        }
+        metrics::counter!("healthcode_materializer_events_total", "result" => "applied").increment(folded.events as u64);
+        metrics::counter!("healthcode_materializer_events_total", "result" => "undecodable").increment(folded.undecodable as u64);
+        metrics::histogram!("healthcode_materializer_batch_seconds").record(started.elapsed());
+        true
+    }
+}
+
+/// The highest position of each partition: what a commit needs.
+fn last_per_partition(positions: &[Position]) -> Vec<Position> {
+    let mut last: HashMap<u32, Position> = HashMap::new();
+    for p in positions {
+        last.entry(p.partition).and_modify(|q| *q = (*q).max(*p)).or_insert(*p);
+    }
+    last.into_values().collect()
+}

@@ -1,0 +1,93 @@
+//! The single place where service errors become gRPC status codes.
+
+use std::time::{Duration, Instant};
+
+use healthcode_core::ValidationError;
+use tonic::{Code, Status};
+
+/// Metadata key telling a client how long to wait before retrying.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+/// Metadata key naming the rejected field of an INVALID_ARGUMENT.
+pub const INVALID_FIELD: &str = "invalid-field";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    InvalidArgument(#[from] ValidationError),
+    /// A dependency (log, store) cannot serve now; the client should retry.
+    #[error("{what} unavailable: {detail}")]
+    Unavailable { what: &'static str, detail: String, retry_after: Duration },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    pub fn code(&self) -> Code {
+        match self {
+            ServiceError::InvalidArgument(_) => Code::InvalidArgument,
+            ServiceError::Unavailable { .. } => Code::Unavailable,
+            ServiceError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(err: ServiceError) -> Status {
+        let mut status = Status::new(err.code(), err.to_string());
+        let metadata = status.metadata_mut();
+        match &err {
+            ServiceError::InvalidArgument(v) => {
+                if let Ok(value) = v.field.parse() {
+                    metadata.insert(INVALID_FIELD, value);
+                }
+            }
+            ServiceError::Unavailable { retry_after, .. } => {
+                metadata.insert(RETRY_AFTER_MS, retry_after.as_millis().to_string().parse().expect("digits"));
+            }
+            ServiceError::Internal(_) => {}
+        }
+        status
+    }
+}
+
+/// Records one finished RPC: `healthcode_grpc_requests_total{rpc, code}` and
+/// `healthcode_grpc_request_seconds{rpc}`. `rpc` must be a static method name.
+pub fn observe<T>(rpc: &'static str, started: Instant, result: &Result<T, ServiceError>) {
+    let code = match result {
+        Ok(_) => Code::Ok,
+        Err(e) => e.code(),
+    };
+    metrics::counter!("healthcode_grpc_requests_total", "rpc" => rpc, "code" => code_label(code)).increment(1);
+    metrics::histogram!("healthcode_grpc_request_seconds", "rpc" => rpc).record(started.elapsed());
+}
+
+fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::Internal => "INTERNAL",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_the_field() {
+        let status = Status::from(ServiceError::from(ValidationError::new("event.sampled_at", "must be set")));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "event.sampled_at: must be set");
+        assert_eq!(status.metadata().get(INVALID_FIELD).unwrap(), "event.sampled_at");
+    }
+
+    #[test]
+    fn unavailable_carries_retry_after() {
+        let err = ServiceError::Unavailable { what: "event log", detail: "down".into(), retry_after: Duration::from_millis(250) };
+        let status = Status::from(err);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.metadata().get(RETRY_AFTER_MS).unwrap(), "250");
+    }
+}
