@@ -1,0 +1,198 @@
+//! Assembles roles into a running process: opens the log and store, starts
+//! the gRPC server (health and reflection included), the materializer and
+//! the admin server, and stops them in order on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use healthcode_core::Validator;
+use healthcode_edge::{EdgeConfig, EdgeService};
+use healthcode_log::{EmbeddedLog, EventLog};
+use healthcode_lookup::{LookupConfig, LookupService};
+use healthcode_materializer::{Materializer, MaterializerConfig};
+use healthcode_proto::v1::ingest_server::IngestServer;
+use healthcode_proto::v1::lookup_server::LookupServer;
+use healthcode_store::{EmbeddedStore, StatusStore};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+use crate::admin::{self, Readiness};
+use crate::config::{LogBackend, Settings, StoreBackend};
+use crate::telemetry;
+
+/// The consumer group the materializers share.
+pub const MATERIALIZER_GROUP: &str = "materializer";
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Edge, materializer and lookup in one process.
+    Up,
+    Edge,
+    Materializer,
+    Lookup,
+}
+
+impl Role {
+    fn edge(self) -> bool {
+        matches!(self, Role::Up | Role::Edge)
+    }
+    fn materializer(self) -> bool {
+        matches!(self, Role::Up | Role::Materializer)
+    }
+    fn lookup(self) -> bool {
+        matches!(self, Role::Up | Role::Lookup)
+    }
+}
+
+/// A running process; dropping it does not stop it, [`App::stop`] does.
+pub struct App {
+    /// Where gRPC listens; `None` for the materializer role.
+    pub grpc_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    supervisor: JoinHandle<anyhow::Result<()>>,
+}
+
+fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
+    match settings.log {
+        LogBackend::Embedded => {
+            let dir = settings.data_dir.join("log");
+            Ok(Arc::new(EmbeddedLog::open(&dir).with_context(|| format!("opening the event log in {}", dir.display()))?))
+        }
+    }
+}
+
+fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn StatusStore>> {
+    match settings.store {
+        StoreBackend::Embedded => {
+            let dir = settings.data_dir.join("store");
+            Ok(Arc::new(EmbeddedStore::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))?))
+        }
+    }
+}
+
+impl App {
+    pub async fn start(role: Role, settings: Settings) -> anyhow::Result<App> {
+        let metrics = telemetry::metrics();
+        let shutdown = CancellationToken::new();
+        let readiness = Readiness::default();
+
+        let admin_listener = TcpListener::bind(settings.admin_addr)
+            .await
+            .with_context(|| format!("binding the admin address {}", settings.admin_addr))?;
+        let admin_addr = admin_listener.local_addr()?;
+        let grpc_listener = if role.edge() || role.lookup() {
+            Some(
+                TcpListener::bind(settings.grpc_addr)
+                    .await
+                    .with_context(|| format!("binding the gRPC address {}", settings.grpc_addr))?,
+            )
+        } else {
+            None
+        };
+        let grpc_addr = grpc_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+
+        let log = if role.edge() || role.materializer() { Some(open_log(&settings)?) } else { None };
+        let store = if role.materializer() || role.lookup() { Some(open_store(&settings)?) } else { None };
+        let validator = Validator::new(settings.limits.clone());
+
+        let materializer = match (&log, &store) {
+            (Some(log), Some(store)) if role.materializer() => {
+                let consumer = log.consumer(MATERIALIZER_GROUP).await?;
+                let config = MaterializerConfig { batch_size: settings.materializer_batch, ..MaterializerConfig::default() };
+                let run = Materializer::new(consumer, store.clone(), validator.clone(), config).run(shutdown.clone());
+                let stop = shutdown.clone();
+                Some(tokio::spawn(async move {
+                    let result = run.await;
+                    stop.cancel();
+                    result.context("materializer failed")
+                }))
+            }
+            _ => None,
+        };
+
+        let grpc = match grpc_listener {
+            Some(listener) => {
+                let (reporter, health) = tonic_health::server::health_reporter();
+                let ingest = match &log {
+                    Some(log) if role.edge() => {
+                        reporter.set_serving::<IngestServer<EdgeService>>().await;
+                        let edge_config = EdgeConfig { dedup_capacity: settings.dedup_capacity, ..EdgeConfig::default() };
+                        Some(IngestServer::new(EdgeService::new(log.clone(), validator.clone(), &edge_config)))
+                    }
+                    _ => None,
+                };
+                let lookup = match &store {
+                    Some(store) if role.lookup() => {
+                        reporter.set_serving::<LookupServer<LookupService>>().await;
+                        let config = LookupConfig { budget: settings.lookup_budget, ..LookupConfig::default() };
+                        Some(LookupServer::new(LookupService::new(store.clone(), settings.policy.clone(), config)))
+                    }
+                    _ => None,
+                };
+                let reflection = tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(healthcode_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .build_v1()?;
+                let server = tonic::transport::Server::builder()
+                    .add_service(health)
+                    .add_service(reflection)
+                    .add_optional_service(ingest)
+                    .add_optional_service(lookup);
+                let stop = shutdown.clone();
+                let signal = async move {
+                    stop.cancelled().await;
+                    // Tell load balancers first, then drain in-flight calls.
+                    reporter.set_service_status("", ServingStatus::NotServing).await;
+                };
+                let stop = shutdown.clone();
+                Some(tokio::spawn(async move {
+                    let result = server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal).await;
+                    stop.cancel();
+                    result.context("gRPC server failed")
+                }))
+            }
+            None => None,
+        };
+
+        let admin = tokio::spawn(admin::serve(admin_listener, metrics, readiness.clone(), shutdown.clone()));
+        readiness.set(true);
+
+        let stop = shutdown.clone();
+        let supervisor = tokio::spawn(async move {
+            stop.cancelled().await;
+            readiness.set(false);
+            tracing::info!("shutting down: draining calls, finishing the batch in hand, flushing the log");
+            let mut result = Ok(());
+            if let Some(grpc) = grpc {
+                result = result.and(grpc.await?);
+            }
+            if let Some(materializer) = materializer {
+                result = result.and(materializer.await?);
+            }
+            if let Some(log) = log {
+                log.close().await.context("closing the event log")?;
+            }
+            admin.await?.context("admin server failed")?;
+            tracing::info!("shutdown complete");
+            result
+        });
+        Ok(App { grpc_addr, admin_addr, shutdown, supervisor })
+    }
+
+    /// Resolves when the process stopped by itself (a component failed) or
+    /// was asked to stop.
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await
+    }
+
+    /// Graceful stop: no new calls, in-flight calls finish, the log is flushed.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.supervisor.await?
+    }
+}

@@ -1,0 +1,72 @@
+//! Dispatch of the command line to the serving roles and client verbs.
+
+use std::process::ExitCode;
+
+use crate::app::{App, Role};
+use crate::config::{Cli, Command, ServeArgs};
+use crate::{client, telemetry};
+
+pub async fn run(cli: Cli) -> ExitCode {
+    telemetry::init_tracing(cli.log_format);
+    let outcome = match cli.command {
+        Command::Up(args) => return serve(Role::Up, args).await,
+        Command::Edge(args) => return serve(Role::Edge, args).await,
+        Command::Materializer(args) => return serve(Role::Materializer, args).await,
+        Command::Lookup(args) => return serve(Role::Lookup, args).await,
+        Command::Scan(args) => client::scan(args).await,
+        Command::Test(args) => client::test(args).await,
+        Command::Override(args) => client::override_event(args).await,
+        Command::Status(args) => client::status(args).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("healthcode: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(role: Role, args: ServeArgs) -> ExitCode {
+    let settings = match args.resolve() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("healthcode: invalid configuration: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let data_dir = settings.data_dir.display().to_string();
+    let app = match App::start(role, settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("healthcode: cannot start: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        role = ?role,
+        grpc_addr = app.grpc_addr.map(|a| a.to_string()),
+        admin_addr = %app.admin_addr,
+        data_dir,
+        "healthcode is serving"
+    );
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = app.stopped() => {}
+    }
+    match app.stop().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("healthcode: stopped with an error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,204 @@
+//! Command line, environment and config file. Precedence: flag, then
+//! environment variable, then config file, then default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use healthcode_core::{Limits, Policy};
+use serde::Deserialize;
+
+#[derive(Parser, Debug)]
+#[command(name = "healthcode", version, about = "Health codes that stay up on the worst day.")]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, env = "HEALTHCODE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Runs edge, materializer and lookup in one process on the embedded log and store.
+    Up(ServeArgs),
+    /// Runs the Ingest service only.
+    Edge(ServeArgs),
+    /// Runs the materializer only (log -> facts in the store).
+    Materializer(ServeArgs),
+    /// Runs the Lookup service only.
+    Lookup(ServeArgs),
+    /// Submits a scan (as a scanning station would).
+    Scan(crate::client::ScanArgs),
+    /// Submits a test result (as a lab would).
+    Test(crate::client::TestArgs),
+    /// Submits an authority override.
+    Override(crate::client::OverrideArgs),
+    /// Shows residents' current health codes.
+    Status(crate::client::StatusArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogBackend {
+    /// redb file under the data directory (one process).
+    Embedded,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// redb file under the data directory (one process).
+    Embedded,
+}
+
+/// Settings of the serving commands. Every field is optional here so that the
+/// layers (flag, env, file) can be merged; [`Settings`] holds the result.
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (keys as the flags, with underscores).
+    #[arg(long, env = "HEALTHCODE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address (Ingest and Lookup share it) [default: 127.0.0.1:50051]
+    #[arg(long, env = "HEALTHCODE_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Admin HTTP address: /metrics, /live, /ready [default: 127.0.0.1:9090]
+    #[arg(long, env = "HEALTHCODE_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    /// Where the embedded log and store keep their files [default: ./data]
+    #[arg(long, env = "HEALTHCODE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Event log backend [default: embedded]
+    #[arg(long, env = "HEALTHCODE_LOG", value_enum)]
+    pub log: Option<LogBackend>,
+    /// Facts store backend [default: embedded]
+    #[arg(long, env = "HEALTHCODE_STORE", value_enum)]
+    pub store: Option<StoreBackend>,
+    /// How long a negative sample keeps a resident green [default: 48h]
+    #[arg(long, env = "HEALTHCODE_NEGATIVE_VALIDITY", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub negative_validity: Option<Duration>,
+    /// Negative samples after the latest positive needed to clear red, 1 or 2 [default: 2]
+    #[arg(long, env = "HEALTHCODE_NEGATIVES_TO_CLEAR")]
+    pub negatives_to_clear: Option<usize>,
+    /// How far in the future an event time may lie (clock skew) [default: 5m]
+    #[arg(long, env = "HEALTHCODE_MAX_FUTURE_SKEW", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Option<Duration>,
+    /// Retention window: older events are refused [default: 30days]
+    #[arg(long, env = "HEALTHCODE_RETENTION", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// Server-side time budget of one lookup [default: 50ms]
+    #[arg(long, env = "HEALTHCODE_LOOKUP_BUDGET", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub lookup_budget: Option<Duration>,
+    /// Recent event ids the edge remembers for DUPLICATE answers [default: 500000]
+    #[arg(long, env = "HEALTHCODE_DEDUP_CAPACITY")]
+    pub dedup_capacity: Option<u64>,
+    /// Most log records folded into one store write [default: 2000]
+    #[arg(long, env = "HEALTHCODE_MATERIALIZER_BATCH")]
+    pub materializer_batch: Option<usize>,
+}
+
+/// Resolved settings of a serving process.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: LogBackend,
+    pub store: StoreBackend,
+    pub policy: Policy,
+    pub limits: Limits,
+    pub lookup_budget: Duration,
+    pub dedup_capacity: u64,
+    pub materializer_batch: usize,
+}
+
+impl Settings {
+    /// Defaults for a process on `data_dir` with OS-chosen ports (tests).
+    pub fn ephemeral(data_dir: &Path) -> Settings {
+        let mut s = ServeArgs::default().resolve_with(ServeArgs::default()).expect("defaults are valid");
+        s.grpc_addr = "127.0.0.1:0".parse().expect("address");
+        s.admin_addr = "127.0.0.1:0".parse().expect("address");
+        s.data_dir = data_dir.to_owned();
+        s
+    }
+}
+
+impl ServeArgs {
+    /// Merges flags and environment (self) over the config file over defaults.
+    pub fn resolve(self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => ServeArgs::default(),
+        };
+        self.resolve_with(file)
+    }
+
+    fn resolve_with(self, file: ServeArgs) -> anyhow::Result<Settings> {
+        let default_policy = Policy::default();
+        let default_limits = Limits::default();
+        let policy = Policy::new(
+            self.negative_validity.or(file.negative_validity).unwrap_or(default_policy.negative_validity),
+            self.negatives_to_clear.or(file.negatives_to_clear).unwrap_or(default_policy.negatives_to_clear),
+        )?;
+        let materializer_batch = self.materializer_batch.or(file.materializer_batch).unwrap_or(2_000);
+        anyhow::ensure!(materializer_batch > 0, "materializer_batch must be at least 1");
+        Ok(Settings {
+            grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(([127, 0, 0, 1], 50051).into()),
+            admin_addr: self.admin_addr.or(file.admin_addr).unwrap_or(([127, 0, 0, 1], 9090).into()),
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
+            log: self.log.or(file.log).unwrap_or(LogBackend::Embedded),
+            store: self.store.or(file.store).unwrap_or(StoreBackend::Embedded),
+            policy,
+            limits: Limits {
+                max_future_skew: self.max_future_skew.or(file.max_future_skew).unwrap_or(default_limits.max_future_skew),
+                retention: self.retention.or(file.retention).unwrap_or(default_limits.retention),
+            },
+            lookup_budget: self.lookup_budget.or(file.lookup_budget).unwrap_or(Duration::from_millis(50)),
+            dedup_capacity: self.dedup_capacity.or(file.dedup_capacity).unwrap_or(500_000),
+            materializer_batch,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let file: ServeArgs = toml::from_str(
+            "grpc_addr = \"127.0.0.1:7000\"\nnegative_validity = \"24h\"\ndata_dir = \"/var/lib/healthcode\"",
+        )
+        .unwrap();
+        let flags = ServeArgs { grpc_addr: Some("127.0.0.1:8000".parse().unwrap()), ..ServeArgs::default() };
+        let s = flags.resolve_with(file).unwrap();
+        assert_eq!(s.grpc_addr, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(s.policy.negative_validity, Duration::from_secs(24 * 3600));
+        assert_eq!(s.data_dir, PathBuf::from("/var/lib/healthcode"));
+        assert_eq!(s.admin_addr, "127.0.0.1:9090".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<ServeArgs>("grpc_adr = \"x\"").is_err());
+        let bad = ServeArgs { negatives_to_clear: Some(3), ..ServeArgs::default() };
+        assert!(bad.resolve_with(ServeArgs::default()).is_err());
+    }
+}
