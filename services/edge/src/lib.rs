@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use healthcode_core::{Event, UnixMicros, Validator, validation::MAX_BATCH_EVENTS, ValidationError};
+use healthcode_core::{
+    Event, UnixMicros, ValidationError, Validator, validation::MAX_BATCH_EVENTS,
+};
 use healthcode_log::{EventLog, LogError, Record};
 use healthcode_proto::Message;
 use healthcode_proto::v1::{self as pb, ingest_server::Ingest};
@@ -25,7 +27,11 @@ pub struct EdgeConfig {
 
 impl Default for EdgeConfig {
     fn default() -> Self {
-        EdgeConfig { dedup_capacity: 500_000, dedup_ttl: Duration::from_secs(24 * 3600), retry_after: Duration::from_millis(500) }
+        EdgeConfig {
+            dedup_capacity: 500_000,
+            dedup_ttl: Duration::from_secs(24 * 3600),
+            retry_after: Duration::from_millis(500),
+        }
     }
 }
 
@@ -42,7 +48,12 @@ impl EdgeService {
             .max_capacity(config.dedup_capacity)
             .time_to_live(config.dedup_ttl)
             .build();
-        EdgeService { log, validator, recent, retry_after: config.retry_after }
+        EdgeService {
+            log,
+            validator,
+            recent,
+            retry_after: config.retry_after,
+        }
     }
 
     /// Appends validated events in one durable append and remembers their ids.
@@ -52,9 +63,15 @@ impl EdgeService {
         }
         let records = events
             .iter()
-            .map(|(event, wire)| Record { key: event.resident_id.as_bytes().to_vec(), payload: wire.encode_to_vec() })
+            .map(|(event, wire)| Record {
+                key: event.resident_id.as_bytes().to_vec(),
+                payload: wire.encode_to_vec(),
+            })
             .collect();
-        self.log.append(records).await.map_err(|e| self.log_error(e))?;
+        self.log
+            .append(records)
+            .await
+            .map_err(|e| self.log_error(e))?;
         for (event, _) in &events {
             self.recent.insert(event.event_id.clone(), ());
             metrics::counter!("healthcode_ingest_events_total", "kind" => event.kind_label(), "outcome" => "accepted")
@@ -65,23 +82,44 @@ impl EdgeService {
 
     fn log_error(&self, e: LogError) -> ServiceError {
         tracing::warn!(error = %e, "event log refused an append");
-        ServiceError::Unavailable { what: "event log", detail: e.to_string(), retry_after: self.retry_after }
+        ServiceError::Unavailable {
+            what: "event log",
+            detail: e.to_string(),
+            retry_after: self.retry_after,
+        }
     }
 
-    async fn submit_one(&self, validated: Result<Event, ValidationError>, wire: pb::Event) -> Result<pb::SubmitReply, ServiceError> {
+    async fn submit_one(
+        &self,
+        validated: Result<Event, ValidationError>,
+        wire: pb::Event,
+    ) -> Result<pb::SubmitReply, ServiceError> {
         let event = validated?;
         let event_id = event.event_id.clone();
         if self.recent.contains_key(&event_id) {
             duplicate(&event);
-            return Ok(pb::SubmitReply { event_id, outcome: pb::Outcome::Duplicate as i32 });
+            return Ok(pb::SubmitReply {
+                event_id,
+                outcome: pb::Outcome::Duplicate as i32,
+            });
         }
         self.append(vec![(event, wire)]).await?;
-        Ok(pb::SubmitReply { event_id, outcome: pb::Outcome::Accepted as i32 })
+        Ok(pb::SubmitReply {
+            event_id,
+            outcome: pb::Outcome::Accepted as i32,
+        })
     }
 
-    async fn submit_batch(&self, request: pb::SubmitBatchRequest) -> Result<pb::SubmitBatchReply, ServiceError> {
+    async fn submit_batch(
+        &self,
+        request: pb::SubmitBatchRequest,
+    ) -> Result<pb::SubmitBatchReply, ServiceError> {
         if request.events.len() > MAX_BATCH_EVENTS {
-            return Err(ValidationError::new("events", format!("must hold at most {MAX_BATCH_EVENTS} events")).into());
+            return Err(ValidationError::new(
+                "events",
+                format!("must hold at most {MAX_BATCH_EVENTS} events"),
+            )
+            .into());
         }
         let now = UnixMicros::now();
         let mut results = Vec::with_capacity(request.events.len());
@@ -91,17 +129,34 @@ impl EdgeService {
             match self.validator.validate(&wire, &format!("events[{i}]"), now) {
                 Err(e) => {
                     metrics::counter!("healthcode_ingest_events_total", "kind" => "unknown", "outcome" => "rejected").increment(1);
-                    results.push(pb::EventResult { event_id: wire_event_id(&wire), outcome: pb::Outcome::Rejected as i32, reason: e.to_string() });
+                    results.push(pb::EventResult {
+                        event_id: wire_event_id(&wire),
+                        outcome: pb::Outcome::Rejected as i32,
+                        reason: e.to_string(),
+                    });
                 }
                 Ok(event) => {
-                    let fresh = !self.recent.contains_key(&event.event_id) && in_this_batch.insert(event.event_id.clone());
-                    let outcome = if fresh { pb::Outcome::Accepted } else { pb::Outcome::Duplicate };
+                    let fresh = !self.recent.contains_key(&event.event_id)
+                        && in_this_batch.insert(event.event_id.clone());
+                    let outcome = if fresh {
+                        pb::Outcome::Accepted
+                    } else {
+                        pb::Outcome::Duplicate
+                    };
                     if fresh {
-                        results.push(pb::EventResult { event_id: event.event_id.clone(), outcome: outcome as i32, reason: String::new() });
+                        results.push(pb::EventResult {
+                            event_id: event.event_id.clone(),
+                            outcome: outcome as i32,
+                            reason: String::new(),
+                        });
                         to_append.push((event, wire));
                     } else {
                         duplicate(&event);
-                        results.push(pb::EventResult { event_id: event.event_id, outcome: outcome as i32, reason: String::new() });
+                        results.push(pb::EventResult {
+                            event_id: event.event_id,
+                            outcome: outcome as i32,
+                            reason: String::new(),
+                        });
                     }
                 }
             }
@@ -138,7 +193,11 @@ fn required<T>(event: Option<T>) -> Result<T, ServiceError> {
 }
 
 /// Runs one unary submit and records its metrics.
-fn finish(rpc: &'static str, started: Instant, result: Result<pb::SubmitReply, ServiceError>) -> Result<Response<pb::SubmitReply>, Status> {
+fn finish(
+    rpc: &'static str,
+    started: Instant,
+    result: Result<pb::SubmitReply, ServiceError>,
+) -> Result<Response<pb::SubmitReply>, Status> {
     observe(rpc, started, &result);
     if let Err(e) = &result {
         rejected(e);
@@ -148,12 +207,21 @@ fn finish(rpc: &'static str, started: Instant, result: Result<pb::SubmitReply, S
 
 #[tonic::async_trait]
 impl Ingest for EdgeService {
-    async fn submit_scan(&self, request: Request<pb::SubmitScanRequest>) -> Result<Response<pb::SubmitReply>, Status> {
+    async fn submit_scan(
+        &self,
+        request: Request<pb::SubmitScanRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
         let started = Instant::now();
         let result = async {
             let e = required(request.into_inner().event)?;
             let validated = self.validator.validate_scan(&e, "event", UnixMicros::now());
-            self.submit_one(validated, pb::Event { kind: Some(pb::event::Kind::Scan(e)) }).await
+            self.submit_one(
+                validated,
+                pb::Event {
+                    kind: Some(pb::event::Kind::Scan(e)),
+                },
+            )
+            .await
         }
         .await;
         finish("SubmitScan", started, result)
@@ -166,8 +234,16 @@ impl Ingest for EdgeService {
         let started = Instant::now();
         let result = async {
             let e = required(request.into_inner().event)?;
-            let validated = self.validator.validate_test_result(&e, "event", UnixMicros::now());
-            self.submit_one(validated, pb::Event { kind: Some(pb::event::Kind::TestResult(e)) }).await
+            let validated = self
+                .validator
+                .validate_test_result(&e, "event", UnixMicros::now());
+            self.submit_one(
+                validated,
+                pb::Event {
+                    kind: Some(pb::event::Kind::TestResult(e)),
+                },
+            )
+            .await
         }
         .await;
         finish("SubmitTestResult", started, result)
@@ -180,8 +256,16 @@ impl Ingest for EdgeService {
         let started = Instant::now();
         let result = async {
             let e = required(request.into_inner().event)?;
-            let validated = self.validator.validate_override(&e, "event", UnixMicros::now());
-            self.submit_one(validated, pb::Event { kind: Some(pb::event::Kind::OverrideEvent(e)) }).await
+            let validated = self
+                .validator
+                .validate_override(&e, "event", UnixMicros::now());
+            self.submit_one(
+                validated,
+                pb::Event {
+                    kind: Some(pb::event::Kind::OverrideEvent(e)),
+                },
+            )
+            .await
         }
         .await;
         finish("SubmitOverride", started, result)

@@ -46,7 +46,10 @@ const GROUP: &str = "conformance";
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn record(key: &str, n: usize) -> Record {
-    Record { key: key.as_bytes().to_vec(), payload: format!("{key}/{n}").into_bytes() }
+    Record {
+        key: key.as_bytes().to_vec(),
+        payload: format!("{key}/{n}").into_bytes(),
+    }
 }
 
 /// Polls until `count` records arrived or the patience ran out.
@@ -54,31 +57,48 @@ async fn drain(consumer: &mut dyn LogConsumer, count: usize) -> Vec<Delivered> {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let mut got = Vec::new();
     while got.len() < count && tokio::time::Instant::now() < deadline {
-        got.extend(consumer.poll(count - got.len(), Duration::from_millis(500)).await.expect("poll"));
+        got.extend(
+            consumer
+                .poll(count - got.len(), Duration::from_millis(500))
+                .await
+                .expect("poll"),
+        );
     }
     got
 }
 
 fn payloads(records: &[Delivered]) -> Vec<String> {
-    records.iter().map(|d| String::from_utf8(d.record.payload.clone()).unwrap()).collect()
+    records
+        .iter()
+        .map(|d| String::from_utf8(d.record.payload.clone()).unwrap())
+        .collect()
 }
 
 pub async fn delivers_every_record_in_key_order(factory: &impl LogFactory) {
     let log = factory.open().await;
     let mut consumer = log.consumer(GROUP).await.unwrap();
     for batch in 0..3 {
-        let records = ["alice", "bob", "carol"].iter().flat_map(|k| (0..5).map(move |i| record(k, batch * 5 + i)));
+        let records = ["alice", "bob", "carol"]
+            .iter()
+            .flat_map(|k| (0..5).map(move |i| record(k, batch * 5 + i)));
         log.append(records.collect()).await.unwrap();
     }
     let got = drain(consumer.as_mut(), 45).await;
     assert_eq!(got.len(), 45, "every appended record is delivered");
     let mut per_key: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
     for d in &got {
-        per_key.entry(d.record.key.clone()).or_default().push(String::from_utf8(d.record.payload.clone()).unwrap());
+        per_key
+            .entry(d.record.key.clone())
+            .or_default()
+            .push(String::from_utf8(d.record.payload.clone()).unwrap());
     }
     for key in ["alice", "bob", "carol"] {
         let expected: Vec<String> = (0..15).map(|i| format!("{key}/{i}")).collect();
-        assert_eq!(per_key[key.as_bytes()], expected, "records of one key arrive in append order");
+        assert_eq!(
+            per_key[key.as_bytes()],
+            expected,
+            "records of one key arrive in append order"
+        );
     }
     log.close().await.unwrap();
 }
@@ -86,7 +106,9 @@ pub async fn delivers_every_record_in_key_order(factory: &impl LogFactory) {
 pub async fn resumes_after_the_last_commit(factory: &impl LogFactory) {
     let log = factory.open().await;
     let mut first = log.consumer(GROUP).await.unwrap();
-    log.append((0..10).map(|i| record("one-key", i)).collect()).await.unwrap();
+    log.append((0..10).map(|i| record("one-key", i)).collect())
+        .await
+        .unwrap();
     let got = drain(first.as_mut(), 10).await;
     assert_eq!(got.len(), 10);
     let committed: Vec<_> = got[..4].iter().map(|d| d.position).collect();
@@ -96,16 +118,22 @@ pub async fn resumes_after_the_last_commit(factory: &impl LogFactory) {
     let mut second = log.consumer(GROUP).await.unwrap();
     let again = payloads(&drain(second.as_mut(), 6).await);
     let expected: Vec<String> = (4..10).map(|i| format!("one-key/{i}")).collect();
-    assert_eq!(again, expected, "a new consumer of the group resumes right after the commit");
+    assert_eq!(
+        again, expected,
+        "a new consumer of the group resumes right after the commit"
+    );
     log.close().await.unwrap();
 }
 
 pub async fn empty_poll_returns_after_the_wait(factory: &impl LogFactory) {
     let log = factory.open().await;
     let mut consumer = log.consumer(GROUP).await.unwrap();
-    let polled = tokio::time::timeout(Duration::from_secs(30), consumer.poll(10, Duration::from_millis(200)))
-        .await
-        .expect("poll returns after its wait, it does not hang");
+    let polled = tokio::time::timeout(
+        Duration::from_secs(30),
+        consumer.poll(10, Duration::from_millis(200)),
+    )
+    .await
+    .expect("poll returns after its wait, it does not hang");
     assert!(polled.unwrap().is_empty());
     log.close().await.unwrap();
 }
@@ -147,7 +175,9 @@ pub async fn concurrent_appends_are_all_delivered(factory: &impl LogFactory) {
     for task in tasks {
         task.await.unwrap();
     }
-    let got: BTreeSet<String> = payloads(&drain(consumer.as_mut(), 1000).await).into_iter().collect();
+    let got: BTreeSet<String> = payloads(&drain(consumer.as_mut(), 1000).await)
+        .into_iter()
+        .collect();
     assert_eq!(got.len(), 1000, "no acknowledged append is lost");
     log.close().await.unwrap();
 }
@@ -155,7 +185,9 @@ pub async fn concurrent_appends_are_all_delivered(factory: &impl LogFactory) {
 pub async fn records_and_commits_survive_reopen(factory: &impl LogFactory) {
     let log = factory.open().await;
     let mut consumer = log.consumer(GROUP).await.unwrap();
-    log.append((0..6).map(|i| record("durable", i)).collect()).await.unwrap();
+    log.append((0..6).map(|i| record("durable", i)).collect())
+        .await
+        .unwrap();
     let got = drain(consumer.as_mut(), 6).await;
     consumer.commit(&[got[1].position]).await.unwrap();
     drop(consumer);
@@ -184,7 +216,9 @@ pub struct EmbeddedLogFactory {
 
 impl EmbeddedLogFactory {
     pub fn new() -> Self {
-        EmbeddedLogFactory { dir: tempfile::tempdir().expect("temp dir") }
+        EmbeddedLogFactory {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 }
 

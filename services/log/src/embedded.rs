@@ -45,7 +45,8 @@ pub struct EmbeddedLog {
 impl EmbeddedLog {
     /// Opens (or creates) the log in `dir/log.redb`.
     pub fn open(dir: &Path) -> Result<EmbeddedLog, LogError> {
-        std::fs::create_dir_all(dir).map_err(|e| LogError::Storage(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LogError::Storage(format!("creating {}: {e}", dir.display())))?;
         let db = Database::create(dir.join("log.redb")).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         let next = {
@@ -64,11 +65,21 @@ impl EmbeddedLog {
             .name("log-writer".into())
             .spawn(move || write_loop(&writer_db, rx, next, head_tx))
             .map_err(|e| LogError::Storage(format!("starting the log writer: {e}")))?;
-        Ok(EmbeddedLog { db, appends: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), head })
+        Ok(EmbeddedLog {
+            db,
+            appends: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            head,
+        })
     }
 }
 
-fn write_loop(db: &Database, mut rx: mpsc::Receiver<Append>, mut next: u64, head: watch::Sender<u64>) {
+fn write_loop(
+    db: &Database,
+    mut rx: mpsc::Receiver<Append>,
+    mut next: u64,
+    head: watch::Sender<u64>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         let mut count = batch[0].records.len();
@@ -83,12 +94,14 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Append>, mut next: u64, head
         }
         let started = Instant::now();
         let result = write_batch(db, next, &batch);
-        metrics::histogram!("healthcode_log_append_seconds", "log" => "embedded").record(started.elapsed());
+        metrics::histogram!("healthcode_log_append_seconds", "log" => "embedded")
+            .record(started.elapsed());
         match result {
             Ok(()) => {
                 next += count as u64;
                 head.send_replace(next);
-                metrics::counter!("healthcode_log_appended_records_total", "log" => "embedded").increment(count as u64);
+                metrics::counter!("healthcode_log_appended_records_total", "log" => "embedded")
+                    .increment(count as u64);
                 for a in batch {
                     let _ = a.done.send(Ok(()));
                 }
@@ -127,10 +140,17 @@ fn encode(record: &Record, buf: &mut Vec<u8>) {
 
 fn decode(value: &[u8]) -> Result<Record, LogError> {
     let corrupt = || LogError::Storage("corrupt record in the embedded log".into());
-    let len_bytes: [u8; 4] = value.get(..4).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
+    let len_bytes: [u8; 4] = value
+        .get(..4)
+        .ok_or_else(corrupt)?
+        .try_into()
+        .map_err(|_| corrupt())?;
     let key_len = u32::from_le_bytes(len_bytes) as usize;
     let key = value.get(4..4 + key_len).ok_or_else(corrupt)?.to_vec();
-    Ok(Record { key, payload: value[4 + key_len..].to_vec() })
+    Ok(Record {
+        key,
+        payload: value[4 + key_len..].to_vec(),
+    })
 }
 
 #[async_trait]
@@ -139,9 +159,17 @@ impl EventLog for EmbeddedLog {
         if records.is_empty() {
             return Ok(());
         }
-        let sender = self.appends.lock().expect("append lock").clone().ok_or(LogError::Closed)?;
+        let sender = self
+            .appends
+            .lock()
+            .expect("append lock")
+            .clone()
+            .ok_or(LogError::Closed)?;
         let (done, ack) = oneshot::channel();
-        sender.send(Append { records, done }).await.map_err(|_| LogError::Closed)?;
+        sender
+            .send(Append { records, done })
+            .await
+            .map_err(|_| LogError::Closed)?;
         ack.await.map_err(|_| LogError::Closed)?
     }
 
@@ -222,7 +250,9 @@ impl LogConsumer for EmbeddedConsumer {
     }
 
     async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError> {
-        let Some(upto) = positions.iter().map(|p| p.offset + 1).max() else { return Ok(()) };
+        let Some(upto) = positions.iter().map(|p| p.offset + 1).max() else {
+            return Ok(());
+        };
         if upto <= self.committed {
             return Ok(());
         }
@@ -246,7 +276,13 @@ fn read_range(db: &Database, from: u64, to: u64) -> Result<Vec<Delivered>, LogEr
     let mut out = Vec::with_capacity((to - from) as usize);
     for item in table.range(from..to).map_err(storage)? {
         let (k, v) = item.map_err(storage)?;
-        out.push(Delivered { position: Position { partition: 0, offset: k.value() }, record: decode(v.value())? });
+        out.push(Delivered {
+            position: Position {
+                partition: 0,
+                offset: k.value(),
+            },
+            record: decode(v.value())?,
+        });
     }
     Ok(out)
 }
@@ -273,11 +309,17 @@ mod tests {
 
     #[test]
     fn record_encoding_round_trips() {
-        let record = Record { key: b"resident".to_vec(), payload: vec![1, 2, 3] };
+        let record = Record {
+            key: b"resident".to_vec(),
+            payload: vec![1, 2, 3],
+        };
         let mut buf = Vec::new();
         encode(&record, &mut buf);
         assert_eq!(decode(&buf).unwrap(), record);
-        let empty = Record { key: vec![], payload: vec![] };
+        let empty = Record {
+            key: vec![],
+            payload: vec![],
+        };
         encode(&empty, &mut buf);
         assert_eq!(decode(&buf).unwrap(), empty);
     }

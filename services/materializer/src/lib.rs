@@ -27,7 +27,11 @@ pub struct MaterializerConfig {
 
 impl Default for MaterializerConfig {
     fn default() -> Self {
-        MaterializerConfig { batch_size: 2_000, poll_wait: Duration::from_millis(200), max_retry_delay: Duration::from_secs(5) }
+        MaterializerConfig {
+            batch_size: 2_000,
+            poll_wait: Duration::from_millis(200),
+            max_retry_delay: Duration::from_secs(5),
+        }
     }
 }
 
@@ -63,7 +67,10 @@ pub fn fold(batch: &[Delivered], validator: &Validator) -> Folded {
             .and_then(|wire| validator.decode_record(&wire).map_err(|e| e.to_string()));
         match event {
             Ok(event) => {
-                per_resident.entry(event.resident_id.clone()).or_default().apply(&event);
+                per_resident
+                    .entry(event.resident_id.clone())
+                    .or_default()
+                    .apply(&event);
                 folded.events += 1;
             }
             Err(reason) => {
@@ -77,7 +84,10 @@ pub fn fold(batch: &[Delivered], validator: &Validator) -> Folded {
             }
         }
     }
-    folded.updates = per_resident.into_iter().map(|(resident, facts)| FactsUpdate { resident, facts }).collect();
+    folded.updates = per_resident
+        .into_iter()
+        .map(|(resident, facts)| FactsUpdate { resident, facts })
+        .collect();
     folded
 }
 
@@ -88,7 +98,12 @@ impl Materializer {
         validator: Validator,
         config: MaterializerConfig,
     ) -> Self {
-        Materializer { consumer, store, validator, config }
+        Materializer {
+            consumer,
+            store,
+            validator,
+            config,
+        }
     }
 
     /// Runs until `shutdown` is cancelled; the batch in hand is finished
@@ -109,7 +124,9 @@ impl Materializer {
                 break;
             }
             let positions: Vec<Position> = batch.iter().map(|d| d.position).collect();
-            self.consumer.commit(&last_per_partition(&positions)).await?;
+            self.consumer
+                .commit(&last_per_partition(&positions))
+                .await?;
             if let Some(lag) = self.consumer.lag() {
                 metrics::gauge!("healthcode_materializer_lag_records").set(lag as f64);
             }
@@ -144,8 +161,10 @@ impl Materializer {
             }
             _ = shutdown.cancelled() => return false,
         }
-        metrics::counter!("healthcode_materializer_events_total", "result" => "applied").increment(folded.events as u64);
-        metrics::counter!("healthcode_materializer_events_total", "result" => "undecodable").increment(folded.undecodable as u64);
+        metrics::counter!("healthcode_materializer_events_total", "result" => "applied")
+            .increment(folded.events as u64);
+        metrics::counter!("healthcode_materializer_events_total", "result" => "undecodable")
+            .increment(folded.undecodable as u64);
         metrics::histogram!("healthcode_materializer_batch_seconds").record(started.elapsed());
         true
     }
@@ -155,7 +174,9 @@ impl Materializer {
 fn last_per_partition(positions: &[Position]) -> Vec<Position> {
     let mut last: HashMap<u32, Position> = HashMap::new();
     for p in positions {
-        last.entry(p.partition).and_modify(|q| *q = (*q).max(*p)).or_insert(*p);
+        last.entry(p.partition)
+            .and_modify(|q| *q = (*q).max(*p))
+            .or_insert(*p);
     }
     last.into_values().collect()
 }
