@@ -79,31 +79,22 @@ impl Validator {
         self.check(event, prefix, Clock::At(now))
     }
 
-    pub fn validate_scan(
+    /// Full validation of an event sent on its own (`SubmitScan`, ...): field
+    /// paths are `{prefix}.{field}`, without the oneof name.
+    pub fn validate_single(
         &self,
-        e: &pb::ScanEvent,
+        event: &pb::Event,
         prefix: &str,
         now: UnixMicros,
     ) -> Result<Event, ValidationError> {
-        self.scan(e, prefix, Clock::At(now))
-    }
-
-    pub fn validate_test_result(
-        &self,
-        e: &pb::TestResultEvent,
-        prefix: &str,
-        now: UnixMicros,
-    ) -> Result<Event, ValidationError> {
-        self.test_result(e, prefix, Clock::At(now))
-    }
-
-    pub fn validate_override(
-        &self,
-        e: &pb::OverrideEvent,
-        prefix: &str,
-        now: UnixMicros,
-    ) -> Result<Event, ValidationError> {
-        self.override_event(e, prefix, Clock::At(now))
+        use pb::event::Kind;
+        let clock = Clock::At(now);
+        match &event.kind {
+            None => Err(ValidationError::new(prefix, "must be set")),
+            Some(Kind::Scan(e)) => self.scan(e, prefix, clock),
+            Some(Kind::TestResult(e)) => self.test_result(e, prefix, clock),
+            Some(Kind::OverrideEvent(e)) => self.override_event(e, prefix, clock),
+        }
     }
 
     /// Shape-only validation of a record already accepted once (read from the log).
@@ -358,16 +349,22 @@ mod tests {
         }
     }
 
+    fn wrap(e: pb::TestResultEvent) -> pb::Event {
+        pb::Event {
+            kind: Some(pb::event::Kind::TestResult(e)),
+        }
+    }
+
     fn err(e: pb::TestResultEvent) -> ValidationError {
         Validator::default()
-            .validate_test_result(&e, "event", now())
+            .validate_single(&wrap(e), "event", now())
             .unwrap_err()
     }
 
     #[test]
     fn a_good_event_passes() {
         let e = Validator::default()
-            .validate_test_result(&good_test(), "event", now())
+            .validate_single(&wrap(good_test()), "event", now())
             .unwrap();
         assert_eq!(e.resident_id, "r:1");
     }

@@ -11,7 +11,7 @@ use healthcode_core::{
 };
 use healthcode_log::{EventLog, LogError, Record};
 use healthcode_proto::Message;
-use healthcode_proto::v1::{self as pb, ingest_server::Ingest};
+use healthcode_proto::v1::{self as pb, event::Kind, ingest_server::Ingest};
 use healthcode_rpc::{ServiceError, observe};
 use tonic::{Request, Response, Status};
 
@@ -87,6 +87,25 @@ impl EdgeService {
             detail: e.to_string(),
             retry_after: self.retry_after,
         }
+    }
+
+    /// One event on its own: INVALID_ARGUMENT when bad, otherwise ACCEPTED or DUPLICATE.
+    async fn submit_unary(
+        &self,
+        rpc: &'static str,
+        kind: Option<Kind>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        let started = Instant::now();
+        let wire = pb::Event { kind };
+        let validated = self
+            .validator
+            .validate_single(&wire, "event", UnixMicros::now());
+        let result = self.submit_one(validated, wire).await;
+        observe(rpc, started, &result);
+        if let Err(e) = &result {
+            rejected(e);
+        }
+        result.map(Response::new).map_err(Status::from)
     }
 
     async fn submit_one(
@@ -179,7 +198,6 @@ fn rejected(e: &ServiceError) {
 }
 
 fn wire_event_id(e: &pb::Event) -> String {
-    use pb::event::Kind;
     match &e.kind {
         Some(Kind::Scan(s)) => s.event_id.clone(),
         Some(Kind::TestResult(t)) => t.event_id.clone(),
@@ -188,87 +206,36 @@ fn wire_event_id(e: &pb::Event) -> String {
     }
 }
 
-fn required<T>(event: Option<T>) -> Result<T, ServiceError> {
-    event.ok_or_else(|| ValidationError::new("event", "must be set").into())
-}
-
-/// Runs one unary submit and records its metrics.
-fn finish(
-    rpc: &'static str,
-    started: Instant,
-    result: Result<pb::SubmitReply, ServiceError>,
-) -> Result<Response<pb::SubmitReply>, Status> {
-    observe(rpc, started, &result);
-    if let Err(e) = &result {
-        rejected(e);
-    }
-    result.map(Response::new).map_err(Status::from)
-}
-
 #[tonic::async_trait]
 impl Ingest for EdgeService {
     async fn submit_scan(
         &self,
         request: Request<pb::SubmitScanRequest>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        let started = Instant::now();
-        let result = async {
-            let e = required(request.into_inner().event)?;
-            let validated = self.validator.validate_scan(&e, "event", UnixMicros::now());
-            self.submit_one(
-                validated,
-                pb::Event {
-                    kind: Some(pb::event::Kind::Scan(e)),
-                },
-            )
+        self.submit_unary("SubmitScan", request.into_inner().event.map(Kind::Scan))
             .await
-        }
-        .await;
-        finish("SubmitScan", started, result)
     }
 
     async fn submit_test_result(
         &self,
         request: Request<pb::SubmitTestResultRequest>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        let started = Instant::now();
-        let result = async {
-            let e = required(request.into_inner().event)?;
-            let validated = self
-                .validator
-                .validate_test_result(&e, "event", UnixMicros::now());
-            self.submit_one(
-                validated,
-                pb::Event {
-                    kind: Some(pb::event::Kind::TestResult(e)),
-                },
-            )
-            .await
-        }
-        .await;
-        finish("SubmitTestResult", started, result)
+        self.submit_unary(
+            "SubmitTestResult",
+            request.into_inner().event.map(Kind::TestResult),
+        )
+        .await
     }
 
     async fn submit_override(
         &self,
         request: Request<pb::SubmitOverrideRequest>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        let started = Instant::now();
-        let result = async {
-            let e = required(request.into_inner().event)?;
-            let validated = self
-                .validator
-                .validate_override(&e, "event", UnixMicros::now());
-            self.submit_one(
-                validated,
-                pb::Event {
-                    kind: Some(pb::event::Kind::OverrideEvent(e)),
-                },
-            )
-            .await
-        }
-        .await;
-        finish("SubmitOverride", started, result)
+        self.submit_unary(
+            "SubmitOverride",
+            request.into_inner().event.map(Kind::OverrideEvent),
+        )
+        .await
     }
 
     async fn submit_batch(
