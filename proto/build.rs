@@ -6,21 +6,14 @@ use std::{env, path::PathBuf};
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "healthcode/v1/events.proto",
-        "healthcode/v1/ingest.proto",
-        "healthcode/v1/lookup.proto",
-    ];
+    let files = ["healthcode/v1/events.proto", "healthcode/v1/ingest.proto", "healthcode/v1/lookup.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["."])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     // compile_fds does not write the descriptor set; reflection needs it.
-    std::fs::write(
-        out_dir.join("healthcode_descriptor.bin"),
-        descriptors.encode_to_vec(),
-    )?;
+    std::fs::write(out_dir.join("healthcode_descriptor.bin"), descriptors.encode_to_vec())?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }

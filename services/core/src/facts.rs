@@ -53,17 +53,9 @@ pub struct ScanFact {
 impl Facts {
     /// The facts a single event contributes.
     pub fn from_event(event: &Event) -> Facts {
-        let mut facts = Facts {
-            updated_at: Some(event.occurred_at()),
-            ..Facts::default()
-        };
+        let mut facts = Facts { updated_at: Some(event.occurred_at()), ..Facts::default() };
         match &event.body {
-            EventBody::Scan {
-                station_id,
-                site_id,
-                kind,
-                scanned_at,
-            } => {
+            EventBody::Scan { station_id, site_id, kind, scanned_at } => {
                 facts.latest_scan = Some(ScanFact {
                     scanned_at: *scanned_at,
                     event_id: event.event_id.clone(),
@@ -72,11 +64,7 @@ impl Facts {
                     kind: *kind,
                 });
             }
-            EventBody::TestResult {
-                outcome,
-                sampled_at,
-                ..
-            } => {
+            EventBody::TestResult { outcome, sampled_at, .. } => {
                 facts.latest_test = Some(*sampled_at);
                 match outcome {
                     TestOutcome::Positive => facts.latest_positive = Some(*sampled_at),
@@ -84,13 +72,7 @@ impl Facts {
                     TestOutcome::Inconclusive => {}
                 }
             }
-            EventBody::Override {
-                authority_id,
-                color,
-                issued_at,
-                expires_at,
-                ..
-            } => {
+            EventBody::Override { authority_id, color, issued_at, expires_at, .. } => {
                 facts.latest_override = Some(OverrideFact {
                     issued_at: *issued_at,
                     event_id: event.event_id.clone(),
@@ -135,10 +117,7 @@ impl Facts {
     /// from the newest fact, so a resident active within the window keeps all.
     pub fn newest_time(&self) -> Option<UnixMicros> {
         let override_expiry = self.latest_override.as_ref().map(|o| o.expires_at);
-        [self.updated_at, self.latest_test, override_expiry]
-            .into_iter()
-            .flatten()
-            .max()
+        [self.updated_at, self.latest_test, override_expiry].into_iter().flatten().max()
     }
 }
 
@@ -181,11 +160,7 @@ mod tests {
 
     #[test]
     fn default_is_the_identity_of_merge() {
-        let facts = Facts {
-            latest_positive: t(4),
-            latest_negatives: [t(9), t(7)],
-            ..Facts::default()
-        };
+        let facts = Facts { latest_positive: t(4), latest_negatives: [t(9), t(7)], ..Facts::default() };
         assert_eq!(facts.clone().merged(&Facts::default()), facts);
         assert_eq!(Facts::default().merged(&facts), facts);
     }

@@ -41,10 +41,7 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy {
-            negative_validity: Duration::from_secs(48 * 3600),
-            negatives_to_clear: NEGATIVES_KEPT,
-        }
+        Policy { negative_validity: Duration::from_secs(48 * 3600), negatives_to_clear: NEGATIVES_KEPT }
     }
 }
 
@@ -53,17 +50,11 @@ impl Default for Policy {
 pub struct PolicyError(pub usize);
 
 impl Policy {
-    pub fn new(
-        negative_validity: Duration,
-        negatives_to_clear: usize,
-    ) -> Result<Policy, PolicyError> {
+    pub fn new(negative_validity: Duration, negatives_to_clear: usize) -> Result<Policy, PolicyError> {
         if !(1..=NEGATIVES_KEPT).contains(&negatives_to_clear) {
             return Err(PolicyError(negatives_to_clear));
         }
-        Ok(Policy {
-            negative_validity,
-            negatives_to_clear,
-        })
+        Ok(Policy { negative_validity, negatives_to_clear })
     }
 
     pub fn evaluate(&self, facts: &Facts, now: UnixMicros) -> Status {
@@ -95,12 +86,7 @@ impl Policy {
 
     fn base_color(&self, facts: &Facts, now: UnixMicros) -> (Color, Reason, Option<UnixMicros>) {
         if let Some(positive) = facts.latest_positive {
-            let clearing = facts
-                .latest_negatives
-                .iter()
-                .flatten()
-                .filter(|n| **n > positive)
-                .count();
+            let clearing = facts.latest_negatives.iter().flatten().filter(|n| **n > positive).count();
             if clearing < self.negatives_to_clear {
                 return (Color::Red, Reason::PositiveTest, None);
             }
@@ -131,18 +117,11 @@ mod tests {
     }
 
     fn facts(positive: Option<i64>, negatives: &[i64]) -> Facts {
-        let mut f = Facts {
-            latest_positive: positive.map(h),
-            ..Facts::default()
-        };
+        let mut f = Facts { latest_positive: positive.map(h), ..Facts::default() };
         for (slot, n) in f.latest_negatives.iter_mut().zip(negatives) {
             *slot = Some(h(*n));
         }
-        f.latest_test = [positive, negatives.first().copied()]
-            .into_iter()
-            .flatten()
-            .max()
-            .map(h);
+        f.latest_test = [positive, negatives.first().copied()].into_iter().flatten().max().map(h);
         f
     }
 
@@ -157,10 +136,7 @@ mod tests {
         let p = Policy::default();
         let f = facts(None, &[0]);
         let s = p.evaluate(&f, h(47));
-        assert_eq!(
-            (s.color, s.reason, s.valid_until),
-            (Color::Green, Reason::NegativeTestValid, Some(h(48)))
-        );
+        assert_eq!((s.color, s.reason, s.valid_until), (Color::Green, Reason::NegativeTestValid, Some(h(48))));
         let s = p.evaluate(&f, h(48));
         assert_eq!((s.color, s.reason), (Color::Yellow, Reason::NoValidTest));
     }
@@ -170,21 +146,12 @@ mod tests {
         let p = Policy::default();
         assert_eq!(p.evaluate(&facts(Some(0), &[]), h(1)).color, Color::Red);
         assert_eq!(p.evaluate(&facts(Some(0), &[5]), h(6)).color, Color::Red);
-        assert_eq!(
-            p.evaluate(&facts(Some(0), &[5, -3]), h(6)).color,
-            Color::Red
-        );
+        assert_eq!(p.evaluate(&facts(Some(0), &[5, -3]), h(6)).color, Color::Red);
         let s = p.evaluate(&facts(Some(0), &[9, 5]), h(10));
-        assert_eq!(
-            (s.color, s.reason),
-            (Color::Green, Reason::NegativeTestValid)
-        );
+        assert_eq!((s.color, s.reason), (Color::Green, Reason::NegativeTestValid));
         // One clearing negative is enough when configured so.
         let one = Policy::new(p.negative_validity, 1).unwrap();
-        assert_eq!(
-            one.evaluate(&facts(Some(0), &[5]), h(6)).color,
-            Color::Green
-        );
+        assert_eq!(one.evaluate(&facts(Some(0), &[5]), h(6)).color, Color::Green);
     }
 
     #[test]
@@ -199,18 +166,12 @@ mod tests {
             authority_id: "cdc".into(),
         });
         let s = p.evaluate(&f, h(2));
-        assert_eq!(
-            (s.color, s.reason, s.valid_until),
-            (Color::Yellow, Reason::Override, Some(h(24)))
-        );
+        assert_eq!((s.color, s.reason, s.valid_until), (Color::Yellow, Reason::Override, Some(h(24))));
         // Expired: back to the base color.
         assert_eq!(p.evaluate(&f, h(24)).color, Color::Green);
         // A green override does not lower a red.
         let mut red = facts(Some(0), &[]);
-        red.latest_override = f.latest_override.clone().map(|o| OverrideFact {
-            color: Color::Green,
-            ..o
-        });
+        red.latest_override = f.latest_override.clone().map(|o| OverrideFact { color: Color::Green, ..o });
         let s = p.evaluate(&red, h(2));
         assert_eq!((s.color, s.reason), (Color::Red, Reason::PositiveTest));
     }

@@ -27,21 +27,14 @@ impl UnixMicros {
 
     /// The instant of a protobuf timestamp, or `None` when it is out of range.
     pub fn from_timestamp(ts: &Timestamp) -> Option<Self> {
-        if !(0..1_000_000_000).contains(&ts.nanos)
-            || !(MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds)
-        {
+        if !(0..1_000_000_000).contains(&ts.nanos) || !(MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) {
             return None;
         }
-        Some(UnixMicros(
-            ts.seconds * 1_000_000 + i64::from(ts.nanos / 1_000),
-        ))
+        Some(UnixMicros(ts.seconds * 1_000_000 + i64::from(ts.nanos / 1_000)))
     }
 
     pub fn to_timestamp(self) -> Timestamp {
-        Timestamp {
-            seconds: self.0.div_euclid(1_000_000),
-            nanos: (self.0.rem_euclid(1_000_000) * 1_000) as i32,
-        }
+        Timestamp { seconds: self.0.div_euclid(1_000_000), nanos: (self.0.rem_euclid(1_000_000) * 1_000) as i32 }
     }
 
     pub fn to_system_time(self) -> SystemTime {
@@ -53,17 +46,11 @@ impl UnixMicros {
     }
 
     pub fn saturating_add(self, d: Duration) -> Self {
-        UnixMicros(
-            self.0
-                .saturating_add(d.as_micros().min(i64::MAX as u128) as i64),
-        )
+        UnixMicros(self.0.saturating_add(d.as_micros().min(i64::MAX as u128) as i64))
     }
 
     pub fn saturating_sub(self, d: Duration) -> Self {
-        UnixMicros(
-            self.0
-                .saturating_sub(d.as_micros().min(i64::MAX as u128) as i64),
-        )
+        UnixMicros(self.0.saturating_sub(d.as_micros().min(i64::MAX as u128) as i64))
     }
 }
 
@@ -73,56 +60,23 @@ mod tests {
 
     #[test]
     fn timestamp_round_trip_keeps_microseconds() {
-        let ts = Timestamp {
-            seconds: 1_700_000_000,
-            nanos: 123_456_789,
-        };
+        let ts = Timestamp { seconds: 1_700_000_000, nanos: 123_456_789 };
         let t = UnixMicros::from_timestamp(&ts).unwrap();
         assert_eq!(t, UnixMicros(1_700_000_000_123_456));
-        assert_eq!(
-            t.to_timestamp(),
-            Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 123_456_000
-            }
-        );
+        assert_eq!(t.to_timestamp(), Timestamp { seconds: 1_700_000_000, nanos: 123_456_000 });
     }
 
     #[test]
     fn negative_instants_round_trip() {
         let t = UnixMicros(-1_500_000);
-        assert_eq!(
-            t.to_timestamp(),
-            Timestamp {
-                seconds: -2,
-                nanos: 500_000_000
-            }
-        );
+        assert_eq!(t.to_timestamp(), Timestamp { seconds: -2, nanos: 500_000_000 });
         assert_eq!(UnixMicros::from_timestamp(&t.to_timestamp()), Some(t));
     }
 
     #[test]
     fn out_of_range_timestamps_are_refused() {
-        assert_eq!(
-            UnixMicros::from_timestamp(&Timestamp {
-                seconds: 0,
-                nanos: -1
-            }),
-            None
-        );
-        assert_eq!(
-            UnixMicros::from_timestamp(&Timestamp {
-                seconds: 0,
-                nanos: 1_000_000_000
-            }),
-            None
-        );
-        assert_eq!(
-            UnixMicros::from_timestamp(&Timestamp {
-                seconds: i64::MAX,
-                nanos: 0
-            }),
-            None
-        );
+        assert_eq!(UnixMicros::from_timestamp(&Timestamp { seconds: 0, nanos: -1 }), None);
+        assert_eq!(UnixMicros::from_timestamp(&Timestamp { seconds: 0, nanos: 1_000_000_000 }), None);
+        assert_eq!(UnixMicros::from_timestamp(&Timestamp { seconds: i64::MAX, nanos: 0 }), None);
     }
 }

@@ -25,10 +25,7 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
-        ValidationError {
-            field: field.into(),
-            rule: rule.into(),
-        }
+        ValidationError { field: field.into(), rule: rule.into() }
     }
 }
 
@@ -43,10 +40,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_future_skew: Duration::from_secs(5 * 60),
-            retention: Duration::from_secs(30 * 24 * 3600),
-        }
+        Limits { max_future_skew: Duration::from_secs(5 * 60), retention: Duration::from_secs(30 * 24 * 3600) }
     }
 }
 
@@ -70,23 +64,13 @@ impl Validator {
 
     /// Full validation at arrival time `now`. `prefix` is the path of the event
     /// in the request (`event`, `events[3]`).
-    pub fn validate(
-        &self,
-        event: &pb::Event,
-        prefix: &str,
-        now: UnixMicros,
-    ) -> Result<Event, ValidationError> {
+    pub fn validate(&self, event: &pb::Event, prefix: &str, now: UnixMicros) -> Result<Event, ValidationError> {
         self.check(event, prefix, Clock::At(now))
     }
 
     /// Full validation of an event sent on its own (`SubmitScan`, ...): field
     /// paths are `{prefix}.{field}`, without the oneof name.
-    pub fn validate_single(
-        &self,
-        event: &pb::Event,
-        prefix: &str,
-        now: UnixMicros,
-    ) -> Result<Event, ValidationError> {
+    pub fn validate_single(&self, event: &pb::Event, prefix: &str, now: UnixMicros) -> Result<Event, ValidationError> {
         use pb::event::Kind;
         let clock = Clock::At(now);
         match &event.kind {
@@ -102,12 +86,7 @@ impl Validator {
         self.check(event, "record", Clock::Ignore)
     }
 
-    fn check(
-        &self,
-        event: &pb::Event,
-        prefix: &str,
-        clock: Clock,
-    ) -> Result<Event, ValidationError> {
+    fn check(&self, event: &pb::Event, prefix: &str, clock: Clock) -> Result<Event, ValidationError> {
         use pb::event::Kind;
         match &event.kind {
             None => Err(ValidationError::new(
@@ -115,12 +94,8 @@ impl Validator {
                 "must be set to one of scan, test_result, override_event",
             )),
             Some(Kind::Scan(e)) => self.scan(e, &format!("{prefix}.scan"), clock),
-            Some(Kind::TestResult(e)) => {
-                self.test_result(e, &format!("{prefix}.test_result"), clock)
-            }
-            Some(Kind::OverrideEvent(e)) => {
-                self.override_event(e, &format!("{prefix}.override_event"), clock)
-            }
+            Some(Kind::TestResult(e)) => self.test_result(e, &format!("{prefix}.test_result"), clock),
+            Some(Kind::OverrideEvent(e)) => self.override_event(e, &format!("{prefix}.override_event"), clock),
         }
     }
 
@@ -136,24 +111,10 @@ impl Validator {
             pb::ScanKind::Unspecified => unreachable!("enum_value refuses 0"),
         };
         let scanned_at = self.event_time(e.scanned_at.as_ref(), p, "scanned_at", clock)?;
-        Ok(Event {
-            event_id,
-            resident_id,
-            body: EventBody::Scan {
-                station_id,
-                site_id,
-                kind,
-                scanned_at,
-            },
-        })
+        Ok(Event { event_id, resident_id, body: EventBody::Scan { station_id, site_id, kind, scanned_at } })
     }
 
-    fn test_result(
-        &self,
-        e: &pb::TestResultEvent,
-        p: &str,
-        clock: Clock,
-    ) -> Result<Event, ValidationError> {
+    fn test_result(&self, e: &pb::TestResultEvent, p: &str, clock: Clock) -> Result<Event, ValidationError> {
         let event_id = id(&e.event_id, p, "event_id")?;
         let resident_id = id(&e.resident_id, p, "resident_id")?;
         let sample_id = id(&e.sample_id, p, "sample_id")?;
@@ -173,31 +134,16 @@ impl Validator {
         let sampled_at = self.event_time(e.sampled_at.as_ref(), p, "sampled_at", clock)?;
         let resulted_at = self.event_time(e.resulted_at.as_ref(), p, "resulted_at", clock)?;
         if resulted_at < sampled_at {
-            return Err(ValidationError::new(
-                format!("{p}.resulted_at"),
-                "must not be before sampled_at",
-            ));
+            return Err(ValidationError::new(format!("{p}.resulted_at"), "must not be before sampled_at"));
         }
         Ok(Event {
             event_id,
             resident_id,
-            body: EventBody::TestResult {
-                sample_id,
-                lab_id,
-                kind,
-                outcome,
-                sampled_at,
-                resulted_at,
-            },
+            body: EventBody::TestResult { sample_id, lab_id, kind, outcome, sampled_at, resulted_at },
         })
     }
 
-    fn override_event(
-        &self,
-        e: &pb::OverrideEvent,
-        p: &str,
-        clock: Clock,
-    ) -> Result<Event, ValidationError> {
+    fn override_event(&self, e: &pb::OverrideEvent, p: &str, clock: Clock) -> Result<Event, ValidationError> {
         let event_id = id(&e.event_id, p, "event_id")?;
         let resident_id = id(&e.resident_id, p, "resident_id")?;
         let authority_id = id(&e.authority_id, p, "authority_id")?;
@@ -208,29 +154,17 @@ impl Validator {
             pb::Color::Unspecified => unreachable!("enum_value refuses 0"),
         };
         if e.note.len() > MAX_NOTE_LEN {
-            return Err(ValidationError::new(
-                format!("{p}.note"),
-                format!("must be at most {MAX_NOTE_LEN} bytes"),
-            ));
+            return Err(ValidationError::new(format!("{p}.note"), format!("must be at most {MAX_NOTE_LEN} bytes")));
         }
         let issued_at = self.event_time(e.issued_at.as_ref(), p, "issued_at", clock)?;
         let expires_at = timestamp(e.expires_at.as_ref(), p, "expires_at")?;
         if expires_at <= issued_at {
-            return Err(ValidationError::new(
-                format!("{p}.expires_at"),
-                "must be after issued_at",
-            ));
+            return Err(ValidationError::new(format!("{p}.expires_at"), "must be after issued_at"));
         }
         Ok(Event {
             event_id,
             resident_id,
-            body: EventBody::Override {
-                authority_id,
-                color,
-                note: e.note.clone(),
-                issued_at,
-                expires_at,
-            },
+            body: EventBody::Override { authority_id, color, note: e.note.clone(), issued_at, expires_at },
         })
     }
 
@@ -248,19 +182,13 @@ impl Validator {
             if t > now.saturating_add(self.limits.max_future_skew) {
                 return Err(ValidationError::new(
                     format!("{p}.{name}"),
-                    format!(
-                        "must not be more than {}s in the future",
-                        self.limits.max_future_skew.as_secs()
-                    ),
+                    format!("must not be more than {}s in the future", self.limits.max_future_skew.as_secs()),
                 ));
             }
             if t < now.saturating_sub(self.limits.retention) {
                 return Err(ValidationError::new(
                     format!("{p}.{name}"),
-                    format!(
-                        "must not be older than the retention window of {}s",
-                        self.limits.retention.as_secs()
-                    ),
+                    format!("must not be older than the retention window of {}s", self.limits.retention.as_secs()),
                 ));
             }
         }
@@ -271,28 +199,15 @@ impl Validator {
 fn timestamp(ts: Option<&Timestamp>, p: &str, name: &str) -> Result<UnixMicros, ValidationError> {
     let ts = ts.ok_or_else(|| ValidationError::new(format!("{p}.{name}"), "must be set"))?;
     UnixMicros::from_timestamp(ts).ok_or_else(|| {
-        ValidationError::new(
-            format!("{p}.{name}"),
-            "must be a valid timestamp between years 1 and 9999",
-        )
+        ValidationError::new(format!("{p}.{name}"), "must be a valid timestamp between years 1 and 9999")
     })
 }
 
-fn enum_value<E: TryFrom<i32> + Default + PartialEq>(
-    raw: i32,
-    p: &str,
-    name: &str,
-) -> Result<E, ValidationError> {
+fn enum_value<E: TryFrom<i32> + Default + PartialEq>(raw: i32, p: &str, name: &str) -> Result<E, ValidationError> {
     match E::try_from(raw) {
         Ok(v) if v != E::default() => Ok(v),
-        Ok(_) => Err(ValidationError::new(
-            format!("{p}.{name}"),
-            "must not be unspecified",
-        )),
-        Err(_) => Err(ValidationError::new(
-            format!("{p}.{name}"),
-            format!("unknown value {raw}"),
-        )),
+        Ok(_) => Err(ValidationError::new(format!("{p}.{name}"), "must not be unspecified")),
+        Err(_) => Err(ValidationError::new(format!("{p}.{name}"), format!("unknown value {raw}"))),
     }
 }
 
@@ -302,19 +217,10 @@ pub fn check_id(value: &str, field: &str) -> Result<(), ValidationError> {
         return Err(ValidationError::new(field, "must not be empty"));
     }
     if value.len() > MAX_ID_LEN {
-        return Err(ValidationError::new(
-            field,
-            format!("must be at most {MAX_ID_LEN} characters"),
-        ));
+        return Err(ValidationError::new(field, format!("must be at most {MAX_ID_LEN} characters")));
     }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-    {
-        return Err(ValidationError::new(
-            field,
-            "must only contain characters from [A-Za-z0-9._:-]",
-        ));
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')) {
+        return Err(ValidationError::new(field, "must only contain characters from [A-Za-z0-9._:-]"));
     }
     Ok(())
 }
@@ -350,79 +256,29 @@ mod tests {
     }
 
     fn wrap(e: pb::TestResultEvent) -> pb::Event {
-        pb::Event {
-            kind: Some(pb::event::Kind::TestResult(e)),
-        }
+        pb::Event { kind: Some(pb::event::Kind::TestResult(e)) }
     }
 
     fn err(e: pb::TestResultEvent) -> ValidationError {
-        Validator::default()
-            .validate_single(&wrap(e), "event", now())
-            .unwrap_err()
+        Validator::default().validate_single(&wrap(e), "event", now()).unwrap_err()
     }
 
     #[test]
     fn a_good_event_passes() {
-        let e = Validator::default()
-            .validate_single(&wrap(good_test()), "event", now())
-            .unwrap();
+        let e = Validator::default().validate_single(&wrap(good_test()), "event", now()).unwrap();
         assert_eq!(e.resident_id, "r:1");
     }
 
     #[test]
     fn each_rule_names_its_field() {
-        assert_eq!(
-            err(pb::TestResultEvent {
-                event_id: "".into(),
-                ..good_test()
-            })
-            .field,
-            "event.event_id"
-        );
-        assert_eq!(
-            err(pb::TestResultEvent {
-                lab_id: "x".repeat(65),
-                ..good_test()
-            })
-            .field,
-            "event.lab_id"
-        );
-        assert_eq!(
-            err(pb::TestResultEvent {
-                sample_id: "a b".into(),
-                ..good_test()
-            })
-            .field,
-            "event.sample_id"
-        );
-        assert_eq!(
-            err(pb::TestResultEvent {
-                kind: 0,
-                ..good_test()
-            })
-            .field,
-            "event.kind"
-        );
-        assert_eq!(
-            err(pb::TestResultEvent {
-                outcome: 42,
-                ..good_test()
-            })
-            .rule,
-            "unknown value 42"
-        );
-        assert_eq!(
-            err(pb::TestResultEvent {
-                sampled_at: None,
-                ..good_test()
-            })
-            .field,
-            "event.sampled_at"
-        );
-        let early = pb::TestResultEvent {
-            resulted_at: ts(now().saturating_sub(Duration::from_secs(7200))),
-            ..good_test()
-        };
+        assert_eq!(err(pb::TestResultEvent { event_id: "".into(), ..good_test() }).field, "event.event_id");
+        assert_eq!(err(pb::TestResultEvent { lab_id: "x".repeat(65), ..good_test() }).field, "event.lab_id");
+        assert_eq!(err(pb::TestResultEvent { sample_id: "a b".into(), ..good_test() }).field, "event.sample_id");
+        assert_eq!(err(pb::TestResultEvent { kind: 0, ..good_test() }).field, "event.kind");
+        assert_eq!(err(pb::TestResultEvent { outcome: 42, ..good_test() }).rule, "unknown value 42");
+        assert_eq!(err(pb::TestResultEvent { sampled_at: None, ..good_test() }).field, "event.sampled_at");
+        let early =
+            pb::TestResultEvent { resulted_at: ts(now().saturating_sub(Duration::from_secs(7200))), ..good_test() };
         assert_eq!(err(early).rule, "must not be before sampled_at");
     }
 
@@ -445,10 +301,7 @@ mod tests {
             })),
         };
         let v = Validator::default();
-        assert_eq!(
-            v.validate(&old, "event", now()).unwrap_err().field,
-            "event.test_result.sampled_at"
-        );
+        assert_eq!(v.validate(&old, "event", now()).unwrap_err().field, "event.test_result.sampled_at");
         assert!(v.decode_record(&old).is_ok());
     }
 }

@@ -1,9 +1,7 @@
 //! The central property: a resident's status depends on the set of events,
 //! not on their order, their repetition or how they were grouped in batches.
 
-use healthcode_core::{
-    Color, Event, EventBody, Facts, Policy, ScanKind, TestKind, TestOutcome, UnixMicros,
-};
+use healthcode_core::{Color, Event, EventBody, Facts, Policy, ScanKind, TestKind, TestOutcome, UnixMicros};
 use proptest::prelude::*;
 
 const HOUR: i64 = 3_600_000_000;
@@ -18,49 +16,38 @@ fn arb_color() -> impl Strategy<Value = Color> {
 }
 
 fn arb_outcome() -> impl Strategy<Value = TestOutcome> {
-    prop_oneof![
-        Just(TestOutcome::Negative),
-        Just(TestOutcome::Positive),
-        Just(TestOutcome::Inconclusive)
-    ]
+    prop_oneof![Just(TestOutcome::Negative), Just(TestOutcome::Positive), Just(TestOutcome::Inconclusive)]
 }
 
 /// Events of one resident within ten days; times on a coarse grid so that
 /// ties (same sample time, same issue time) happen often.
 fn arb_event() -> impl Strategy<Value = Event> {
-    let test = (0..240i64, 0..12i64, arb_outcome()).prop_map(|(sampled, delay, outcome)| {
-        EventBody::TestResult {
-            sample_id: format!("s{sampled}"),
-            lab_id: "lab-1".into(),
-            kind: TestKind::Pcr,
-            outcome,
-            sampled_at: at(sampled),
-            resulted_at: at(sampled + delay),
-        }
+    let test = (0..240i64, 0..12i64, arb_outcome()).prop_map(|(sampled, delay, outcome)| EventBody::TestResult {
+        sample_id: format!("s{sampled}"),
+        lab_id: "lab-1".into(),
+        kind: TestKind::Pcr,
+        outcome,
+        sampled_at: at(sampled),
+        resulted_at: at(sampled + delay),
     });
-    let override_event =
-        (0..240i64, 1..96i64, arb_color()).prop_map(|(issued, lasts, color)| EventBody::Override {
-            authority_id: "cdc".into(),
-            color,
-            note: String::new(),
-            issued_at: at(issued),
-            expires_at: at(issued + lasts),
-        });
+    let override_event = (0..240i64, 1..96i64, arb_color()).prop_map(|(issued, lasts, color)| EventBody::Override {
+        authority_id: "cdc".into(),
+        color,
+        note: String::new(),
+        issued_at: at(issued),
+        expires_at: at(issued + lasts),
+    });
     let scan = (0..240i64).prop_map(|t| EventBody::Scan {
         station_id: "st-1".into(),
         site_id: "venue-1".into(),
         kind: ScanKind::VenueEntry,
         scanned_at: at(t),
     });
-    (
-        prop_oneof![3 => test, 1 => override_event, 1 => scan],
-        0..1_000_000u32,
-    )
-        .prop_map(|(body, n)| Event {
-            event_id: format!("e{n}"),
-            resident_id: "resident-1".into(),
-            body,
-        })
+    (prop_oneof![3 => test, 1 => override_event, 1 => scan], 0..1_000_000u32).prop_map(|(body, n)| Event {
+        event_id: format!("e{n}"),
+        resident_id: "resident-1".into(),
+        body,
+    })
 }
 
 fn fold(events: &[Event]) -> Facts {
@@ -74,15 +61,11 @@ fn fold(events: &[Event]) -> Facts {
 /// A permutation of `events` with some of them delivered more than once.
 fn arb_delivery(events: Vec<Event>) -> impl Strategy<Value = Vec<Event>> {
     let n = events.len();
-    (
-        Just(events),
-        proptest::collection::vec(0..n.max(1), 0..n + 1),
-    )
-        .prop_flat_map(|(events, dups)| {
-            let mut delivered = events.clone();
-            delivered.extend(dups.into_iter().filter_map(|i| events.get(i).cloned()));
-            Just(delivered).prop_shuffle()
-        })
+    (Just(events), proptest::collection::vec(0..n.max(1), 0..n + 1)).prop_flat_map(|(events, dups)| {
+        let mut delivered = events.clone();
+        delivered.extend(dups.into_iter().filter_map(|i| events.get(i).cloned()));
+        Just(delivered).prop_shuffle()
+    })
 }
 
 proptest! {

@@ -6,9 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use healthcode_core::{
-    Event, UnixMicros, ValidationError, Validator, validation::MAX_BATCH_EVENTS,
-};
+use healthcode_core::{Event, UnixMicros, ValidationError, Validator, validation::MAX_BATCH_EVENTS};
 use healthcode_log::{EventLog, LogError, Record};
 use healthcode_proto::Message;
 use healthcode_proto::v1::{self as pb, event::Kind, ingest_server::Ingest};
@@ -44,16 +42,9 @@ pub struct EdgeService {
 
 impl EdgeService {
     pub fn new(log: Arc<dyn EventLog>, validator: Validator, config: &EdgeConfig) -> Self {
-        let recent = moka::sync::Cache::builder()
-            .max_capacity(config.dedup_capacity)
-            .time_to_live(config.dedup_ttl)
-            .build();
-        EdgeService {
-            log,
-            validator,
-            recent,
-            retry_after: config.retry_after,
-        }
+        let recent =
+            moka::sync::Cache::builder().max_capacity(config.dedup_capacity).time_to_live(config.dedup_ttl).build();
+        EdgeService { log, validator, recent, retry_after: config.retry_after }
     }
 
     /// Appends validated events in one durable append and remembers their ids.
@@ -63,15 +54,9 @@ impl EdgeService {
         }
         let records = events
             .iter()
-            .map(|(event, wire)| Record {
-                key: event.resident_id.as_bytes().to_vec(),
-                payload: wire.encode_to_vec(),
-            })
+            .map(|(event, wire)| Record { key: event.resident_id.as_bytes().to_vec(), payload: wire.encode_to_vec() })
             .collect();
-        self.log
-            .append(records)
-            .await
-            .map_err(|e| self.log_error(e))?;
+        self.log.append(records).await.map_err(|e| self.log_error(e))?;
         for (event, _) in &events {
             self.recent.insert(event.event_id.clone(), ());
             metrics::counter!("healthcode_ingest_events_total", "kind" => event.kind_label(), "outcome" => "accepted")
@@ -82,24 +67,14 @@ impl EdgeService {
 
     fn log_error(&self, e: LogError) -> ServiceError {
         tracing::warn!(error = %e, "event log refused an append");
-        ServiceError::Unavailable {
-            what: "event log",
-            detail: e.to_string(),
-            retry_after: self.retry_after,
-        }
+        ServiceError::Unavailable { what: "event log", detail: e.to_string(), retry_after: self.retry_after }
     }
 
     /// One event on its own: INVALID_ARGUMENT when bad, otherwise ACCEPTED or DUPLICATE.
-    async fn submit_unary(
-        &self,
-        rpc: &'static str,
-        kind: Option<Kind>,
-    ) -> Result<Response<pb::SubmitReply>, Status> {
+    async fn submit_unary(&self, rpc: &'static str, kind: Option<Kind>) -> Result<Response<pb::SubmitReply>, Status> {
         let started = Instant::now();
         let wire = pb::Event { kind };
-        let validated = self
-            .validator
-            .validate_single(&wire, "event", UnixMicros::now());
+        let validated = self.validator.validate_single(&wire, "event", UnixMicros::now());
         let result = self.submit_one(validated, wire).await;
         observe(rpc, started, &result);
         if let Err(e) = &result {
@@ -117,28 +92,15 @@ impl EdgeService {
         let event_id = event.event_id.clone();
         if self.recent.contains_key(&event_id) {
             duplicate(&event);
-            return Ok(pb::SubmitReply {
-                event_id,
-                outcome: pb::Outcome::Duplicate as i32,
-            });
+            return Ok(pb::SubmitReply { event_id, outcome: pb::Outcome::Duplicate as i32 });
         }
         self.append(vec![(event, wire)]).await?;
-        Ok(pb::SubmitReply {
-            event_id,
-            outcome: pb::Outcome::Accepted as i32,
-        })
+        Ok(pb::SubmitReply { event_id, outcome: pb::Outcome::Accepted as i32 })
     }
 
-    async fn submit_batch(
-        &self,
-        request: pb::SubmitBatchRequest,
-    ) -> Result<pb::SubmitBatchReply, ServiceError> {
+    async fn submit_batch(&self, request: pb::SubmitBatchRequest) -> Result<pb::SubmitBatchReply, ServiceError> {
         if request.events.len() > MAX_BATCH_EVENTS {
-            return Err(ValidationError::new(
-                "events",
-                format!("must hold at most {MAX_BATCH_EVENTS} events"),
-            )
-            .into());
+            return Err(ValidationError::new("events", format!("must hold at most {MAX_BATCH_EVENTS} events")).into());
         }
         let now = UnixMicros::now();
         let mut results = Vec::with_capacity(request.events.len());
@@ -147,7 +109,8 @@ impl EdgeService {
         for (i, wire) in request.events.into_iter().enumerate() {
             match self.validator.validate(&wire, &format!("events[{i}]"), now) {
                 Err(e) => {
-                    metrics::counter!("healthcode_ingest_events_total", "kind" => "unknown", "outcome" => "rejected").increment(1);
+                    metrics::counter!("healthcode_ingest_events_total", "kind" => "unknown", "outcome" => "rejected")
+                        .increment(1);
                     results.push(pb::EventResult {
                         event_id: wire_event_id(&wire),
                         outcome: pb::Outcome::Rejected as i32,
@@ -155,13 +118,9 @@ impl EdgeService {
                     });
                 }
                 Ok(event) => {
-                    let fresh = !self.recent.contains_key(&event.event_id)
-                        && in_this_batch.insert(event.event_id.clone());
-                    let outcome = if fresh {
-                        pb::Outcome::Accepted
-                    } else {
-                        pb::Outcome::Duplicate
-                    };
+                    let fresh =
+                        !self.recent.contains_key(&event.event_id) && in_this_batch.insert(event.event_id.clone());
+                    let outcome = if fresh { pb::Outcome::Accepted } else { pb::Outcome::Duplicate };
                     if fresh {
                         results.push(pb::EventResult {
                             event_id: event.event_id.clone(),
@@ -188,7 +147,8 @@ impl EdgeService {
 }
 
 fn duplicate(event: &Event) {
-    metrics::counter!("healthcode_ingest_events_total", "kind" => event.kind_label(), "outcome" => "duplicate").increment(1);
+    metrics::counter!("healthcode_ingest_events_total", "kind" => event.kind_label(), "outcome" => "duplicate")
+        .increment(1);
 }
 
 fn rejected(e: &ServiceError) {
@@ -208,34 +168,22 @@ fn wire_event_id(e: &pb::Event) -> String {
 
 #[tonic::async_trait]
 impl Ingest for EdgeService {
-    async fn submit_scan(
-        &self,
-        request: Request<pb::SubmitScanRequest>,
-    ) -> Result<Response<pb::SubmitReply>, Status> {
-        self.submit_unary("SubmitScan", request.into_inner().event.map(Kind::Scan))
-            .await
+    async fn submit_scan(&self, request: Request<pb::SubmitScanRequest>) -> Result<Response<pb::SubmitReply>, Status> {
+        self.submit_unary("SubmitScan", request.into_inner().event.map(Kind::Scan)).await
     }
 
     async fn submit_test_result(
         &self,
         request: Request<pb::SubmitTestResultRequest>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        self.submit_unary(
-            "SubmitTestResult",
-            request.into_inner().event.map(Kind::TestResult),
-        )
-        .await
+        self.submit_unary("SubmitTestResult", request.into_inner().event.map(Kind::TestResult)).await
     }
 
     async fn submit_override(
         &self,
         request: Request<pb::SubmitOverrideRequest>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        self.submit_unary(
-            "SubmitOverride",
-            request.into_inner().event.map(Kind::OverrideEvent),
-        )
-        .await
+        self.submit_unary("SubmitOverride", request.into_inner().event.map(Kind::OverrideEvent)).await
     }
 
     async fn submit_batch(

@@ -51,10 +51,7 @@ pub async fn serve(
         }
     });
     let router = Router::new()
-        .route(
-            "/metrics",
-            get(|State(s): State<AdminState>| async move { s.metrics.render() }),
-        )
+        .route("/metrics", get(|State(s): State<AdminState>| async move { s.metrics.render() }))
         .route("/live", get(|| async { "live\n" }))
         .route(
             "/ready",
@@ -67,7 +64,5 @@ pub async fn serve(
             }),
         )
         .with_state(AdminState { metrics, readiness });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }

@@ -61,9 +61,9 @@ fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
     match settings.log {
         LogBackend::Embedded => {
             let dir = settings.data_dir.join("log");
-            Ok(Arc::new(EmbeddedLog::open(&dir).with_context(|| {
-                format!("opening the event log in {}", dir.display())
-            })?))
+            Ok(Arc::new(
+                EmbeddedLog::open(&dir).with_context(|| format!("opening the event log in {}", dir.display()))?,
+            ))
         }
     }
 }
@@ -72,9 +72,7 @@ fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn StatusStore>> {
     match settings.store {
         StoreBackend::Embedded => {
             let dir = settings.data_dir.join("store");
-            Ok(Arc::new(EmbeddedStore::open(&dir).with_context(|| {
-                format!("opening the store in {}", dir.display())
-            })?))
+            Ok(Arc::new(EmbeddedStore::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))?))
         }
     }
 }
@@ -98,32 +96,18 @@ impl App {
         } else {
             None
         };
-        let grpc_addr = grpc_listener
-            .as_ref()
-            .map(TcpListener::local_addr)
-            .transpose()?;
+        let grpc_addr = grpc_listener.as_ref().map(TcpListener::local_addr).transpose()?;
 
-        let log = if role.edge() || role.materializer() {
-            Some(open_log(&settings)?)
-        } else {
-            None
-        };
-        let store = if role.materializer() || role.lookup() {
-            Some(open_store(&settings)?)
-        } else {
-            None
-        };
+        let log = if role.edge() || role.materializer() { Some(open_log(&settings)?) } else { None };
+        let store = if role.materializer() || role.lookup() { Some(open_store(&settings)?) } else { None };
         let validator = Validator::new(settings.limits.clone());
 
         let materializer = match (&log, &store) {
             (Some(log), Some(store)) if role.materializer() => {
                 let consumer = log.consumer(MATERIALIZER_GROUP).await?;
-                let config = MaterializerConfig {
-                    batch_size: settings.materializer_batch,
-                    ..MaterializerConfig::default()
-                };
-                let run = Materializer::new(consumer, store.clone(), validator.clone(), config)
-                    .run(shutdown.clone());
+                let config =
+                    MaterializerConfig { batch_size: settings.materializer_batch, ..MaterializerConfig::default() };
+                let run = Materializer::new(consumer, store.clone(), validator.clone(), config).run(shutdown.clone());
                 let stop = shutdown.clone();
                 Some(tokio::spawn(async move {
                     let result = run.await;
@@ -140,30 +124,17 @@ impl App {
                 let ingest = match &log {
                     Some(log) if role.edge() => {
                         reporter.set_serving::<IngestServer<EdgeService>>().await;
-                        let edge_config = EdgeConfig {
-                            dedup_capacity: settings.dedup_capacity,
-                            ..EdgeConfig::default()
-                        };
-                        Some(IngestServer::new(EdgeService::new(
-                            log.clone(),
-                            validator.clone(),
-                            &edge_config,
-                        )))
+                        let edge_config =
+                            EdgeConfig { dedup_capacity: settings.dedup_capacity, ..EdgeConfig::default() };
+                        Some(IngestServer::new(EdgeService::new(log.clone(), validator.clone(), &edge_config)))
                     }
                     _ => None,
                 };
                 let lookup = match &store {
                     Some(store) if role.lookup() => {
                         reporter.set_serving::<LookupServer<LookupService>>().await;
-                        let config = LookupConfig {
-                            budget: settings.lookup_budget,
-                            ..LookupConfig::default()
-                        };
-                        Some(LookupServer::new(LookupService::new(
-                            store.clone(),
-                            settings.policy.clone(),
-                            config,
-                        )))
+                        let config = LookupConfig { budget: settings.lookup_budget, ..LookupConfig::default() };
+                        Some(LookupServer::new(LookupService::new(store.clone(), settings.policy.clone(), config)))
                     }
                     _ => None,
                 };
@@ -180,15 +151,11 @@ impl App {
                 let signal = async move {
                     stop.cancelled().await;
                     // Tell load balancers first, then drain in-flight calls.
-                    reporter
-                        .set_service_status("", ServingStatus::NotServing)
-                        .await;
+                    reporter.set_service_status("", ServingStatus::NotServing).await;
                 };
                 let stop = shutdown.clone();
                 Some(tokio::spawn(async move {
-                    let result = server
-                        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-                        .await;
+                    let result = server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal).await;
                     stop.cancel();
                     result.context("gRPC server failed")
                 }))
@@ -196,21 +163,14 @@ impl App {
             None => None,
         };
 
-        let admin = tokio::spawn(admin::serve(
-            admin_listener,
-            metrics,
-            readiness.clone(),
-            shutdown.clone(),
-        ));
+        let admin = tokio::spawn(admin::serve(admin_listener, metrics, readiness.clone(), shutdown.clone()));
         readiness.set(true);
 
         let stop = shutdown.clone();
         let supervisor = tokio::spawn(async move {
             stop.cancelled().await;
             readiness.set(false);
-            tracing::info!(
-                "shutting down: draining calls, finishing the batch in hand, flushing the log"
-            );
+            tracing::info!("shutting down: draining calls, finishing the batch in hand, flushing the log");
             let mut result = Ok(());
             if let Some(grpc) = grpc {
                 result = result.and(grpc.await?);
@@ -225,12 +185,7 @@ impl App {
             tracing::info!("shutdown complete");
             result
         });
-        Ok(App {
-            grpc_addr,
-            admin_addr,
-            shutdown,
-            supervisor,
-        })
+        Ok(App { grpc_addr, admin_addr, shutdown, supervisor })
     }
 
     /// Resolves when the process stopped by itself (a component failed) or

@@ -13,11 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Args, Debug)]
 pub struct Target {
     /// Address of the healthcode gRPC service.
-    #[arg(
-        long,
-        env = "HEALTHCODE_ADDR",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, env = "HEALTHCODE_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -153,14 +149,9 @@ fn rfc3339(t: &Option<Timestamp>) -> Option<String> {
 }
 
 fn print_reply(reply: pb::SubmitReply, what: &str, json: bool) {
-    let outcome = pb::Outcome::try_from(reply.outcome)
-        .unwrap_or_default()
-        .as_str_name();
+    let outcome = pb::Outcome::try_from(reply.outcome).unwrap_or_default().as_str_name();
     if json {
-        println!(
-            "{}",
-            json!({ "event_id": reply.event_id, "outcome": outcome })
-        );
+        println!("{}", json!({ "event_id": reply.event_id, "outcome": outcome }));
     } else {
         println!("{what} {}: {}", reply.event_id, outcome.to_lowercase());
     }
@@ -180,10 +171,7 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<()> {
         scanned_at: ts(args.at),
     };
     let mut client = IngestClient::new(channel(&args.target).await?);
-    let reply = client
-        .submit_scan(pb::SubmitScanRequest { event: Some(event) })
-        .await?
-        .into_inner();
+    let reply = client.submit_scan(pb::SubmitScanRequest { event: Some(event) }).await?.into_inner();
     print_reply(reply, "scan", args.target.json);
     Ok(())
 }
@@ -191,10 +179,7 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<()> {
 pub async fn test(args: TestArgs) -> anyhow::Result<()> {
     let sampled_at = instant(args.sampled_at);
     // A result is never before its sample, even when only the sample time is given.
-    let resulted_at = args
-        .resulted_at
-        .map(|t| instant(Some(t)))
-        .unwrap_or_else(|| instant(None).max(sampled_at));
+    let resulted_at = args.resulted_at.map(|t| instant(Some(t))).unwrap_or_else(|| instant(None).max(sampled_at));
     let event = pb::TestResultEvent {
         event_id: args.event_id.unwrap_or_else(|| generated_id("test")),
         resident_id: args.resident,
@@ -214,10 +199,7 @@ pub async fn test(args: TestArgs) -> anyhow::Result<()> {
         resulted_at: Some(resulted_at.to_timestamp()),
     };
     let mut client = IngestClient::new(channel(&args.target).await?);
-    let reply = client
-        .submit_test_result(pb::SubmitTestResultRequest { event: Some(event) })
-        .await?
-        .into_inner();
+    let reply = client.submit_test_result(pb::SubmitTestResultRequest { event: Some(event) }).await?.into_inner();
     print_reply(reply, "test result", args.target.json);
     Ok(())
 }
@@ -238,29 +220,17 @@ pub async fn override_event(args: OverrideArgs) -> anyhow::Result<()> {
         expires_at: Some(issued.saturating_add(args.lasts).to_timestamp()),
     };
     let mut client = IngestClient::new(channel(&args.target).await?);
-    let reply = client
-        .submit_override(pb::SubmitOverrideRequest { event: Some(event) })
-        .await?
-        .into_inner();
+    let reply = client.submit_override(pb::SubmitOverrideRequest { event: Some(event) }).await?.into_inner();
     print_reply(reply, "override", args.target.json);
     Ok(())
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let mut client = LookupClient::new(channel(&args.target).await?);
-    let reply = client
-        .batch_get_status(pb::BatchGetStatusRequest {
-            resident_id: args.residents,
-        })
-        .await?
-        .into_inner();
+    let reply = client.batch_get_status(pb::BatchGetStatusRequest { resident_id: args.residents }).await?.into_inner();
     for s in reply.statuses {
-        let color = pb::Color::try_from(s.color)
-            .unwrap_or_default()
-            .as_str_name();
-        let reason = pb::Reason::try_from(s.reason)
-            .unwrap_or_default()
-            .as_str_name();
+        let color = pb::Color::try_from(s.color).unwrap_or_default().as_str_name();
+        let reason = pb::Reason::try_from(s.reason).unwrap_or_default().as_str_name();
         if args.target.json {
             println!(
                 "{}",
@@ -279,19 +249,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             );
         } else {
             let dash = || "-".to_string();
-            let until = rfc3339(&s.valid_until)
-                .map(|t| format!(" until {t}"))
-                .unwrap_or_default();
-            let stale = if s.stale {
-                " (STALE: store unreachable, last known)"
-            } else {
-                ""
-            };
-            println!(
-                "{}: {color} ({}){until}{stale}",
-                s.resident_id,
-                reason.to_lowercase().replace('_', " ")
-            );
+            let until = rfc3339(&s.valid_until).map(|t| format!(" until {t}")).unwrap_or_default();
+            let stale = if s.stale { " (STALE: store unreachable, last known)" } else { "" };
+            println!("{}: {color} ({}){until}{stale}", s.resident_id, reason.to_lowercase().replace('_', " "));
             println!(
                 "  last negative sample {}, last positive sample {}, updated {}",
                 rfc3339(&s.last_negative_sampled_at).unwrap_or_else(dash),

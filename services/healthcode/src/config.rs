@@ -11,20 +11,10 @@ use healthcode_core::{Limits, Policy};
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "healthcode",
-    version,
-    about = "Health codes that stay up on the worst day."
-)]
+#[command(name = "healthcode", version, about = "Health codes that stay up on the worst day.")]
 pub struct Cli {
     /// Log output format.
-    #[arg(
-        long,
-        global = true,
-        env = "HEALTHCODE_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
+    #[arg(long, global = true, env = "HEALTHCODE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -139,9 +129,7 @@ pub struct Settings {
 impl Settings {
     /// Defaults for a process on `data_dir` with OS-chosen ports (tests).
     pub fn ephemeral(data_dir: &Path) -> Settings {
-        let mut s = ServeArgs::default()
-            .resolve_with(ServeArgs::default())
-            .expect("defaults are valid");
+        let mut s = ServeArgs::default().resolve_with(ServeArgs::default()).expect("defaults are valid");
         s.grpc_addr = "127.0.0.1:0".parse().expect("address");
         s.admin_addr = "127.0.0.1:0".parse().expect("address");
         s.data_dir = data_dir.to_owned();
@@ -154,10 +142,9 @@ impl ServeArgs {
     pub fn resolve(self) -> anyhow::Result<Settings> {
         let file = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => ServeArgs::default(),
         };
@@ -168,34 +155,15 @@ impl ServeArgs {
         let default_policy = Policy::default();
         let default_limits = Limits::default();
         let policy = Policy::new(
-            self.negative_validity
-                .or(file.negative_validity)
-                .unwrap_or(default_policy.negative_validity),
-            self.negatives_to_clear
-                .or(file.negatives_to_clear)
-                .unwrap_or(default_policy.negatives_to_clear),
+            self.negative_validity.or(file.negative_validity).unwrap_or(default_policy.negative_validity),
+            self.negatives_to_clear.or(file.negatives_to_clear).unwrap_or(default_policy.negatives_to_clear),
         )?;
-        let materializer_batch = self
-            .materializer_batch
-            .or(file.materializer_batch)
-            .unwrap_or(2_000);
-        anyhow::ensure!(
-            materializer_batch > 0,
-            "materializer_batch must be at least 1"
-        );
+        let materializer_batch = self.materializer_batch.or(file.materializer_batch).unwrap_or(2_000);
+        anyhow::ensure!(materializer_batch > 0, "materializer_batch must be at least 1");
         Ok(Settings {
-            grpc_addr: self
-                .grpc_addr
-                .or(file.grpc_addr)
-                .unwrap_or(([127, 0, 0, 1], 50051).into()),
-            admin_addr: self
-                .admin_addr
-                .or(file.admin_addr)
-                .unwrap_or(([127, 0, 0, 1], 9090).into()),
-            data_dir: self
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("./data")),
+            grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(([127, 0, 0, 1], 50051).into()),
+            admin_addr: self.admin_addr.or(file.admin_addr).unwrap_or(([127, 0, 0, 1], 9090).into()),
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
             log: self.log.or(file.log).unwrap_or(LogBackend::Embedded),
             store: self.store.or(file.store).unwrap_or(StoreBackend::Embedded),
             policy,
@@ -204,19 +172,10 @@ impl ServeArgs {
                     .max_future_skew
                     .or(file.max_future_skew)
                     .unwrap_or(default_limits.max_future_skew),
-                retention: self
-                    .retention
-                    .or(file.retention)
-                    .unwrap_or(default_limits.retention),
+                retention: self.retention.or(file.retention).unwrap_or(default_limits.retention),
             },
-            lookup_budget: self
-                .lookup_budget
-                .or(file.lookup_budget)
-                .unwrap_or(Duration::from_millis(50)),
-            dedup_capacity: self
-                .dedup_capacity
-                .or(file.dedup_capacity)
-                .unwrap_or(500_000),
+            lookup_budget: self.lookup_budget.or(file.lookup_budget).unwrap_or(Duration::from_millis(50)),
+            dedup_capacity: self.dedup_capacity.or(file.dedup_capacity).unwrap_or(500_000),
             materializer_batch,
         })
     }
@@ -232,10 +191,7 @@ mod tests {
             "grpc_addr = \"127.0.0.1:7000\"\nnegative_validity = \"24h\"\ndata_dir = \"/var/lib/healthcode\"",
         )
         .unwrap();
-        let flags = ServeArgs {
-            grpc_addr: Some("127.0.0.1:8000".parse().unwrap()),
-            ..ServeArgs::default()
-        };
+        let flags = ServeArgs { grpc_addr: Some("127.0.0.1:8000".parse().unwrap()), ..ServeArgs::default() };
         let s = flags.resolve_with(file).unwrap();
         assert_eq!(s.grpc_addr, "127.0.0.1:8000".parse().unwrap());
         assert_eq!(s.policy.negative_validity, Duration::from_secs(24 * 3600));
@@ -246,10 +202,7 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(toml::from_str::<ServeArgs>("grpc_adr = \"x\"").is_err());
-        let bad = ServeArgs {
-            negatives_to_clear: Some(3),
-            ..ServeArgs::default()
-        };
+        let bad = ServeArgs { negatives_to_clear: Some(3), ..ServeArgs::default() };
         assert!(bad.resolve_with(ServeArgs::default()).is_err());
     }
 }

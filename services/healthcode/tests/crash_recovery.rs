@@ -14,10 +14,7 @@ use healthcode_proto::v1::{self as pb, ingest_client::IngestClient, lookup_clien
 use tonic::transport::Channel;
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 struct Process {
@@ -27,20 +24,11 @@ struct Process {
 
 impl Process {
     async fn start(data_dir: &Path, grpc: SocketAddr) -> Process {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(data_dir.with_extension("log"))
-            .unwrap();
+        let log = std::fs::File::options().create(true).append(true).open(data_dir.with_extension("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_healthcode"))
             .args(["up", "--data-dir"])
             .arg(data_dir)
-            .args([
-                "--grpc-addr",
-                &grpc.to_string(),
-                "--admin-addr",
-                &free_addr().to_string(),
-            ])
+            .args(["--grpc-addr", &grpc.to_string(), "--admin-addr", &free_addr().to_string()])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -53,19 +41,9 @@ impl Process {
     async fn wait_serving(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while tokio::time::Instant::now() < deadline {
-            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.grpc))
-                .unwrap()
-                .connect()
-                .await
-            {
+            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await {
                 let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                if health
-                    .check(tonic_health::pb::HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .is_ok()
-                {
+                if health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok() {
                     return;
                 }
             }
@@ -75,11 +53,7 @@ impl Process {
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap()
     }
 
     fn kill_9(mut self) {
@@ -130,12 +104,8 @@ async fn every_acknowledged_event_survives_sigkill() {
                 let mut client = IngestClient::new(channel);
                 for n in (w..100_000).step_by(10) {
                     let (resident, e) = event(n, base);
-                    let sampled =
-                        UnixMicros::from_timestamp(e.sampled_at.as_ref().unwrap()).unwrap();
-                    match client
-                        .submit_test_result(pb::SubmitTestResultRequest { event: Some(e) })
-                        .await
-                    {
+                    let sampled = UnixMicros::from_timestamp(e.sampled_at.as_ref().unwrap()).unwrap();
+                    match client.submit_test_result(pb::SubmitTestResultRequest { event: Some(e) }).await {
                         Ok(reply) if reply.get_ref().outcome == pb::Outcome::Accepted as i32 => {
                             acked.lock().unwrap().insert(resident, sampled);
                         }
@@ -148,10 +118,7 @@ async fn every_acknowledged_event_survives_sigkill() {
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while acked.lock().unwrap().len() < 500 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "submissions too slow"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "submissions too slow");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     first.kill_9();
@@ -169,18 +136,13 @@ async fn every_acknowledged_event_survives_sigkill() {
         let mut missing = Vec::new();
         for chunk in residents.chunks(500) {
             let statuses = lookup
-                .batch_get_status(pb::BatchGetStatusRequest {
-                    resident_id: chunk.to_vec(),
-                })
+                .batch_get_status(pb::BatchGetStatusRequest { resident_id: chunk.to_vec() })
                 .await
                 .unwrap()
                 .into_inner()
                 .statuses;
             for s in statuses {
-                let got = s
-                    .last_negative_sampled_at
-                    .as_ref()
-                    .and_then(UnixMicros::from_timestamp);
+                let got = s.last_negative_sampled_at.as_ref().and_then(UnixMicros::from_timestamp);
                 if got != Some(acked[&s.resident_id]) || s.color != pb::Color::Green as i32 {
                     missing.push(s.resident_id);
                 }
@@ -199,8 +161,5 @@ async fn every_acknowledged_event_survives_sigkill() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let status = second.terminate();
-    assert!(
-        status.success(),
-        "graceful shutdown on SIGTERM exits 0, got {status:?}"
-    );
+    assert!(status.success(), "graceful shutdown on SIGTERM exits 0, got {status:?}");
 }

@@ -21,19 +21,10 @@ struct TestApp {
 impl TestApp {
     async fn start() -> TestApp {
         let dir = tempfile::tempdir().unwrap();
-        let app = App::start(Role::Up, Settings::ephemeral(dir.path()))
-            .await
-            .unwrap();
-        let channel = Channel::from_shared(format!("http://{}", app.grpc_addr.unwrap()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        TestApp {
-            app,
-            channel,
-            _dir: dir,
-        }
+        let app = App::start(Role::Up, Settings::ephemeral(dir.path())).await.unwrap();
+        let channel =
+            Channel::from_shared(format!("http://{}", app.grpc_addr.unwrap())).unwrap().connect().await.unwrap();
+        TestApp { app, channel, _dir: dir }
     }
     fn ingest(&self) -> IngestClient<Channel> {
         IngestClient::new(self.channel.clone())
@@ -92,19 +83,8 @@ fn override_event(id: &str, resident: &str, color: pb::Color) -> pb::OverrideEve
 fn assert_invalid(result: Result<tonic::Response<pb::SubmitReply>, tonic::Status>, field: &str) {
     let status = result.expect_err("must be refused");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert_eq!(
-        status
-            .metadata()
-            .get(INVALID_FIELD)
-            .map(|v| v.to_str().unwrap()),
-        Some(field),
-        "{status:?}"
-    );
-    assert!(
-        status.message().starts_with(field),
-        "message names the field: {}",
-        status.message()
-    );
+    assert_eq!(status.metadata().get(INVALID_FIELD).map(|v| v.to_str().unwrap()), Some(field), "{status:?}");
+    assert!(status.message().starts_with(field), "message names the field: {}", status.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,280 +94,86 @@ async fn every_validation_rule_is_enforced_over_grpc() {
     let shared = t.ingest();
     let submit_test = |e: pb::TestResultEvent| {
         let mut c = shared.clone();
-        async move {
-            c.submit_test_result(pb::SubmitTestResultRequest { event: Some(e) })
-                .await
-        }
+        async move { c.submit_test_result(pb::SubmitTestResultRequest { event: Some(e) }).await }
     };
     let ok = test_result("ok", "r1", pb::TestOutcome::Negative);
 
     // Missing event.
-    assert_invalid(
-        ingest
-            .submit_test_result(pb::SubmitTestResultRequest { event: None })
-            .await,
-        "event",
-    );
+    assert_invalid(ingest.submit_test_result(pb::SubmitTestResultRequest { event: None }).await, "event");
     // Ids: empty, too long, bad characters; one per id field.
+    assert_invalid(submit_test(pb::TestResultEvent { event_id: "".into(), ..ok.clone() }).await, "event.event_id");
     assert_invalid(
-        submit_test(pb::TestResultEvent {
-            event_id: "".into(),
-            ..ok.clone()
-        })
-        .await,
-        "event.event_id",
-    );
-    assert_invalid(
-        submit_test(pb::TestResultEvent {
-            resident_id: "x".repeat(65),
-            ..ok.clone()
-        })
-        .await,
+        submit_test(pb::TestResultEvent { resident_id: "x".repeat(65), ..ok.clone() }).await,
         "event.resident_id",
     );
-    assert_invalid(
-        submit_test(pb::TestResultEvent {
-            sample_id: "s/1".into(),
-            ..ok.clone()
-        })
-        .await,
-        "event.sample_id",
-    );
-    assert_invalid(
-        submit_test(pb::TestResultEvent {
-            lab_id: "lab 1".into(),
-            ..ok.clone()
-        })
-        .await,
-        "event.lab_id",
-    );
+    assert_invalid(submit_test(pb::TestResultEvent { sample_id: "s/1".into(), ..ok.clone() }).await, "event.sample_id");
+    assert_invalid(submit_test(pb::TestResultEvent { lab_id: "lab 1".into(), ..ok.clone() }).await, "event.lab_id");
     // Unspecified and unknown enums.
-    assert_invalid(
-        submit_test(pb::TestResultEvent {
-            kind: 0,
-            ..ok.clone()
-        })
-        .await,
-        "event.kind",
-    );
-    assert_invalid(
-        submit_test(pb::TestResultEvent {
-            outcome: 0,
-            ..ok.clone()
-        })
-        .await,
-        "event.outcome",
-    );
-    assert_invalid(
-        submit_test(pb::TestResultEvent {
-            outcome: 17,
-            ..ok.clone()
-        })
-        .await,
-        "event.outcome",
-    );
+    assert_invalid(submit_test(pb::TestResultEvent { kind: 0, ..ok.clone() }).await, "event.kind");
+    assert_invalid(submit_test(pb::TestResultEvent { outcome: 0, ..ok.clone() }).await, "event.outcome");
+    assert_invalid(submit_test(pb::TestResultEvent { outcome: 17, ..ok.clone() }).await, "event.outcome");
     // Missing timestamps.
-    assert_invalid(
-        submit_test(pb::TestResultEvent {
-            sampled_at: None,
-            ..ok.clone()
-        })
-        .await,
-        "event.sampled_at",
-    );
-    assert_invalid(
-        submit_test(pb::TestResultEvent {
-            resulted_at: None,
-            ..ok.clone()
-        })
-        .await,
-        "event.resulted_at",
-    );
+    assert_invalid(submit_test(pb::TestResultEvent { sampled_at: None, ..ok.clone() }).await, "event.sampled_at");
+    assert_invalid(submit_test(pb::TestResultEvent { resulted_at: None, ..ok.clone() }).await, "event.resulted_at");
     // resulted_at before sampled_at.
     assert_invalid(
-        submit_test(pb::TestResultEvent {
-            sampled_at: ago(HOUR),
-            resulted_at: ago(2 * HOUR),
-            ..ok.clone()
-        })
-        .await,
+        submit_test(pb::TestResultEvent { sampled_at: ago(HOUR), resulted_at: ago(2 * HOUR), ..ok.clone() }).await,
         "event.resulted_at",
     );
     // More than 5 minutes in the future; older than 30 days.
     assert_invalid(
-        submit_test(pb::TestResultEvent {
-            resulted_at: ahead(Duration::from_secs(600)),
-            ..ok.clone()
-        })
-        .await,
+        submit_test(pb::TestResultEvent { resulted_at: ahead(Duration::from_secs(600)), ..ok.clone() }).await,
         "event.resulted_at",
     );
     assert_invalid(
-        submit_test(pb::TestResultEvent {
-            sampled_at: ago(31 * 24 * HOUR),
-            ..ok.clone()
-        })
-        .await,
+        submit_test(pb::TestResultEvent { sampled_at: ago(31 * 24 * HOUR), ..ok.clone() }).await,
         "event.sampled_at",
     );
     // Within the skew is fine.
-    let reply = submit_test(pb::TestResultEvent {
-        resulted_at: ahead(Duration::from_secs(60)),
-        ..ok.clone()
-    })
-    .await
-    .unwrap();
+    let reply =
+        submit_test(pb::TestResultEvent { resulted_at: ahead(Duration::from_secs(60)), ..ok.clone() }).await.unwrap();
     assert_eq!(reply.into_inner().outcome, pb::Outcome::Accepted as i32);
 
     // Scans and overrides name their own fields.
-    let bad_scan = pb::ScanEvent {
-        station_id: "".into(),
-        ..scan("s1", "r1")
-    };
-    assert_invalid(
-        ingest
-            .submit_scan(pb::SubmitScanRequest {
-                event: Some(bad_scan),
-            })
-            .await,
-        "event.station_id",
-    );
-    let bad_scan = pb::ScanEvent {
-        site_id: "é".into(),
-        ..scan("s1", "r1")
-    };
-    assert_invalid(
-        ingest
-            .submit_scan(pb::SubmitScanRequest {
-                event: Some(bad_scan),
-            })
-            .await,
-        "event.site_id",
-    );
-    let bad_scan = pb::ScanEvent {
-        kind: 0,
-        ..scan("s1", "r1")
-    };
-    assert_invalid(
-        ingest
-            .submit_scan(pb::SubmitScanRequest {
-                event: Some(bad_scan),
-            })
-            .await,
-        "event.kind",
-    );
-    let bad_scan = pb::ScanEvent {
-        scanned_at: None,
-        ..scan("s1", "r1")
-    };
-    assert_invalid(
-        ingest
-            .submit_scan(pb::SubmitScanRequest {
-                event: Some(bad_scan),
-            })
-            .await,
-        "event.scanned_at",
-    );
+    let bad_scan = pb::ScanEvent { station_id: "".into(), ..scan("s1", "r1") };
+    assert_invalid(ingest.submit_scan(pb::SubmitScanRequest { event: Some(bad_scan) }).await, "event.station_id");
+    let bad_scan = pb::ScanEvent { site_id: "é".into(), ..scan("s1", "r1") };
+    assert_invalid(ingest.submit_scan(pb::SubmitScanRequest { event: Some(bad_scan) }).await, "event.site_id");
+    let bad_scan = pb::ScanEvent { kind: 0, ..scan("s1", "r1") };
+    assert_invalid(ingest.submit_scan(pb::SubmitScanRequest { event: Some(bad_scan) }).await, "event.kind");
+    let bad_scan = pb::ScanEvent { scanned_at: None, ..scan("s1", "r1") };
+    assert_invalid(ingest.submit_scan(pb::SubmitScanRequest { event: Some(bad_scan) }).await, "event.scanned_at");
     let o = override_event("o1", "r1", pb::Color::Yellow);
-    let bad = pb::OverrideEvent {
-        color: 0,
-        ..o.clone()
-    };
-    assert_invalid(
-        ingest
-            .submit_override(pb::SubmitOverrideRequest { event: Some(bad) })
-            .await,
-        "event.color",
-    );
-    let bad = pb::OverrideEvent {
-        authority_id: "".into(),
-        ..o.clone()
-    };
-    assert_invalid(
-        ingest
-            .submit_override(pb::SubmitOverrideRequest { event: Some(bad) })
-            .await,
-        "event.authority_id",
-    );
-    let bad = pb::OverrideEvent {
-        expires_at: ago(HOUR),
-        ..o.clone()
-    };
-    assert_invalid(
-        ingest
-            .submit_override(pb::SubmitOverrideRequest { event: Some(bad) })
-            .await,
-        "event.expires_at",
-    );
-    let bad = pb::OverrideEvent {
-        issued_at: ahead(HOUR),
-        expires_at: ahead(2 * HOUR),
-        ..o.clone()
-    };
-    assert_invalid(
-        ingest
-            .submit_override(pb::SubmitOverrideRequest { event: Some(bad) })
-            .await,
-        "event.issued_at",
-    );
-    let bad = pb::OverrideEvent {
-        note: "n".repeat(1025),
-        ..o.clone()
-    };
-    assert_invalid(
-        ingest
-            .submit_override(pb::SubmitOverrideRequest { event: Some(bad) })
-            .await,
-        "event.note",
-    );
+    let bad = pb::OverrideEvent { color: 0, ..o.clone() };
+    assert_invalid(ingest.submit_override(pb::SubmitOverrideRequest { event: Some(bad) }).await, "event.color");
+    let bad = pb::OverrideEvent { authority_id: "".into(), ..o.clone() };
+    assert_invalid(ingest.submit_override(pb::SubmitOverrideRequest { event: Some(bad) }).await, "event.authority_id");
+    let bad = pb::OverrideEvent { expires_at: ago(HOUR), ..o.clone() };
+    assert_invalid(ingest.submit_override(pb::SubmitOverrideRequest { event: Some(bad) }).await, "event.expires_at");
+    let bad = pb::OverrideEvent { issued_at: ahead(HOUR), expires_at: ahead(2 * HOUR), ..o.clone() };
+    assert_invalid(ingest.submit_override(pb::SubmitOverrideRequest { event: Some(bad) }).await, "event.issued_at");
+    let bad = pb::OverrideEvent { note: "n".repeat(1025), ..o.clone() };
+    assert_invalid(ingest.submit_override(pb::SubmitOverrideRequest { event: Some(bad) }).await, "event.note");
 
     // Batches over 1000 events are refused as a whole.
-    let events = (0..1001)
-        .map(|i| pb::Event {
-            kind: Some(pb::event::Kind::Scan(scan(&format!("b{i}"), "r1"))),
-        })
-        .collect();
-    let status = ingest
-        .submit_batch(pb::SubmitBatchRequest { events })
-        .await
-        .unwrap_err();
+    let events =
+        (0..1001).map(|i| pb::Event { kind: Some(pb::event::Kind::Scan(scan(&format!("b{i}"), "r1"))) }).collect();
+    let status = ingest.submit_batch(pb::SubmitBatchRequest { events }).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(status.metadata().get(INVALID_FIELD).unwrap(), "events");
 
     // Lookups validate ids and batch size too.
     let mut lookup = t.lookup();
-    let status = lookup
-        .get_status(pb::GetStatusRequest {
-            resident_id: "a b".into(),
-        })
-        .await
-        .unwrap_err();
+    let status = lookup.get_status(pb::GetStatusRequest { resident_id: "a b".into() }).await.unwrap_err();
     assert_eq!(
-        (
-            status.code(),
-            status
-                .metadata()
-                .get(INVALID_FIELD)
-                .unwrap()
-                .to_str()
-                .unwrap()
-        ),
+        (status.code(), status.metadata().get(INVALID_FIELD).unwrap().to_str().unwrap()),
         (Code::InvalidArgument, "resident_id")
     );
     let ids = vec!["ok".to_string(), "".to_string()];
-    let status = lookup
-        .batch_get_status(pb::BatchGetStatusRequest { resident_id: ids })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        status.metadata().get(INVALID_FIELD).unwrap(),
-        "resident_id[1]"
-    );
+    let status = lookup.batch_get_status(pb::BatchGetStatusRequest { resident_id: ids }).await.unwrap_err();
+    assert_eq!(status.metadata().get(INVALID_FIELD).unwrap(), "resident_id[1]");
     let ids = (0..501).map(|i| format!("r{i}")).collect();
-    let status = lookup
-        .batch_get_status(pb::BatchGetStatusRequest { resident_id: ids })
-        .await
-        .unwrap_err();
+    let status = lookup.batch_get_status(pb::BatchGetStatusRequest { resident_id: ids }).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     t.app.stop().await.unwrap();
 }
@@ -397,35 +183,16 @@ async fn a_batch_rejects_bad_events_and_accepts_the_rest_in_order() {
     let t = TestApp::start().await;
     let mut ingest = t.ingest();
     let good = test_result("g1", "batch-r1", pb::TestOutcome::Negative);
-    let bad = pb::TestResultEvent {
-        sampled_at: None,
-        ..test_result("b1", "batch-r2", pb::TestOutcome::Negative)
-    };
+    let bad = pb::TestResultEvent { sampled_at: None, ..test_result("b1", "batch-r2", pb::TestOutcome::Negative) };
     let events = vec![
-        pb::Event {
-            kind: Some(pb::event::Kind::TestResult(good.clone())),
-        },
-        pb::Event {
-            kind: Some(pb::event::Kind::TestResult(bad)),
-        },
+        pb::Event { kind: Some(pb::event::Kind::TestResult(good.clone())) },
+        pb::Event { kind: Some(pb::event::Kind::TestResult(bad)) },
         pb::Event { kind: None },
-        pb::Event {
-            kind: Some(pb::event::Kind::Scan(scan("s1", "batch-r1"))),
-        },
-        pb::Event {
-            kind: Some(pb::event::Kind::TestResult(good)),
-        },
+        pb::Event { kind: Some(pb::event::Kind::Scan(scan("s1", "batch-r1"))) },
+        pb::Event { kind: Some(pb::event::Kind::TestResult(good)) },
     ];
-    let results = ingest
-        .submit_batch(pb::SubmitBatchRequest { events })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
-    let outcomes: Vec<(String, i32)> = results
-        .iter()
-        .map(|r| (r.event_id.clone(), r.outcome))
-        .collect();
+    let results = ingest.submit_batch(pb::SubmitBatchRequest { events }).await.unwrap().into_inner().results;
+    let outcomes: Vec<(String, i32)> = results.iter().map(|r| (r.event_id.clone(), r.outcome)).collect();
     assert_eq!(
         outcomes,
         vec![
@@ -436,36 +203,20 @@ async fn a_batch_rejects_bad_events_and_accepts_the_rest_in_order() {
             ("g1".into(), pb::Outcome::Duplicate as i32),
         ]
     );
-    assert_eq!(
-        results[1].reason,
-        "events[1].test_result.sampled_at: must be set"
-    );
-    assert_eq!(
-        results[2].reason,
-        "events[2].kind: must be set to one of scan, test_result, override_event"
-    );
+    assert_eq!(results[1].reason, "events[1].test_result.sampled_at: must be set");
+    assert_eq!(results[2].reason, "events[2].kind: must be set to one of scan, test_result, override_event");
     assert!(results[0].reason.is_empty());
 
     // The retried batch is answered DUPLICATE for what was accepted.
-    let retry = vec![pb::Event {
-        kind: Some(pb::event::Kind::Scan(scan("s1", "batch-r1"))),
-    }];
-    let results = ingest
-        .submit_batch(pb::SubmitBatchRequest { events: retry })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let retry = vec![pb::Event { kind: Some(pb::event::Kind::Scan(scan("s1", "batch-r1"))) }];
+    let results = ingest.submit_batch(pb::SubmitBatchRequest { events: retry }).await.unwrap().into_inner().results;
     assert_eq!(results[0].outcome, pb::Outcome::Duplicate as i32);
 
     // The accepted negative makes the resident green; the rejected one left no trace.
     wait_for_statuses(
         &t,
         &["batch-r1", "batch-r2"],
-        &[
-            (pb::Color::Green, pb::Reason::NegativeTestValid),
-            (pb::Color::Yellow, pb::Reason::NoRecord),
-        ],
+        &[(pb::Color::Green, pb::Reason::NegativeTestValid), (pb::Color::Yellow, pb::Reason::NoRecord)],
     )
     .await;
     t.app.stop().await.unwrap();
@@ -479,16 +230,11 @@ async fn wait_for_statuses(
 ) -> Vec<pb::ResidentStatus> {
     let mut lookup = t.lookup();
     let ids: Vec<String> = residents.iter().map(|r| r.to_string()).collect();
-    let want: Vec<(i32, i32)> = expected
-        .iter()
-        .map(|(c, r)| (*c as i32, *r as i32))
-        .collect();
+    let want: Vec<(i32, i32)> = expected.iter().map(|(c, r)| (*c as i32, *r as i32)).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let statuses = lookup
-            .batch_get_status(pb::BatchGetStatusRequest {
-                resident_id: ids.clone(),
-            })
+            .batch_get_status(pb::BatchGetStatusRequest { resident_id: ids.clone() })
             .await
             .unwrap()
             .into_inner()
@@ -497,10 +243,7 @@ async fn wait_for_statuses(
         if got == want {
             return statuses;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "colors {got:?} never became {want:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "colors {got:?} never became {want:?}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -512,23 +255,14 @@ async fn statuses_follow_the_policy_and_retries_are_duplicates() {
     let shared = t.ingest();
     let submit = |e: pb::TestResultEvent| {
         let mut c = shared.clone();
-        async move {
-            c.submit_test_result(pb::SubmitTestResultRequest { event: Some(e) })
-                .await
-                .unwrap()
-                .into_inner()
-        }
+        async move { c.submit_test_result(pb::SubmitTestResultRequest { event: Some(e) }).await.unwrap().into_inner() }
     };
     assert_eq!(
-        submit(test_result("n1", "green", pb::TestOutcome::Negative))
-            .await
-            .outcome,
+        submit(test_result("n1", "green", pb::TestOutcome::Negative)).await.outcome,
         pb::Outcome::Accepted as i32
     );
     assert_eq!(
-        submit(test_result("n1", "green", pb::TestOutcome::Negative))
-            .await
-            .outcome,
+        submit(test_result("n1", "green", pb::TestOutcome::Negative)).await.outcome,
         pb::Outcome::Duplicate as i32
     );
     submit(test_result("p1", "red", pb::TestOutcome::Positive)).await;
@@ -537,9 +271,7 @@ async fn statuses_follow_the_policy_and_retries_are_duplicates() {
     // earlier negative has been applied too.
     submit(test_result("n2", "contact", pb::TestOutcome::Negative)).await;
     ingest
-        .submit_override(pb::SubmitOverrideRequest {
-            event: Some(override_event("o1", "contact", pb::Color::Yellow)),
-        })
+        .submit_override(pb::SubmitOverrideRequest { event: Some(override_event("o1", "contact", pb::Color::Yellow)) })
         .await
         .unwrap();
 
@@ -556,47 +288,22 @@ async fn statuses_follow_the_policy_and_retries_are_duplicates() {
         ],
     )
     .await;
-    assert!(
-        statuses[3].last_negative_sampled_at.is_some(),
-        "the contact's negative was folded in"
-    );
+    assert!(statuses[3].last_negative_sampled_at.is_some(), "the contact's negative was folded in");
     assert!(statuses[0].valid_until.is_some() && statuses[0].last_negative_sampled_at.is_some());
     assert!(statuses.iter().all(|s| s.as_of.is_some() && !s.stale));
-    let single = t
-        .lookup()
-        .get_status(pb::GetStatusRequest {
-            resident_id: "red".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        (single.resident_id.as_str(), single.color),
-        ("red", pb::Color::Red as i32)
-    );
+    let single = t.lookup().get_status(pb::GetStatusRequest { resident_id: "red".into() }).await.unwrap().into_inner();
+    assert_eq!((single.resident_id.as_str(), single.color), ("red", pb::Color::Red as i32));
     t.app.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_are_served() {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
     let t = TestApp::start().await;
     let mut health = HealthClient::new(t.channel.clone());
     for service in ["", "healthcode.v1.Ingest", "healthcode.v1.Lookup"] {
-        let reply = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            reply.status,
-            ServingStatus::Serving as i32,
-            "service {service:?}"
-        );
+        let reply = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(reply.status, ServingStatus::Serving as i32, "service {service:?}");
     }
 
     use tokio_stream::StreamExt;
@@ -609,25 +316,14 @@ async fn health_and_reflection_are_served() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut replies = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut replies = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
     let reply = replies.next().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
         panic!("unexpected {reply:?}")
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in [
-        "healthcode.v1.Ingest",
-        "healthcode.v1.Lookup",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "{expected} missing from {names:?}"
-        );
+    for expected in ["healthcode.v1.Ingest", "healthcode.v1.Lookup", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
     t.app.stop().await.unwrap();
 }

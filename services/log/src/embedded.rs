@@ -19,6 +19,8 @@ use crate::{Delivered, EventLog, LogConsumer, LogError, Position, Record};
 
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const GROUP_OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("group_offsets");
+/// Dead letters: sequence -> reason length (u32 LE), reason, encoded record.
+const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 
 /// Pending appends the writer takes into one transaction at most.
 const MAX_RECORDS_PER_TRANSACTION: usize = 20_000;
@@ -45,13 +47,13 @@ pub struct EmbeddedLog {
 impl EmbeddedLog {
     /// Opens (or creates) the log in `dir/log.redb`.
     pub fn open(dir: &Path) -> Result<EmbeddedLog, LogError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| LogError::Storage(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| LogError::Storage(format!("creating {}: {e}", dir.display())))?;
         let db = Database::create(dir.join("log.redb")).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         let next = {
             let records = txn.open_table(RECORDS).map_err(storage)?;
             txn.open_table(GROUP_OFFSETS).map_err(storage)?;
+            txn.open_table(DEAD_LETTERS).map_err(storage)?;
             let last = records.last().map_err(storage)?;
             last.map(|(k, _)| k.value() + 1).unwrap_or(0)
         };
@@ -65,21 +67,11 @@ impl EmbeddedLog {
             .name("log-writer".into())
             .spawn(move || write_loop(&writer_db, rx, next, head_tx))
             .map_err(|e| LogError::Storage(format!("starting the log writer: {e}")))?;
-        Ok(EmbeddedLog {
-            db,
-            appends: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
-            head,
-        })
+        Ok(EmbeddedLog { db, appends: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), head })
     }
 }
 
-fn write_loop(
-    db: &Database,
-    mut rx: mpsc::Receiver<Append>,
-    mut next: u64,
-    head: watch::Sender<u64>,
-) {
+fn write_loop(db: &Database, mut rx: mpsc::Receiver<Append>, mut next: u64, head: watch::Sender<u64>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         let mut count = batch[0].records.len();
@@ -94,14 +86,12 @@ fn write_loop(
         }
         let started = Instant::now();
         let result = write_batch(db, next, &batch);
-        metrics::histogram!("healthcode_log_append_seconds", "log" => "embedded")
-            .record(started.elapsed());
+        metrics::histogram!("healthcode_log_append_seconds", "log" => "embedded").record(started.elapsed());
         match result {
             Ok(()) => {
                 next += count as u64;
                 head.send_replace(next);
-                metrics::counter!("healthcode_log_appended_records_total", "log" => "embedded")
-                    .increment(count as u64);
+                metrics::counter!("healthcode_log_appended_records_total", "log" => "embedded").increment(count as u64);
                 for a in batch {
                     let _ = a.done.send(Ok(()));
                 }
@@ -132,25 +122,28 @@ fn write_batch(db: &Database, mut next: u64, batch: &[Append]) -> Result<(), Log
 
 /// Value layout: key length (u32 LE), key, payload.
 fn encode(record: &Record, buf: &mut Vec<u8>) {
-    buf.clear();
-    buf.extend_from_slice(&(record.key.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&record.key);
-    buf.extend_from_slice(&record.payload);
+    encode_pair(&record.key, &record.payload, buf);
 }
 
-fn decode(value: &[u8]) -> Result<Record, LogError> {
-    let corrupt = || LogError::Storage("corrupt record in the embedded log".into());
-    let len_bytes: [u8; 4] = value
-        .get(..4)
-        .ok_or_else(corrupt)?
-        .try_into()
-        .map_err(|_| corrupt())?;
-    let key_len = u32::from_le_bytes(len_bytes) as usize;
-    let key = value.get(4..4 + key_len).ok_or_else(corrupt)?.to_vec();
-    Ok(Record {
-        key,
-        payload: value[4 + key_len..].to_vec(),
-    })
+fn decode_record(value: &[u8]) -> Result<Record, LogError> {
+    let (key, payload) = decode(value)?;
+    Ok(Record { key, payload })
+}
+
+/// Two byte strings in one value: first's length (u32 LE), first, second.
+fn encode_pair(first: &[u8], second: &[u8], buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.extend_from_slice(&(first.len() as u32).to_le_bytes());
+    buf.extend_from_slice(first);
+    buf.extend_from_slice(second);
+}
+
+fn decode(value: &[u8]) -> Result<(Vec<u8>, Vec<u8>), LogError> {
+    let corrupt = || LogError::Storage("corrupt value in the embedded log".into());
+    let len_bytes: [u8; 4] = value.get(..4).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
+    let first_len = u32::from_le_bytes(len_bytes) as usize;
+    let first = value.get(4..4 + first_len).ok_or_else(corrupt)?.to_vec();
+    Ok((first, value[4 + first_len..].to_vec()))
 }
 
 #[async_trait]
@@ -159,17 +152,9 @@ impl EventLog for EmbeddedLog {
         if records.is_empty() {
             return Ok(());
         }
-        let sender = self
-            .appends
-            .lock()
-            .expect("append lock")
-            .clone()
-            .ok_or(LogError::Closed)?;
+        let sender = self.appends.lock().expect("append lock").clone().ok_or(LogError::Closed)?;
         let (done, ack) = oneshot::channel();
-        sender
-            .send(Append { records, done })
-            .await
-            .map_err(|_| LogError::Closed)?;
+        sender.send(Append { records, done }).await.map_err(|_| LogError::Closed)?;
         ack.await.map_err(|_| LogError::Closed)?
     }
 
@@ -196,6 +181,23 @@ impl EventLog for EmbeddedLog {
             committed,
             head: self.head.clone(),
         }))
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<(Record, String)>, LogError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<(Record, String)>, LogError> {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(DEAD_LETTERS).map_err(storage)?;
+            let mut out = Vec::new();
+            for item in table.iter().map_err(storage)? {
+                let (_, v) = item.map_err(storage)?;
+                let (reason, record) = decode(v.value())?;
+                out.push((decode_record(&record)?, String::from_utf8_lossy(&reason).into_owned()));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| LogError::Storage(e.to_string()))?
     }
 
     async fn close(&self) -> Result<(), LogError> {
@@ -268,6 +270,24 @@ impl LogConsumer for EmbeddedConsumer {
     fn lag(&self) -> Option<u64> {
         Some(self.head.borrow().saturating_sub(self.committed))
     }
+
+    async fn dead_letter(&mut self, record: &Delivered, reason: &str) -> Result<(), LogError> {
+        let db = self.db.clone();
+        let (mut encoded, mut value) = (Vec::new(), Vec::new());
+        encode(&record.record, &mut encoded);
+        encode_pair(reason.as_bytes(), &encoded, &mut value);
+        tokio::task::spawn_blocking(move || -> Result<(), LogError> {
+            let txn = db.begin_write().map_err(storage)?;
+            {
+                let mut table = txn.open_table(DEAD_LETTERS).map_err(storage)?;
+                let next = table.last().map_err(storage)?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+                table.insert(next, value.as_slice()).map_err(storage)?;
+            }
+            txn.commit().map_err(storage)
+        })
+        .await
+        .map_err(|e| LogError::Storage(e.to_string()))?
+    }
 }
 
 fn read_range(db: &Database, from: u64, to: u64) -> Result<Vec<Delivered>, LogError> {
@@ -277,11 +297,8 @@ fn read_range(db: &Database, from: u64, to: u64) -> Result<Vec<Delivered>, LogEr
     for item in table.range(from..to).map_err(storage)? {
         let (k, v) = item.map_err(storage)?;
         out.push(Delivered {
-            position: Position {
-                partition: 0,
-                offset: k.value(),
-            },
-            record: decode(v.value())?,
+            position: Position { partition: 0, offset: k.value() },
+            record: decode_record(v.value())?,
         });
     }
     Ok(out)
@@ -309,19 +326,13 @@ mod tests {
 
     #[test]
     fn record_encoding_round_trips() {
-        let record = Record {
-            key: b"resident".to_vec(),
-            payload: vec![1, 2, 3],
-        };
+        let record = Record { key: b"resident".to_vec(), payload: vec![1, 2, 3] };
         let mut buf = Vec::new();
         encode(&record, &mut buf);
-        assert_eq!(decode(&buf).unwrap(), record);
-        let empty = Record {
-            key: vec![],
-            payload: vec![],
-        };
+        assert_eq!(decode_record(&buf).unwrap(), record);
+        let empty = Record { key: vec![], payload: vec![] };
         encode(&empty, &mut buf);
-        assert_eq!(decode(&buf).unwrap(), empty);
+        assert_eq!(decode_record(&buf).unwrap(), empty);
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Finishes pending appends and releases the log; later appends fail with `Closed`.
     async fn close(&self) -> Result<(), LogError>;
+
+    /// Every dead-lettered record with its reason, oldest first (for operators and tests).
+    async fn dead_letters(&self) -> Result<Vec<(Record, String)>, LogError>;
 }
 
 #[async_trait]
@@ -73,4 +76,8 @@ pub trait LogConsumer: Send + Sync {
 
     /// Records in the log that this group has not committed yet, if known.
     fn lag(&self) -> Option<u64>;
+
+    /// Sets aside a record that can never be applied, with the reason, so
+    /// that it cannot stall its partition. Commit it afterwards as usual.
+    async fn dead_letter(&mut self, record: &Delivered, reason: &str) -> Result<(), LogError>;
 }

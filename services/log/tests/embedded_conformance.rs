@@ -2,4 +2,4 @@
 
 use healthcode_log::conformance::EmbeddedLogFactory;
 
-healthcode_log::event_log_conformance!(EmbeddedLogFactory::new());
+healthcode_log::event_log_conformance!(Some(EmbeddedLogFactory::new()));

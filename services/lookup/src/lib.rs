@@ -21,10 +21,7 @@ pub struct LookupConfig {
 
 impl Default for LookupConfig {
     fn default() -> Self {
-        LookupConfig {
-            budget: Duration::from_millis(50),
-            retry_after: Duration::from_millis(200),
-        }
+        LookupConfig { budget: Duration::from_millis(50), retry_after: Duration::from_millis(200) }
     }
 }
 
@@ -36,52 +33,29 @@ pub struct LookupService {
 
 impl LookupService {
     pub fn new(store: Arc<dyn StatusStore>, policy: Policy, config: LookupConfig) -> Self {
-        LookupService {
-            store,
-            policy,
-            config,
-        }
+        LookupService { store, policy, config }
     }
 
-    async fn read<T>(
-        &self,
-        read: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, ServiceError> {
+    async fn read<T>(&self, read: impl Future<Output = Result<T, StoreError>>) -> Result<T, ServiceError> {
         let started = Instant::now();
         let outcome = tokio::time::timeout(self.config.budget, read).await;
         metrics::histogram!("healthcode_lookup_store_read_seconds").record(started.elapsed());
         let detail = match outcome {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) => e.to_string(),
-            Err(_) => format!(
-                "no answer within the {} ms budget",
-                self.config.budget.as_millis()
-            ),
+            Err(_) => format!("no answer within the {} ms budget", self.config.budget.as_millis()),
         };
         tracing::warn!(detail, "status store read failed");
-        Err(ServiceError::Unavailable {
-            what: "status store",
-            detail,
-            retry_after: self.config.retry_after,
-        })
+        Err(ServiceError::Unavailable { what: "status store", detail, retry_after: self.config.retry_after })
     }
 
-    fn status(
-        &self,
-        resident_id: String,
-        facts: Option<Facts>,
-        now: UnixMicros,
-    ) -> pb::ResidentStatus {
+    fn status(&self, resident_id: String, facts: Option<Facts>, now: UnixMicros) -> pb::ResidentStatus {
         let status = self.policy.evaluate(&facts.unwrap_or_default(), now);
-        metrics::counter!("healthcode_lookup_answers_total", "color" => color_label(status.color))
-            .increment(1);
+        metrics::counter!("healthcode_lookup_answers_total", "color" => color_label(status.color)).increment(1);
         to_wire(resident_id, &status, false)
     }
 
-    async fn get_status(
-        &self,
-        request: pb::GetStatusRequest,
-    ) -> Result<pb::ResidentStatus, ServiceError> {
+    async fn get_status(&self, request: pb::GetStatusRequest) -> Result<pb::ResidentStatus, ServiceError> {
         check_id(&request.resident_id, "resident_id")?;
         let facts = self.read(self.store.get(&request.resident_id)).await?;
         Ok(self.status(request.resident_id, facts, UnixMicros::now()))
@@ -93,22 +67,14 @@ impl LookupService {
     ) -> Result<pb::BatchGetStatusReply, ServiceError> {
         let ids = request.resident_id;
         if ids.len() > MAX_LOOKUP_BATCH {
-            return Err(ValidationError::new(
-                "resident_id",
-                format!("must hold at most {MAX_LOOKUP_BATCH} ids"),
-            )
-            .into());
+            return Err(ValidationError::new("resident_id", format!("must hold at most {MAX_LOOKUP_BATCH} ids")).into());
         }
         for (i, id) in ids.iter().enumerate() {
             check_id(id, &format!("resident_id[{i}]"))?;
         }
         let facts = self.read(self.store.get_many(&ids)).await?;
         let now = UnixMicros::now();
-        let statuses = ids
-            .into_iter()
-            .zip(facts)
-            .map(|(id, f)| self.status(id, f, now))
-            .collect();
+        let statuses = ids.into_iter().zip(facts).map(|(id, f)| self.status(id, f, now)).collect();
         Ok(pb::BatchGetStatusReply { statuses })
     }
 }

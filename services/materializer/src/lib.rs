@@ -67,10 +67,7 @@ pub fn fold(batch: &[Delivered], validator: &Validator) -> Folded {
             .and_then(|wire| validator.decode_record(&wire).map_err(|e| e.to_string()));
         match event {
             Ok(event) => {
-                per_resident
-                    .entry(event.resident_id.clone())
-                    .or_default()
-                    .apply(&event);
+                per_resident.entry(event.resident_id.clone()).or_default().apply(&event);
                 folded.events += 1;
             }
             Err(reason) => {
@@ -84,10 +81,7 @@ pub fn fold(batch: &[Delivered], validator: &Validator) -> Folded {
             }
         }
     }
-    folded.updates = per_resident
-        .into_iter()
-        .map(|(resident, facts)| FactsUpdate { resident, facts })
-        .collect();
+    folded.updates = per_resident.into_iter().map(|(resident, facts)| FactsUpdate { resident, facts }).collect();
     folded
 }
 
@@ -98,12 +92,7 @@ impl Materializer {
         validator: Validator,
         config: MaterializerConfig,
     ) -> Self {
-        Materializer {
-            consumer,
-            store,
-            validator,
-            config,
-        }
+        Materializer { consumer, store, validator, config }
     }
 
     /// Runs until `shutdown` is cancelled; the batch in hand is finished
@@ -124,9 +113,7 @@ impl Materializer {
                 break;
             }
             let positions: Vec<Position> = batch.iter().map(|d| d.position).collect();
-            self.consumer
-                .commit(&last_per_partition(&positions))
-                .await?;
+            self.consumer.commit(&last_per_partition(&positions)).await?;
             if let Some(lag) = self.consumer.lag() {
                 metrics::gauge!("healthcode_materializer_lag_records").set(lag as f64);
             }
@@ -145,12 +132,10 @@ impl Materializer {
             .with_max_delay(self.config.max_retry_delay)
             .with_jitter()
             .without_max_times();
-        let merge = (|| self.store.merge(folded.updates.clone()))
-            .retry(backoff)
-            .notify(|e, wait| {
-                metrics::counter!("healthcode_materializer_store_retries_total").increment(1);
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "store merge failed, retrying");
-            });
+        let merge = (|| self.store.merge(folded.updates.clone())).retry(backoff).notify(|e, wait| {
+            metrics::counter!("healthcode_materializer_store_retries_total").increment(1);
+            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "store merge failed, retrying");
+        });
         tokio::select! {
             result = merge => {
                 if let Err(e) = result {
@@ -174,9 +159,7 @@ impl Materializer {
 fn last_per_partition(positions: &[Position]) -> Vec<Position> {
     let mut last: HashMap<u32, Position> = HashMap::new();
     for p in positions {
-        last.entry(p.partition)
-            .and_modify(|q| *q = (*q).max(*p))
-            .or_insert(*p);
+        last.entry(p.partition).and_modify(|q| *q = (*q).max(*p)).or_insert(*p);
     }
     last.into_values().collect()
 }

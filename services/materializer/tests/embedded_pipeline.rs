@@ -26,10 +26,7 @@ fn test_result(event_id: &str, resident: &str, outcome: pb::TestOutcome, hours_a
             resulted_at: Some(sampled.to_timestamp()),
         })),
     };
-    Record {
-        key: resident.as_bytes().to_vec(),
-        payload: event.encode_to_vec(),
-    }
+    Record { key: resident.as_bytes().to_vec(), payload: event.encode_to_vec() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,10 +36,7 @@ async fn events_become_facts_and_a_poison_record_does_not_stall() {
     let store = Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
     log.append(vec![
         test_result("e1", "alice", pb::TestOutcome::Positive, 30),
-        Record {
-            key: b"garbage".to_vec(),
-            payload: vec![0xff, 0xff, 0xff],
-        },
+        Record { key: b"garbage".to_vec(), payload: vec![0xff, 0xff, 0xff] },
         test_result("e2", "bob", pb::TestOutcome::Negative, 2),
         test_result("e3", "alice", pb::TestOutcome::Negative, 20),
     ])
@@ -51,40 +45,24 @@ async fn events_become_facts_and_a_poison_record_does_not_stall() {
 
     let consumer = log.consumer("materializer").await.unwrap();
     let shutdown = CancellationToken::new();
-    let materializer = Materializer::new(
-        consumer,
-        store.clone(),
-        Validator::default(),
-        MaterializerConfig::default(),
-    );
+    let materializer = Materializer::new(consumer, store.clone(), Validator::default(), MaterializerConfig::default());
     let running = tokio::spawn(materializer.run(shutdown.clone()));
 
     let policy = Policy::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let facts = store
-            .get_many(&["alice".into(), "bob".into()])
-            .await
-            .unwrap();
-        if facts.iter().all(Option::is_some)
-            && facts[0].as_ref().unwrap().latest_negative().is_some()
-        {
+        let facts = store.get_many(&["alice".into(), "bob".into()]).await.unwrap();
+        if facts.iter().all(Option::is_some) && facts[0].as_ref().unwrap().latest_negative().is_some() {
             let now = UnixMicros::now();
             assert_eq!(
                 policy.evaluate(facts[0].as_ref().unwrap(), now).color,
                 Color::Red,
                 "one negative after a positive"
             );
-            assert_eq!(
-                policy.evaluate(facts[1].as_ref().unwrap(), now).color,
-                Color::Green
-            );
+            assert_eq!(policy.evaluate(facts[1].as_ref().unwrap(), now).color, Color::Green);
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "facts never arrived: {facts:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "facts never arrived: {facts:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shutdown.cancel();
@@ -92,12 +70,6 @@ async fn events_become_facts_and_a_poison_record_does_not_stall() {
 
     // Everything was committed: a new consumer of the group sees nothing.
     let mut again = log.consumer("materializer").await.unwrap();
-    assert!(
-        again
-            .poll(10, Duration::from_millis(100))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(again.poll(10, Duration::from_millis(100)).await.unwrap().is_empty());
     assert_eq!(again.lag(), Some(0));
 }

@@ -16,11 +16,7 @@ pub enum ServiceError {
     InvalidArgument(#[from] ValidationError),
     /// A dependency (log, store) cannot serve now; the client should retry.
     #[error("{what} unavailable: {detail}")]
-    Unavailable {
-        what: &'static str,
-        detail: String,
-        retry_after: Duration,
-    },
+    Unavailable { what: &'static str, detail: String, retry_after: Duration },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -46,10 +42,7 @@ impl From<ServiceError> for Status {
                 }
             }
             ServiceError::Unavailable { retry_after, .. } => {
-                metadata.insert(
-                    RETRY_AFTER_MS,
-                    retry_after.as_millis().to_string().parse().expect("digits"),
-                );
+                metadata.insert(RETRY_AFTER_MS, retry_after.as_millis().to_string().parse().expect("digits"));
             }
             ServiceError::Internal(_) => {}
         }
@@ -64,8 +57,7 @@ pub fn observe<T>(rpc: &'static str, started: Instant, result: &Result<T, Servic
         Ok(_) => Code::Ok,
         Err(e) => e.code(),
     };
-    metrics::counter!("healthcode_grpc_requests_total", "rpc" => rpc, "code" => code_label(code))
-        .increment(1);
+    metrics::counter!("healthcode_grpc_requests_total", "rpc" => rpc, "code" => code_label(code)).increment(1);
     metrics::histogram!("healthcode_grpc_request_seconds", "rpc" => rpc).record(started.elapsed());
 }
 
@@ -85,16 +77,10 @@ mod tests {
 
     #[test]
     fn invalid_argument_names_the_field() {
-        let status = Status::from(ServiceError::from(ValidationError::new(
-            "event.sampled_at",
-            "must be set",
-        )));
+        let status = Status::from(ServiceError::from(ValidationError::new("event.sampled_at", "must be set")));
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "event.sampled_at: must be set");
-        assert_eq!(
-            status.metadata().get(INVALID_FIELD).unwrap(),
-            "event.sampled_at"
-        );
+        assert_eq!(status.metadata().get(INVALID_FIELD).unwrap(), "event.sampled_at");
     }
 
     #[test]

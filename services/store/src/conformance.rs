@@ -83,43 +83,23 @@ fn override_fact(secs: i64, id: &str, color: Color) -> Facts {
 }
 
 fn update(resident: &str, facts: Facts) -> FactsUpdate {
-    FactsUpdate {
-        resident: resident.to_owned(),
-        facts,
-    }
+    FactsUpdate { resident: resident.to_owned(), facts }
 }
 
 pub async fn unknown_residents_have_no_facts(factory: &impl StoreFactory) {
     let store = factory.open().await;
     let known = factory.resident("known");
-    store
-        .merge(vec![update(&known, negative(0))])
-        .await
-        .unwrap();
+    store.merge(vec![update(&known, negative(0))]).await.unwrap();
     assert_eq!(store.get(&factory.resident("nobody")).await.unwrap(), None);
-    let many = store
-        .get_many(&[
-            factory.resident("nobody"),
-            known.clone(),
-            factory.resident("else"),
-        ])
-        .await
-        .unwrap();
-    assert_eq!(
-        many,
-        vec![None, Some(negative(0)), None],
-        "answers come in the order asked"
-    );
+    let many = store.get_many(&[factory.resident("nobody"), known.clone(), factory.resident("else")]).await.unwrap();
+    assert_eq!(many, vec![None, Some(negative(0)), None], "answers come in the order asked");
 }
 
 pub async fn merged_facts_are_read_back(factory: &impl StoreFactory) {
     let store = factory.open().await;
     let r = factory.resident("merged");
     store.merge(vec![update(&r, negative(10))]).await.unwrap();
-    store
-        .merge(vec![update(&r, positive(5)), update(&r, negative(20))])
-        .await
-        .unwrap();
+    store.merge(vec![update(&r, positive(5)), update(&r, negative(20))]).await.unwrap();
     let expected = negative(10).merged(&positive(5)).merged(&negative(20));
     assert_eq!(store.get(&r).await.unwrap(), Some(expected.clone()));
     assert_eq!(expected.latest_negatives, [Some(at(20)), Some(at(10))]);
@@ -130,10 +110,7 @@ pub async fn merging_twice_equals_merging_once(factory: &impl StoreFactory) {
     let r = factory.resident("twice");
     let facts = positive(1).merged(&override_fact(2, "o-1", Color::Yellow));
     store.merge(vec![update(&r, facts.clone())]).await.unwrap();
-    store
-        .merge(vec![update(&r, facts.clone()), update(&r, facts.clone())])
-        .await
-        .unwrap();
+    store.merge(vec![update(&r, facts.clone()), update(&r, facts.clone())]).await.unwrap();
     assert_eq!(store.get(&r).await.unwrap(), Some(facts));
 }
 
@@ -149,38 +126,22 @@ pub async fn merge_order_does_not_matter(factory: &impl StoreFactory) {
     ];
     let (forward, backward) = (factory.resident("forward"), factory.resident("backward"));
     for p in &parts {
-        store
-            .merge(vec![update(&forward, p.clone())])
-            .await
-            .unwrap();
+        store.merge(vec![update(&forward, p.clone())]).await.unwrap();
     }
     for p in parts.iter().rev() {
-        store
-            .merge(vec![update(&backward, p.clone())])
-            .await
-            .unwrap();
+        store.merge(vec![update(&backward, p.clone())]).await.unwrap();
     }
     let a = store.get(&forward).await.unwrap().unwrap();
     let b = store.get(&backward).await.unwrap().unwrap();
     assert_eq!(a, b);
     assert_eq!(a.latest_negatives, [Some(at(50)), Some(at(40))]);
-    assert_eq!(
-        a.latest_override.unwrap().event_id,
-        "o-b",
-        "ties on issued_at break on event_id"
-    );
+    assert_eq!(a.latest_override.unwrap().event_id, "o-b", "ties on issued_at break on event_id");
 }
 
 pub async fn many_residents_in_one_merge(factory: &impl StoreFactory) {
     let store = factory.open().await;
-    let residents: Vec<String> = (0..1000)
-        .map(|i| factory.resident(&format!("many-{i}")))
-        .collect();
-    let updates = residents
-        .iter()
-        .enumerate()
-        .map(|(i, r)| update(r, negative(i as i64)))
-        .collect();
+    let residents: Vec<String> = (0..1000).map(|i| factory.resident(&format!("many-{i}"))).collect();
+    let updates = residents.iter().enumerate().map(|(i, r)| update(r, negative(i as i64))).collect();
     store.merge(updates).await.unwrap();
     let got = store.get_many(&residents).await.unwrap();
     for (i, facts) in got.into_iter().enumerate() {
@@ -204,9 +165,7 @@ pub struct EmbeddedStoreFactory {
 
 impl EmbeddedStoreFactory {
     pub fn new() -> Self {
-        EmbeddedStoreFactory {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
+        EmbeddedStoreFactory { dir: tempfile::tempdir().expect("temp dir") }
     }
 }
 

@@ -29,8 +29,7 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir/store.redb`.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Storage(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage(format!("creating {}: {e}", dir.display())))?;
         let db = Database::create(dir.join("store.redb")).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(FACTS).map_err(storage)?;
@@ -43,9 +42,7 @@ impl EmbeddedStore {
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| StoreError::Storage(e.to_string()))?
+        tokio::task::spawn_blocking(move || f(&db)).await.map_err(|e| StoreError::Storage(e.to_string()))?
     }
 }
 
@@ -57,11 +54,10 @@ pub fn encode_facts(facts: &Facts) -> Vec<u8> {
 
 pub fn decode_facts(bytes: &[u8]) -> Result<Facts, StoreError> {
     match bytes.split_first() {
-        Some((&ENCODING_V1, rest)) => postcard::from_bytes(rest)
-            .map_err(|e| StoreError::Storage(format!("undecodable facts: {e}"))),
-        Some((v, _)) => Err(StoreError::Storage(format!(
-            "facts encoded with unknown version {v}"
-        ))),
+        Some((&ENCODING_V1, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| StoreError::Storage(format!("undecodable facts: {e}")))
+        }
+        Some((v, _)) => Err(StoreError::Storage(format!("facts encoded with unknown version {v}"))),
         None => Err(StoreError::Storage("empty facts value".into())),
     }
 }
@@ -84,18 +80,14 @@ impl StatusStore for EmbeddedStore {
                         None => Facts::default(),
                     };
                     let merged = stored.merged(&update.facts);
-                    table
-                        .insert(update.resident.as_str(), encode_facts(&merged).as_slice())
-                        .map_err(storage)?;
+                    table.insert(update.resident.as_str(), encode_facts(&merged).as_slice()).map_err(storage)?;
                 }
             }
             txn.commit().map_err(storage)
         })
         .await?;
-        metrics::histogram!("healthcode_store_merge_seconds", "store" => "embedded")
-            .record(started.elapsed());
-        metrics::counter!("healthcode_store_merged_residents_total", "store" => "embedded")
-            .increment(count as u64);
+        metrics::histogram!("healthcode_store_merge_seconds", "store" => "embedded").record(started.elapsed());
+        metrics::counter!("healthcode_store_merged_residents_total", "store" => "embedded").increment(count as u64);
         Ok(())
     }
 

