@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use healthcode_core::{Facts, Validator};
 use healthcode_log::{Delivered, LogConsumer, LogError, Position};
 use healthcode_proto::Message;
@@ -48,37 +48,30 @@ pub struct Materializer {
     config: MaterializerConfig,
 }
 
-/// What one batch folded into: updates per resident plus records skipped.
-#[derive(Debug, Default, PartialEq)]
+/// What one batch folded into: updates per resident, and the records that
+/// can never be applied with the reason.
+#[derive(Debug, Default)]
 pub struct Folded {
     pub updates: Vec<FactsUpdate>,
     pub events: usize,
-    pub undecodable: usize,
+    /// Index in the batch and reason.
+    pub poison: Vec<(usize, String)>,
 }
 
-/// Folds a batch of log records into one facts update per resident. Records
-/// that do not decode are counted and skipped, never allowed to stall the log.
+/// Folds a batch of log records into one facts update per resident.
 pub fn fold(batch: &[Delivered], validator: &Validator) -> Folded {
     let mut per_resident: HashMap<String, Facts> = HashMap::new();
     let mut folded = Folded::default();
-    for delivered in batch {
+    for (index, delivered) in batch.iter().enumerate() {
         let event = pb::Event::decode(delivered.record.payload.as_slice())
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("record: not a healthcode.v1.Event: {e}"))
             .and_then(|wire| validator.decode_record(&wire).map_err(|e| e.to_string()));
         match event {
             Ok(event) => {
                 per_resident.entry(event.resident_id.clone()).or_default().apply(&event);
                 folded.events += 1;
             }
-            Err(reason) => {
-                folded.undecodable += 1;
-                tracing::error!(
-                    partition = delivered.position.partition,
-                    offset = delivered.position.offset,
-                    reason,
-                    "skipping an undecodable log record"
-                );
-            }
+            Err(reason) => folded.poison.push((index, reason)),
         }
     }
     folded.updates = per_resident.into_iter().map(|(resident, facts)| FactsUpdate { resident, facts }).collect();
@@ -109,8 +102,11 @@ impl Materializer {
             if batch.is_empty() {
                 continue;
             }
-            if !self.apply(&batch, &shutdown).await {
-                break;
+            let Some(poison) = self.apply(&batch, &shutdown).await else { break };
+            for (index, reason) in poison {
+                if !self.dead_letter(&batch[index], &reason, &shutdown).await {
+                    return Ok(());
+                }
             }
             let positions: Vec<Position> = batch.iter().map(|d| d.position).collect();
             self.consumer.commit(&last_per_partition(&positions)).await?;
@@ -122,17 +118,21 @@ impl Materializer {
         Ok(())
     }
 
-    /// Merges the batch into the store, retrying with backoff. Returns false
-    /// when shutdown interrupted the retries (the batch will be replayed).
-    async fn apply(&self, batch: &[Delivered], shutdown: &CancellationToken) -> bool {
-        let started = Instant::now();
-        let folded = fold(batch, &self.validator);
-        let backoff = ExponentialBuilder::default()
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(50))
             .with_max_delay(self.config.max_retry_delay)
             .with_jitter()
-            .without_max_times();
-        let merge = (|| self.store.merge(folded.updates.clone())).retry(backoff).notify(|e, wait| {
+            .without_max_times()
+    }
+
+    /// Merges the batch into the store, retrying with backoff. Returns the
+    /// records that can never be applied (index in the batch, reason), or
+    /// `None` when shutdown interrupted the retries (the batch is replayed).
+    async fn apply(&self, batch: &[Delivered], shutdown: &CancellationToken) -> Option<Vec<(usize, String)>> {
+        let started = Instant::now();
+        let folded = fold(batch, &self.validator);
+        let merge = (|| self.store.merge(folded.updates.clone())).retry(self.backoff()).notify(|e, wait| {
             metrics::counter!("healthcode_materializer_store_retries_total").increment(1);
             tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "store merge failed, retrying");
         });
@@ -141,17 +141,47 @@ impl Materializer {
                 if let Err(e) = result {
                     // Unreachable with unlimited retries; keep the batch for replay.
                     tracing::error!(error = %e, "store merge gave up");
-                    return false;
+                    return None;
                 }
             }
-            _ = shutdown.cancelled() => return false,
+            _ = shutdown.cancelled() => return None,
         }
         metrics::counter!("healthcode_materializer_events_total", "result" => "applied")
             .increment(folded.events as u64);
-        metrics::counter!("healthcode_materializer_events_total", "result" => "undecodable")
-            .increment(folded.undecodable as u64);
         metrics::histogram!("healthcode_materializer_batch_seconds").record(started.elapsed());
-        true
+        Some(folded.poison)
+    }
+
+    /// Sets a poison record aside so its partition moves on. Returns false
+    /// when shutdown interrupted the retries.
+    async fn dead_letter(&mut self, record: &Delivered, reason: &str, shutdown: &CancellationToken) -> bool {
+        tracing::error!(
+            partition = record.position.partition,
+            offset = record.position.offset,
+            reason,
+            "dead-lettering a record that cannot be applied"
+        );
+        let mut waits = self.backoff().build();
+        loop {
+            let result = tokio::select! {
+                result = self.consumer.dead_letter(record, reason) => result,
+                _ = shutdown.cancelled() => return false,
+            };
+            match result {
+                Ok(()) => {
+                    metrics::counter!("healthcode_materializer_events_total", "result" => "dead_lettered").increment(1);
+                    return true;
+                }
+                Err(e) => {
+                    let wait = waits.next().unwrap_or(self.config.max_retry_delay);
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "dead-letter failed, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => return false,
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -72,4 +72,8 @@ async fn events_become_facts_and_a_poison_record_does_not_stall() {
     let mut again = log.consumer("materializer").await.unwrap();
     assert!(again.poll(10, Duration::from_millis(100)).await.unwrap().is_empty());
     assert_eq!(again.lag(), Some(0));
+    let letters = log.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1, "the poison record was dead-lettered");
+    assert_eq!(letters[0].0.key, b"garbage");
+    assert!(letters[0].1.starts_with("record: not a healthcode.v1.Event"), "{}", letters[0].1);
 }

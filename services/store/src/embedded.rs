@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use healthcode_core::Facts;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::{FactsUpdate, StatusStore, StoreError};
 
@@ -30,7 +30,12 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir/store.redb`.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage(format!("creating {}: {e}", dir.display())))?;
-        let db = Database::create(dir.join("store.redb")).map_err(storage)?;
+        // Multi-writer: the materializer and lookup processes of one machine
+        // may share the file (redb coordinates them with byte-range locks).
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .create(dir.join("store.redb"))
+            .map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(FACTS).map_err(storage)?;
         txn.commit().map_err(storage)?;
