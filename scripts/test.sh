@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, every crate's tests.
-# Installs nothing by hand-needed steps: the Rust toolchain is on the machine;
-# protoc is not needed (protox); all other dependencies come from crates.io.
+# The whole test suite: formatting, lints, every crate's tests, including
+# the Kafka tests against a real tansu broker. scripts/setup.sh installs the
+# broker; the Rust toolchain is on the machine; protoc is not needed (protox);
+# everything else comes from crates.io.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+./scripts/setup.sh
 
 echo "== toolchain: $(cargo --version)"
 echo "== cargo fmt --check"

@@ -9,6 +9,7 @@ use anyhow::Context;
 use healthcode_core::Validator;
 use healthcode_edge::{EdgeConfig, EdgeService};
 use healthcode_log::{EmbeddedLog, EventLog};
+use healthcode_log_kafka::KafkaLog;
 use healthcode_lookup::{LookupConfig, LookupService};
 use healthcode_materializer::{Materializer, MaterializerConfig};
 use healthcode_proto::v1::ingest_server::IngestServer;
@@ -23,9 +24,6 @@ use tonic_health::ServingStatus;
 use crate::admin::{self, Readiness};
 use crate::config::{LogBackend, Settings, StoreBackend};
 use crate::telemetry;
-
-/// The consumer group the materializers share.
-pub const MATERIALIZER_GROUP: &str = "materializer";
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -57,7 +55,7 @@ pub struct App {
     supervisor: JoinHandle<anyhow::Result<()>>,
 }
 
-fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
+async fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
     match settings.log {
         LogBackend::Embedded => {
             let dir = settings.data_dir.join("log");
@@ -65,6 +63,11 @@ fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
                 EmbeddedLog::open(&dir).with_context(|| format!("opening the event log in {}", dir.display()))?,
             ))
         }
+        LogBackend::Kafka => Ok(Arc::new(
+            KafkaLog::connect(settings.kafka.clone())
+                .await
+                .with_context(|| format!("connecting to Kafka at {}", settings.kafka.brokers))?,
+        )),
     }
 }
 
@@ -98,13 +101,13 @@ impl App {
         };
         let grpc_addr = grpc_listener.as_ref().map(TcpListener::local_addr).transpose()?;
 
-        let log = if role.edge() || role.materializer() { Some(open_log(&settings)?) } else { None };
+        let log = if role.edge() || role.materializer() { Some(open_log(&settings).await?) } else { None };
         let store = if role.materializer() || role.lookup() { Some(open_store(&settings)?) } else { None };
         let validator = Validator::new(settings.limits.clone());
 
         let materializer = match (&log, &store) {
             (Some(log), Some(store)) if role.materializer() => {
-                let consumer = log.consumer(MATERIALIZER_GROUP).await?;
+                let consumer = log.consumer(&settings.materializer_group).await?;
                 let config =
                     MaterializerConfig { batch_size: settings.materializer_batch, ..MaterializerConfig::default() };
                 let run = Materializer::new(consumer, store.clone(), validator.clone(), config).run(shutdown.clone());

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use healthcode_core::{Limits, Policy};
+use healthcode_log_kafka::KafkaConfig;
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -51,6 +52,8 @@ pub enum Command {
 pub enum LogBackend {
     /// redb file under the data directory (one process).
     Embedded,
+    /// A Kafka cluster (`--kafka-brokers`).
+    Kafka,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -109,6 +112,32 @@ pub struct ServeArgs {
     /// Most log records folded into one store write [default: 2000]
     #[arg(long, env = "HEALTHCODE_MATERIALIZER_BATCH")]
     pub materializer_batch: Option<usize>,
+    /// Kafka bootstrap servers, host:port,... (required with --log kafka)
+    #[arg(long, env = "HEALTHCODE_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic of the events [default: healthcode.events]
+    #[arg(long, env = "HEALTHCODE_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    /// Topic of records the materializer cannot apply [default: healthcode.events.dead-letter]
+    #[arg(long, env = "HEALTHCODE_KAFKA_DEAD_LETTER_TOPIC")]
+    pub kafka_dead_letter_topic: Option<String>,
+    /// Consumer group of the materializers [default: healthcode-materializer]
+    #[arg(long, env = "HEALTHCODE_KAFKA_GROUP")]
+    pub kafka_group: Option<String>,
+    /// Partitions of topics created on start [default: 12]
+    #[arg(long, env = "HEALTHCODE_KAFKA_PARTITIONS")]
+    pub kafka_partitions: Option<i32>,
+    /// Replication factor of topics created on start [default: 1]
+    #[arg(long, env = "HEALTHCODE_KAFKA_REPLICATION_FACTOR")]
+    pub kafka_replication_factor: Option<i32>,
+    /// Create the topics on start when missing [default: true]
+    #[arg(long, env = "HEALTHCODE_KAFKA_CREATE_TOPICS")]
+    pub kafka_create_topics: Option<bool>,
+    /// librdkafka setting key=value for both clients; prefix the key with
+    /// `producer.` or `consumer.` for one (repeatable; comma-separated in the env)
+    #[arg(long = "kafka-option", env = "HEALTHCODE_KAFKA_OPTIONS", value_delimiter = ',')]
+    #[serde(rename = "kafka_option")]
+    pub kafka_options: Vec<String>,
 }
 
 /// Resolved settings of a serving process.
@@ -124,6 +153,9 @@ pub struct Settings {
     pub lookup_budget: Duration,
     pub dedup_capacity: u64,
     pub materializer_batch: usize,
+    /// Kafka settings; used when `log` is `Kafka`.
+    pub kafka: KafkaConfig,
+    pub materializer_group: String,
 }
 
 impl Settings {
@@ -160,11 +192,38 @@ impl ServeArgs {
         )?;
         let materializer_batch = self.materializer_batch.or(file.materializer_batch).unwrap_or(2_000);
         anyhow::ensure!(materializer_batch > 0, "materializer_batch must be at least 1");
+        let log = self.log.or(file.log).unwrap_or(LogBackend::Embedded);
+        let brokers = self.kafka_brokers.or(file.kafka_brokers);
+        anyhow::ensure!(
+            log != LogBackend::Kafka || brokers.is_some(),
+            "kafka_brokers is required with --log kafka (flag --kafka-brokers, env HEALTHCODE_KAFKA_BROKERS)"
+        );
+        let mut kafka = KafkaConfig::new(brokers.unwrap_or_default());
+        if let Some(topic) = self.kafka_topic.or(file.kafka_topic) {
+            kafka.topic = topic;
+        }
+        if let Some(topic) = self.kafka_dead_letter_topic.or(file.kafka_dead_letter_topic) {
+            kafka.dead_letter_topic = topic;
+        }
+        kafka.partitions = self.kafka_partitions.or(file.kafka_partitions).unwrap_or(kafka.partitions);
+        kafka.replication_factor =
+            self.kafka_replication_factor.or(file.kafka_replication_factor).unwrap_or(kafka.replication_factor);
+        kafka.create_topics = self.kafka_create_topics.or(file.kafka_create_topics).unwrap_or(true);
+        anyhow::ensure!(kafka.partitions > 0, "kafka_partitions must be at least 1");
+        anyhow::ensure!(kafka.replication_factor > 0, "kafka_replication_factor must be at least 1");
+        let options = if self.kafka_options.is_empty() { file.kafka_options } else { self.kafka_options };
+        kafka.options = options
+            .iter()
+            .map(|o| match o.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+                _ => Err(anyhow::anyhow!("kafka_option {o:?} must look like key=value")),
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Settings {
             grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(([127, 0, 0, 1], 50051).into()),
             admin_addr: self.admin_addr.or(file.admin_addr).unwrap_or(([127, 0, 0, 1], 9090).into()),
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
-            log: self.log.or(file.log).unwrap_or(LogBackend::Embedded),
+            log,
             store: self.store.or(file.store).unwrap_or(StoreBackend::Embedded),
             policy,
             limits: Limits {
@@ -177,6 +236,11 @@ impl ServeArgs {
             lookup_budget: self.lookup_budget.or(file.lookup_budget).unwrap_or(Duration::from_millis(50)),
             dedup_capacity: self.dedup_capacity.or(file.dedup_capacity).unwrap_or(500_000),
             materializer_batch,
+            kafka,
+            materializer_group: self
+                .kafka_group
+                .or(file.kafka_group)
+                .unwrap_or_else(|| "healthcode-materializer".to_owned()),
         })
     }
 }
@@ -197,6 +261,22 @@ mod tests {
         assert_eq!(s.policy.negative_validity, Duration::from_secs(24 * 3600));
         assert_eq!(s.data_dir, PathBuf::from("/var/lib/healthcode"));
         assert_eq!(s.admin_addr, "127.0.0.1:9090".parse().unwrap());
+    }
+
+    #[test]
+    fn kafka_settings_need_brokers_and_parse_options() {
+        let no_brokers = ServeArgs { log: Some(LogBackend::Kafka), ..ServeArgs::default() };
+        let err = no_brokers.resolve_with(ServeArgs::default()).unwrap_err().to_string();
+        assert!(err.contains("kafka_brokers"), "{err}");
+        let file: ServeArgs =
+            toml::from_str("log = \"kafka\"\nkafka_brokers = \"k1:9092\"\nkafka_option = [\"producer.linger.ms=20\"]")
+                .unwrap();
+        let s = ServeArgs::default().resolve_with(file).unwrap();
+        assert_eq!(s.log, LogBackend::Kafka);
+        assert_eq!(s.kafka.brokers, "k1:9092");
+        assert_eq!(s.kafka.options, vec![("producer.linger.ms".to_string(), "20".to_string())]);
+        let bad = ServeArgs { kafka_options: vec!["linger.ms".into()], ..ServeArgs::default() };
+        assert!(bad.resolve_with(ServeArgs::default()).is_err());
     }
 
     #[test]

@@ -2,88 +2,21 @@
 //! the process killed with SIGKILL while submissions are in flight, restarted
 //! on the same data directory; every acknowledged event must be reflected.
 
+mod support;
+
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use healthcode_core::UnixMicros;
 use healthcode_proto::v1::{self as pb, ingest_client::IngestClient, lookup_client::LookupClient};
-use tonic::transport::Channel;
+use support::{Process, free_addr, negative_test, sampled_at, shows_negative, wait_until};
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-struct Process {
-    child: Child,
-    grpc: SocketAddr,
-}
-
-impl Process {
-    async fn start(data_dir: &Path, grpc: SocketAddr) -> Process {
-        let log = std::fs::File::options().create(true).append(true).open(data_dir.with_extension("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_healthcode"))
-            .args(["up", "--data-dir"])
-            .arg(data_dir)
-            .args(["--grpc-addr", &grpc.to_string(), "--admin-addr", &free_addr().to_string()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start healthcode up");
-        let p = Process { child, grpc };
-        p.wait_serving().await;
-        p
-    }
-
-    async fn wait_serving(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await {
-                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                if health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("healthcode up did not start serving on {}", self.grpc);
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap()
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        self.child.wait().unwrap()
-    }
-}
-
-/// One negative test per resident, with a distinct sample time, so an
-/// acknowledged event is visible as that resident's last negative sample.
-fn event(n: usize, base: UnixMicros) -> (String, pb::TestResultEvent) {
-    let resident = format!("crash-r{n}");
-    let sampled = UnixMicros(base.0 - (n as i64) * 1_000_000);
-    let event = pb::TestResultEvent {
-        event_id: format!("crash-e{n}"),
-        resident_id: resident.clone(),
-        sample_id: format!("crash-s{n}"),
-        lab_id: "lab-1".into(),
-        kind: pb::TestKind::Pcr as i32,
-        outcome: pb::TestOutcome::Negative as i32,
-        sampled_at: Some(sampled.to_timestamp()),
-        resulted_at: Some(base.to_timestamp()),
-    };
-    (resident, event)
+async fn start_up(data_dir: &Path, grpc: SocketAddr) -> Process {
+    let args = vec!["up".to_string(), "--data-dir".to_string(), data_dir.display().to_string()];
+    Process::start(&args, Some(grpc), &data_dir.with_extension("log")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +24,7 @@ async fn every_acknowledged_event_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let grpc = free_addr();
-    let first = Process::start(&data_dir, grpc).await;
+    let first = start_up(&data_dir, grpc).await;
     let channel = first.channel().await;
     let base = UnixMicros::now();
 
@@ -103,8 +36,8 @@ async fn every_acknowledged_event_survives_sigkill() {
             tokio::spawn(async move {
                 let mut client = IngestClient::new(channel);
                 for n in (w..100_000).step_by(10) {
-                    let (resident, e) = event(n, base);
-                    let sampled = UnixMicros::from_timestamp(e.sampled_at.as_ref().unwrap()).unwrap();
+                    let (resident, e) = negative_test("crash", n, base);
+                    let sampled = sampled_at(&e);
                     match client.submit_test_result(pb::SubmitTestResultRequest { event: Some(e) }).await {
                         Ok(reply) if reply.get_ref().outcome == pb::Outcome::Accepted as i32 => {
                             acked.lock().unwrap().insert(resident, sampled);
@@ -128,38 +61,19 @@ async fn every_acknowledged_event_survives_sigkill() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 500);
 
-    let second = Process::start(&data_dir, grpc).await;
+    let second = start_up(&data_dir, grpc).await;
     let mut lookup = LookupClient::new(second.channel().await);
     let residents: Vec<String> = acked.keys().cloned().collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut missing = Vec::new();
-        for chunk in residents.chunks(500) {
-            let statuses = lookup
-                .batch_get_status(pb::BatchGetStatusRequest { resident_id: chunk.to_vec() })
-                .await
-                .unwrap()
-                .into_inner()
-                .statuses;
-            for s in statuses {
-                let got = s.last_negative_sampled_at.as_ref().and_then(UnixMicros::from_timestamp);
-                if got != Some(acked[&s.resident_id]) || s.color != pb::Color::Green as i32 {
-                    missing.push(s.resident_id);
-                }
-            }
-        }
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {} acknowledged events not reflected after restart, e.g. {:?}",
-            missing.len(),
-            acked.len(),
-            &missing[..missing.len().min(5)]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let missing =
+        wait_until(&mut lookup, &residents, Duration::from_secs(60), |s| shows_negative(s, acked[&s.resident_id]))
+            .await;
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged events not reflected after restart, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
     let status = second.terminate();
     assert!(status.success(), "graceful shutdown on SIGTERM exits 0, got {status:?}");
 }

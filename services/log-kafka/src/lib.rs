@@ -45,6 +45,8 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Replication factor of topics created on start.
     pub replication_factor: i32,
+    /// Create the topics on start when missing (off where topics are managed elsewhere).
+    pub create_topics: bool,
     /// Overrides for both clients; a `producer.` or `consumer.` prefix targets one.
     pub options: Vec<(String, String)>,
 }
@@ -57,6 +59,7 @@ impl KafkaConfig {
             dead_letter_topic: "healthcode.events.dead-letter".into(),
             partitions: 12,
             replication_factor: 1,
+            create_topics: true,
             options: Vec::new(),
         }
     }
@@ -137,7 +140,9 @@ impl KafkaLog {
         let producer: FutureProducer<ProducerContext> =
             config.producer_config().create_with_context(ProducerContext).map_err(unavailable)?;
         let log = KafkaLog { config, producer, closed: AtomicBool::new(false) };
-        log.create_topics().await?;
+        if log.config.create_topics {
+            log.create_topics().await?;
+        }
         Ok(log)
     }
 

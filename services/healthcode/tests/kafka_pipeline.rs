@@ -1,0 +1,223 @@
+//! The pipeline on Kafka: a real tansu broker process, the roles as separate
+//! `healthcode` processes, a materializer killed mid-flow, a poison record,
+//! and a broker that goes away (librdkafka's mock cluster).
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use healthcode::app::{App, Role};
+use healthcode::config::{LogBackend, Settings};
+use healthcode_core::UnixMicros;
+use healthcode_log::EventLog;
+use healthcode_log_kafka::testing::TansuBroker;
+use healthcode_log_kafka::{KafkaConfig, KafkaLog};
+use healthcode_proto::v1::{self as pb, ingest_client::IngestClient, lookup_client::LookupClient};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use support::{Process, free_addr, negative_test, sampled_at, shows_negative, wait_until};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Arguments of a role on Kafka with a store under `data_dir`.
+fn role_args(role: &str, brokers: &str, data_dir: &Path) -> Vec<String> {
+    [role, "--log", "kafka", "--kafka-brokers", brokers, "--kafka-partitions", "4", "--data-dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([data_dir.display().to_string()])
+        .collect()
+}
+
+fn batch(events: &[pb::TestResultEvent]) -> pb::SubmitBatchRequest {
+    pb::SubmitBatchRequest {
+        events: events.iter().map(|e| pb::Event { kind: Some(pb::event::Kind::TestResult(e.clone())) }).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_materializer_and_lookup_as_separate_processes() {
+    let Some(broker) = TansuBroker::start("edge_materializer_and_lookup_as_separate_processes") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = (dir.path().join("data"), dir.path().join("processes.log"));
+    let brokers = broker.brokers();
+    let edge = Process::start(&role_args("edge", &brokers, &data), Some(free_addr()), &log).await;
+    let materializer = Process::start(&role_args("materializer", &brokers, &data), None, &log).await;
+    let lookup = Process::start(&role_args("lookup", &brokers, &data), Some(free_addr()), &log).await;
+
+    let base = UnixMicros::now();
+    let events: Vec<(String, pb::TestResultEvent)> = (0..200).map(|n| negative_test("sep", n, base)).collect();
+    let mut ingest = IngestClient::new(edge.channel().await);
+    for chunk in events.chunks(50) {
+        let wire: Vec<pb::TestResultEvent> = chunk.iter().map(|(_, e)| e.clone()).collect();
+        let results = ingest.submit_batch(batch(&wire)).await.unwrap().into_inner().results;
+        assert!(results.iter().all(|r| r.outcome == pb::Outcome::Accepted as i32), "{results:?}");
+    }
+    let expected: HashMap<String, UnixMicros> = events.iter().map(|(r, e)| (r.clone(), sampled_at(e))).collect();
+    let residents: Vec<String> = expected.keys().cloned().collect();
+    let mut lookup_client = LookupClient::new(lookup.channel().await);
+    let missing = wait_until(&mut lookup_client, &residents, Duration::from_secs(120), |s| {
+        shows_negative(s, expected[&s.resident_id])
+    })
+    .await;
+    assert!(missing.is_empty(), "{} residents never showed their result, e.g. {:?}", missing.len(), &missing[..1]);
+
+    for process in [edge, materializer, lookup] {
+        assert!(process.terminate().success(), "graceful exit on SIGTERM");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_materializer_killed_mid_flow_loses_nothing() {
+    let Some(broker) = TansuBroker::start("a_materializer_killed_mid_flow_loses_nothing") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = (dir.path().join("data"), dir.path().join("processes.log"));
+    let brokers = broker.brokers();
+    let edge = Process::start(&role_args("edge", &brokers, &data), Some(free_addr()), &log).await;
+    let doomed = Process::start(&role_args("materializer", &brokers, &data), None, &log).await;
+    let survivor = Process::start(&role_args("materializer", &brokers, &data), None, &log).await;
+    let lookup = Process::start(&role_args("lookup", &brokers, &data), Some(free_addr()), &log).await;
+
+    // Stations submit for a few seconds; one materializer dies in the middle.
+    let base = UnixMicros::now();
+    let acked: Arc<Mutex<HashMap<String, UnixMicros>>> = Arc::default();
+    let channel = edge.channel().await;
+    let writer = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let mut ingest = IngestClient::new(channel);
+            for round in 0..60 {
+                let events: Vec<(String, pb::TestResultEvent)> =
+                    (round * 50..round * 50 + 50).map(|n| negative_test("rebalance", n, base)).collect();
+                let wire: Vec<pb::TestResultEvent> = events.iter().map(|(_, e)| e.clone()).collect();
+                let results = ingest.submit_batch(batch(&wire)).await.unwrap().into_inner().results;
+                for ((resident, event), result) in events.iter().zip(results) {
+                    assert_eq!(result.outcome, pb::Outcome::Accepted as i32);
+                    acked.lock().unwrap().insert(resident.clone(), sampled_at(event));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    doomed.kill_9();
+    writer.await.unwrap();
+
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 3000);
+    let residents: Vec<String> = acked.keys().cloned().collect();
+    let mut lookup_client = LookupClient::new(lookup.channel().await);
+    let missing = wait_until(&mut lookup_client, &residents, Duration::from_secs(180), |s| {
+        shows_negative(s, acked[&s.resident_id])
+    })
+    .await;
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged events never reached the store, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..1]
+    );
+    for process in [edge, survivor, lookup] {
+        assert!(process.terminate().success());
+    }
+}
+
+fn kafka_settings(data_dir: &Path, brokers: &str) -> Settings {
+    let mut settings = Settings::ephemeral(data_dir);
+    settings.log = LogBackend::Kafka;
+    settings.kafka = KafkaConfig::new(brokers);
+    settings.kafka.partitions = 2;
+    settings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_is_dead_lettered_and_the_partition_moves_on() {
+    let Some(broker) = TansuBroker::start("a_poison_record_is_dead_lettered_and_the_partition_moves_on") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let settings = kafka_settings(dir.path(), &broker.brokers());
+    let app = App::start(Role::Up, settings.clone()).await.unwrap();
+
+    // Garbage straight onto the topic, keyed like the resident submitted
+    // next, so both land in the same partition in this order.
+    let base = UnixMicros::now();
+    let (resident, event) = negative_test("poison", 1, base);
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", broker.brokers()).create().unwrap();
+    let garbage = [0xde, 0xad, 0xbe, 0xef, 0xff];
+    producer
+        .send(
+            FutureRecord::to(&settings.kafka.topic).key(resident.as_bytes()).payload(&garbage[..]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let channel = Channel::from_shared(format!("http://{}", app.grpc_addr.unwrap())).unwrap().connect().await.unwrap();
+    let reply = IngestClient::new(channel.clone())
+        .submit_test_result(pb::SubmitTestResultRequest { event: Some(event.clone()) })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().outcome, pb::Outcome::Accepted as i32);
+
+    let mut lookup = LookupClient::new(channel);
+    let missing =
+        wait_until(&mut lookup, &[resident], Duration::from_secs(120), |s| shows_negative(s, sampled_at(&event))).await;
+    assert!(missing.is_empty(), "the event after the poison record was not applied");
+
+    let reader = KafkaLog::connect(settings.kafka.clone()).await.unwrap();
+    let letters = reader.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].0.payload, garbage);
+    assert!(letters[0].1.starts_with("record: not a healthcode.v1.Event"), "reason: {}", letters[0].1);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_answers_unavailable_while_the_broker_is_down_and_recovers() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = kafka_settings(dir.path(), &cluster.bootstrap_servers());
+    settings.kafka.options = vec![("producer.message.timeout.ms".into(), "2000".into())];
+    // The mock cluster does not serve CreateTopics; create them directly.
+    settings.kafka.create_topics = false;
+    cluster.create_topic(&settings.kafka.topic, 2, 1).unwrap();
+    let app = App::start(Role::Edge, settings).await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", app.grpc_addr.unwrap())).unwrap().connect().await.unwrap();
+    let ingest = IngestClient::new(channel);
+    let base = UnixMicros::now();
+    let mut n = 0;
+    let mut submit = move || {
+        n += 1;
+        let (_, event) = negative_test("outage", n, base);
+        let mut ingest = ingest.clone();
+        async move { ingest.submit_test_result(pb::SubmitTestResultRequest { event: Some(event) }).await }
+    };
+    assert_eq!(submit().await.unwrap().into_inner().outcome, pb::Outcome::Accepted as i32);
+
+    cluster.broker_down(1).unwrap();
+    for _ in 0..3 {
+        let status = submit().await.expect_err("never ACCEPTED while the broker is down");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.metadata().get(healthcode_rpc::RETRY_AFTER_MS).is_some());
+    }
+
+    cluster.broker_up(1).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match submit().await {
+            Ok(reply) => {
+                assert_eq!(reply.into_inner().outcome, pb::Outcome::Accepted as i32);
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable);
+                assert!(tokio::time::Instant::now() < deadline, "the edge did not recover after the broker came back");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    app.stop().await.unwrap();
+}
