@@ -1,0 +1,243 @@
+//! The machine's ceiling, side by side: the same client at the same
+//! concurrency drives a bare tonic server (a reply of the same size, no work)
+//! and the target.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use healthcode_core::UnixMicros;
+use healthcode_proto::v1::ingest_server::{Ingest, IngestServer};
+use healthcode_proto::v1::lookup_server::{Lookup, LookupServer};
+use healthcode_proto::v1::{self as pb, ingest_client::IngestClient, lookup_client::LookupClient};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::round::{mix, resident_id};
+use crate::stats::{Percentiles, histogram, micros};
+
+/// Answers like the real services, with replies of the same shape, doing nothing.
+struct Bare;
+
+fn canned_status(resident_id: String) -> pb::ResidentStatus {
+    let now = Some(UnixMicros::now().to_timestamp());
+    pb::ResidentStatus {
+        resident_id,
+        color: pb::Color::Green as i32,
+        reason: pb::Reason::NegativeTestValid as i32,
+        valid_until: now,
+        last_negative_sampled_at: now,
+        last_positive_sampled_at: None,
+        updated_at: now,
+        as_of: now,
+        stale: false,
+        override_expires_at: None,
+    }
+}
+
+fn accepted(event_id: String) -> pb::SubmitReply {
+    pb::SubmitReply { event_id, outcome: pb::Outcome::Accepted as i32 }
+}
+
+#[tonic::async_trait]
+impl Lookup for Bare {
+    async fn get_status(&self, r: Request<pb::GetStatusRequest>) -> Result<Response<pb::ResidentStatus>, Status> {
+        Ok(Response::new(canned_status(r.into_inner().resident_id)))
+    }
+    async fn batch_get_status(
+        &self,
+        r: Request<pb::BatchGetStatusRequest>,
+    ) -> Result<Response<pb::BatchGetStatusReply>, Status> {
+        Ok(Response::new(pb::BatchGetStatusReply {
+            statuses: r.into_inner().resident_id.into_iter().map(canned_status).collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Ingest for Bare {
+    async fn submit_scan(&self, r: Request<pb::SubmitScanRequest>) -> Result<Response<pb::SubmitReply>, Status> {
+        Ok(Response::new(accepted(r.into_inner().event.map(|e| e.event_id).unwrap_or_default())))
+    }
+    async fn submit_test_result(
+        &self,
+        r: Request<pb::SubmitTestResultRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        Ok(Response::new(accepted(r.into_inner().event.map(|e| e.event_id).unwrap_or_default())))
+    }
+    async fn submit_override(
+        &self,
+        r: Request<pb::SubmitOverrideRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        Ok(Response::new(accepted(r.into_inner().event.map(|e| e.event_id).unwrap_or_default())))
+    }
+    async fn submit_batch(&self, r: Request<pb::SubmitBatchRequest>) -> Result<Response<pb::SubmitBatchReply>, Status> {
+        let results = r
+            .into_inner()
+            .events
+            .iter()
+            .map(|e| pb::EventResult {
+                event_id: crate::replay::event_id(e).to_owned(),
+                outcome: pb::Outcome::Accepted as i32,
+                reason: String::new(),
+            })
+            .collect();
+        Ok(Response::new(pb::SubmitBatchReply { results }))
+    }
+}
+
+/// Starts the bare server on a free loopback port.
+pub async fn start_bare() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(LookupServer::new(Bare))
+            .add_service(IngestServer::new(Bare))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    Ok(addr)
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Measured {
+    pub workload: String,
+    pub server: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub per_second: f64,
+    pub latency: Percentiles,
+}
+
+/// Closed loop: `concurrency` workers send back to back for `duration`.
+pub async fn drive<F, Fut>(concurrency: usize, duration: Duration, request: F) -> (u64, u64, Percentiles)
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Status>> + Send,
+{
+    let request = Arc::new(request);
+    let counter = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + duration;
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (request, counter) = (request.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut h = histogram(3);
+                let mut errors = 0u64;
+                while Instant::now() < stop {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let started = Instant::now();
+                    if request(n).await.is_err() {
+                        errors += 1;
+                    }
+                    h.record(micros(started.elapsed())).expect("clamped");
+                }
+                (h, errors)
+            })
+        })
+        .collect();
+    let mut all = histogram(3);
+    let mut errors = 0;
+    for w in workers {
+        let (h, e) = w.await.expect("bench worker");
+        all.add(&h).expect("same bounds");
+        errors += e;
+    }
+    (all.len(), errors, Percentiles::of(&all))
+}
+
+fn scan(run: u64, n: u64, residents: u64) -> pb::ScanEvent {
+    pb::ScanEvent {
+        event_id: format!("bench-{run}-{n}"),
+        resident_id: resident_id(mix(run, n, 1) % residents),
+        station_id: "bench-station".into(),
+        site_id: "bench-site".into(),
+        kind: pb::ScanKind::VenueEntry as i32,
+        scanned_at: Some(UnixMicros::now().to_timestamp()),
+    }
+}
+
+pub struct BenchOptions {
+    pub target: String,
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub residents: u64,
+    pub batch: usize,
+}
+
+/// Runs every workload against the bare server and the target, in turn.
+pub async fn bench(options: &BenchOptions) -> anyhow::Result<Vec<Measured>> {
+    let bare = format!("http://{}", start_bare().await?);
+    let run = UnixMicros::now().0 as u64;
+    let mut out = Vec::new();
+    for workload in ["lookup", "ingest-unary", "ingest-batch"] {
+        for (server, url) in [("bare", bare.as_str()), ("target", options.target.as_str())] {
+            let channel: Channel = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?;
+            let residents = options.residents.max(1);
+            let batch = options.batch.max(1) as u64;
+            let (requests, errors, latency) = match workload {
+                "lookup" => {
+                    drive(options.concurrency, options.duration, move |n| {
+                        let mut c = LookupClient::new(channel.clone());
+                        let id = resident_id(mix(run, n, 2) % residents);
+                        async move { c.get_status(pb::GetStatusRequest { resident_id: id }).await.map(drop) }
+                    })
+                    .await
+                }
+                "ingest-unary" => {
+                    drive(options.concurrency, options.duration, move |n| {
+                        let mut c = IngestClient::new(channel.clone());
+                        let event = scan(run, n, residents);
+                        async move { c.submit_scan(pb::SubmitScanRequest { event: Some(event) }).await.map(drop) }
+                    })
+                    .await
+                }
+                _ => {
+                    drive(options.concurrency, options.duration, move |n| {
+                        let mut c = IngestClient::new(channel.clone());
+                        let events = (n * batch..(n + 1) * batch)
+                            .map(|m| pb::Event { kind: Some(pb::event::Kind::Scan(scan(run, m, residents))) })
+                            .collect();
+                        async move { c.submit_batch(pb::SubmitBatchRequest { events }).await.map(drop) }
+                    })
+                    .await
+                }
+            };
+            out.push(Measured {
+                workload: workload.into(),
+                server: server.into(),
+                requests,
+                errors,
+                per_second: requests as f64 / options.duration.as_secs_f64(),
+                latency,
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_bare_server_answers_with_replies_of_the_real_shape() {
+        let addr = start_bare().await.unwrap();
+        let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let status = LookupClient::new(channel.clone())
+            .get_status(pb::GetStatusRequest { resident_id: "r000000001".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.resident_id, "r000000001");
+        assert!(status.as_of.is_some() && status.valid_until.is_some());
+        let events = (0..3).map(|n| pb::Event { kind: Some(pb::event::Kind::Scan(scan(1, n, 10))) }).collect();
+        let reply = IngestClient::new(channel).submit_batch(pb::SubmitBatchRequest { events }).await.unwrap();
+        assert_eq!(reply.into_inner().results.len(), 3);
+    }
+}

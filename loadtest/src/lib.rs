@@ -1,0 +1,280 @@
+//! `healthcode-loadtest`: stage a city-wide testing round against any
+//! deployment (generate, replay, verify) and measure the machine's ceiling
+//! (bench).
+
+pub mod bench;
+pub mod replay;
+pub mod report;
+pub mod round;
+pub mod schedule;
+pub mod stats;
+pub mod verify;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::round::RoundConfig;
+
+#[derive(Parser, Debug)]
+#[command(name = "healthcode-loadtest", version, about = "Stage a city-wide testing round against healthcode.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Writes a deterministic round (schedule, expected statuses) into a directory.
+    Generate(GenerateArgs),
+    /// Replays a round against a target, open-loop, and writes a report.
+    Replay(ReplayArgs),
+    /// Reads every resident's status back and compares it with the expected one.
+    Verify(VerifyArgs),
+    /// Drives a bare tonic server and the target side by side.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Directory to write schedule.bin, expected.csv and round.json into.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 13_000_000)]
+    pub residents: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Share of samples that are positive.
+    #[arg(long, default_value_t = 0.002)]
+    pub positivity: f64,
+    /// Status lookups over the round, per resident.
+    #[arg(long, default_value_t = 1.0)]
+    pub lookups_per_resident: f64,
+    /// Lookup rate at the morning surge, as a multiple of the baseline.
+    #[arg(long, default_value_t = 10.0)]
+    pub surge_factor: f64,
+    /// Share of residents who also enter a venue after their test.
+    #[arg(long, default_value_t = 0.3)]
+    pub venue_fraction: f64,
+    /// Window over which every resident is sampled once.
+    #[arg(long, default_value = "10h", value_parser = humantime::parse_duration)]
+    pub sampling_window: Duration,
+    /// How long after sampling labs report a batch.
+    #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
+    pub result_delay: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// A directory written by `generate`.
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// Round time runs this many times faster than the wall clock.
+    #[arg(long, default_value_t = 60.0)]
+    pub compression: f64,
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// Time ACCEPTED-to-visible for every n-th acknowledged lab batch.
+    #[arg(long, default_value_t = 50)]
+    pub freshness_every: u64,
+    /// Attempts per request on UNAVAILABLE or RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 5)]
+    pub attempts: usize,
+    /// Where report.json and report.html go [default: DIR/report]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// How many mismatches to print.
+    #[arg(long, default_value_t = 10)]
+    pub show: usize,
+    /// BatchGetStatus calls in flight.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Residents to pick lookup ids from (r000000000 ..).
+    #[arg(long, default_value_t = 20_000)]
+    pub residents: u64,
+    /// Events per SubmitBatch in the batch workload.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Generate(args) => generate(args),
+        Command::Replay(args) => replay(args).await,
+        Command::Verify(args) => verify(args).await,
+        Command::Bench(args) => bench(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("healthcode-loadtest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let round = RoundConfig {
+        residents: args.residents,
+        seed: args.seed,
+        positivity: args.positivity,
+        lookups_per_resident: args.lookups_per_resident,
+        surge_factor: args.surge_factor,
+        venue_fraction: args.venue_fraction,
+        sampling_window_ms: args.sampling_window.as_millis() as u64,
+        result_delay_ms: args.result_delay.as_millis() as u64,
+        ..RoundConfig::default()
+    };
+    let started = Instant::now();
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(round.residents)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let manifest = schedule::generate(&round, &args.out, |n| bar.inc(n))?;
+    bar.finish_and_clear();
+    let c = &manifest.counts;
+    println!(
+        "generated {} residents in {:.1} s: {} requests ({} ingest batches with {} events: {} test results, {} duplicate resubmissions, {} overrides, {} scans; {} lookups) in {}",
+        round.residents,
+        started.elapsed().as_secs_f64(),
+        c.entries,
+        c.batches,
+        c.events,
+        c.test_results,
+        c.duplicate_submissions,
+        c.overrides,
+        c.scans,
+        c.lookups,
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.compression > 0.0, "compression must be positive");
+    let options = replay::ReplayOptions {
+        target: args.target,
+        compression: args.compression,
+        connections: args.connections,
+        max_in_flight: args.max_in_flight,
+        freshness_every: args.freshness_every,
+        attempts: args.attempts,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let out = args.out.unwrap_or_else(|| replay::default_out(&args.dir));
+    let r = replay::replay(&args.dir, &options, &out).await?;
+    println!(
+        "replayed {} residents against {} in {:.1} s (compression {}x)",
+        r.residents, r.target, r.wall_seconds, r.compression
+    );
+    println!(
+        "{:<12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}  codes",
+        "rpc", "requests", "per s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    for (name, k) in [("SubmitBatch", &r.ingest), ("GetStatus", &r.lookup)] {
+        let l = &k.latency;
+        println!(
+            "{name:<12} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {:?}",
+            k.requests, k.throughput_per_s, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, k.codes
+        );
+    }
+    let f = &r.freshness;
+    println!(
+        "freshness (ACCEPTED to visible), {} samples: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms; {} timed out",
+        f.count, f.p50_ms, f.p99_ms, f.p999_ms, f.max_ms, r.freshness_timeouts
+    );
+    println!("events: {:?}", r.events);
+    println!("report: {}", out.join("report.html").display());
+    let unacknowledged = r.events.get("REJECTED").copied().unwrap_or(0)
+        + r.ingest.codes.iter().filter(|(c, _)| c.as_str() != "OK").map(|(_, n)| *n).sum::<u64>();
+    if unacknowledged > 0 {
+        eprintln!(
+            "{unacknowledged} events or requests were not acknowledged; see {}",
+            args.dir.join(replay::UNACKNOWLEDGED_FILE).display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let o = verify::verify(&args.dir, &args.target, args.show, args.concurrency).await?;
+    println!("checked {} residents: {} mismatches", o.checked, o.mismatches);
+    for line in &o.first {
+        println!("  {line}");
+    }
+    if o.unacknowledged > 0 {
+        println!("{} residents left out: one of their events was never acknowledged", o.unacknowledged);
+    }
+    Ok(if o.mismatches == 0 && o.checked > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let options = bench::BenchOptions {
+        target: args.target,
+        concurrency: args.concurrency,
+        duration: args.duration,
+        residents: args.residents,
+        batch: args.batch,
+    };
+    let results = bench::bench(&options).await?;
+    println!(
+        "concurrency {}, {} s per run, batch {} events",
+        options.concurrency,
+        options.duration.as_secs_f64(),
+        options.batch
+    );
+    println!(
+        "{:<13} {:<7} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9}",
+        "workload", "server", "per s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "vs bare"
+    );
+    for pair in results.chunks(2) {
+        let bare = pair[0].per_second;
+        for m in pair {
+            println!(
+                "{:<13} {:<7} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>8.0}%",
+                m.workload,
+                m.server,
+                m.per_second,
+                m.latency.p50_ms,
+                m.latency.p99_ms,
+                m.latency.p999_ms,
+                m.errors,
+                100.0 * m.per_second / bare.max(1e-9)
+            );
+        }
+    }
+    if let Some(out) = args.out {
+        std::fs::write(out, serde_json::to_vec_pretty(&results)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

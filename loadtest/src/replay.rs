@@ -1,0 +1,469 @@
+//! Open-loop replay of a schedule against a target. Each request is timed
+//! from the moment the schedule meant to send it, not from when it was sent:
+//! when the target (or the replay's in-flight limit) falls behind, the wait
+//! counts as latency, so slowness is never hidden (no coordinated omission).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
+use healthcode_core::UnixMicros;
+use healthcode_proto::v1::{self as pb, ingest_client::IngestClient, lookup_client::LookupClient};
+use healthcode_proto::{Message, Timestamp};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::schedule::{Entry, Kind, Reader, read_manifest};
+use crate::stats::{KindStats, KindSummary, Percentiles, Point, histogram, micros, timeline};
+
+pub const REPLAY_FILE: &str = "replay.json";
+pub const UNACKNOWLEDGED_FILE: &str = "unacknowledged.txt";
+
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    pub target: String,
+    /// Round time runs this many times faster than the wall clock.
+    pub compression: f64,
+    /// HTTP/2 connections to spread requests over.
+    pub connections: usize,
+    /// Requests in flight at most; beyond it the replay falls behind schedule
+    /// (and the delay is counted as latency).
+    pub max_in_flight: usize,
+    /// Every n-th acknowledged lab batch, measure how long until its result is visible.
+    pub freshness_every: u64,
+    /// Attempts per request on UNAVAILABLE or RESOURCE_EXHAUSTED, as a station would retry.
+    pub attempts: usize,
+    pub progress: bool,
+}
+
+/// Where the round sits on the wall clock, and what the replay saw.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplayRecord {
+    /// Wall-clock instant (Unix ms) that round time 0 was mapped to.
+    pub anchor_unix_ms: i64,
+    pub target: String,
+    pub compression: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReplayReport {
+    pub target: String,
+    pub residents: u64,
+    pub compression: f64,
+    pub anchor_unix_ms: i64,
+    pub wall_seconds: f64,
+    pub ingest: KindSummary,
+    pub lookup: KindSummary,
+    /// Outcomes of the events inside ingest batches.
+    pub events: BTreeMap<String, u64>,
+    /// From ACCEPTED to the result being visible through Lookup.
+    pub freshness: Percentiles,
+    pub freshness_timeouts: u64,
+    pub timeline: Vec<Point>,
+}
+
+/// Moves an offset-from-round-start timestamp onto the wall clock.
+pub fn rebase(ts: &mut Option<Timestamp>, anchor_ms: i64) {
+    if let Some(t) = ts {
+        let ms = t.seconds * 1000 + i64::from(t.nanos) / 1_000_000 + anchor_ms;
+        t.seconds = ms.div_euclid(1000);
+        t.nanos = (ms.rem_euclid(1000) * 1_000_000) as i32;
+    }
+}
+
+pub fn rebase_event(event: &mut pb::Event, anchor_ms: i64) {
+    use pb::event::Kind as K;
+    match &mut event.kind {
+        Some(K::Scan(e)) => rebase(&mut e.scanned_at, anchor_ms),
+        Some(K::TestResult(e)) => {
+            rebase(&mut e.sampled_at, anchor_ms);
+            rebase(&mut e.resulted_at, anchor_ms);
+        }
+        Some(K::OverrideEvent(e)) => {
+            rebase(&mut e.issued_at, anchor_ms);
+            rebase(&mut e.expires_at, anchor_ms);
+        }
+        None => {}
+    }
+}
+
+/// The anchor that keeps every event time at or before the moment it is
+/// sent, whatever the compression: round time `t` is sent at `start + t/c`
+/// and stamped `anchor + t`.
+pub fn anchor_for(start_unix_ms: i64, end_ms: u64, compression: f64) -> i64 {
+    let behind = end_ms as f64 * (1.0 - 1.0 / compression.max(1.0));
+    start_unix_ms - behind.ceil() as i64 - 60_000
+}
+
+/// When an entry is meant to be sent.
+pub fn intended(start: tokio::time::Instant, at_ms: u64, compression: f64) -> tokio::time::Instant {
+    start + Duration::from_secs_f64(at_ms as f64 / 1000.0 / compression)
+}
+
+/// Sends every entry at its intended time with at most `max_in_flight`
+/// outstanding, and reports each one's latency measured from its intended
+/// time: `done(entry_kind, intended_second, latency, result)`.
+pub async fn dispatch<S, F, T>(
+    entries: impl Iterator<Item = anyhow::Result<Entry>>,
+    compression: f64,
+    max_in_flight: usize,
+    mut send: S,
+    done: impl Fn(Kind, usize, Duration, T) + Send + Sync + 'static,
+    mut dispatched: impl FnMut(),
+) -> anyhow::Result<()>
+where
+    S: FnMut(Entry) -> F,
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let start = tokio::time::Instant::now();
+    let limit = Arc::new(Semaphore::new(max_in_flight.max(1)));
+    let done = Arc::new(done);
+    for entry in entries {
+        let entry = entry?;
+        let due = intended(start, entry.at_ms, compression);
+        tokio::time::sleep_until(due).await;
+        let permit = limit.clone().acquire_owned().await.expect("semaphore open");
+        let (kind, second) = (entry.kind, (due - start).as_secs() as usize);
+        let request = send(entry);
+        let done = done.clone();
+        tokio::spawn(async move {
+            let result = request.await;
+            done(kind, second, due.elapsed(), result);
+            drop(permit);
+        });
+        dispatched();
+    }
+    // Wait for everything in flight.
+    let _ = limit.acquire_many(max_in_flight.max(1) as u32).await.expect("semaphore open");
+    Ok(())
+}
+
+struct Shared {
+    ingest: KindStats,
+    lookup: KindStats,
+    events: BTreeMap<String, u64>,
+    freshness: hdrhistogram::Histogram<u64>,
+    freshness_timeouts: u64,
+    unacknowledged: Vec<String>,
+    acked_batches: u64,
+}
+
+/// What one request came back with.
+enum Outcome {
+    Batch(Result<pb::SubmitBatchReply, tonic::Status>, pb::SubmitBatchRequest),
+    Lookup(Result<pb::ResidentStatus, tonic::Status>),
+}
+
+async fn connect(target: &str, connections: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections.max(1) {
+        let channel = Endpoint::from_shared(target.to_owned())?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {target}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+fn retryable(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::ResourceExhausted)
+}
+
+fn station_backoff(attempts: usize) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .with_max_times(attempts.saturating_sub(1))
+}
+
+pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::Result<ReplayReport> {
+    let manifest = read_manifest(dir)?;
+    let channels = connect(&options.target, options.connections).await?;
+    let probe_channel = channels[0].clone();
+    let started_wall = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+    let anchor_ms = anchor_for(started_wall, manifest.end_ms, options.compression);
+    let record =
+        ReplayRecord { anchor_unix_ms: anchor_ms, target: options.target.clone(), compression: options.compression };
+    std::fs::write(dir.join(REPLAY_FILE), serde_json::to_vec_pretty(&record)?)?;
+
+    let shared = Arc::new(Mutex::new(Shared {
+        ingest: KindStats::default(),
+        lookup: KindStats::default(),
+        events: BTreeMap::new(),
+        freshness: histogram(3),
+        freshness_timeouts: 0,
+        unacknowledged: Vec::new(),
+        acked_batches: 0,
+    }));
+    let bar = if options.progress { ProgressBar::new(manifest.counts.entries) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} requests, eta {eta}")
+            .expect("valid template"),
+    );
+
+    let attempts = options.attempts.max(1);
+    let mut next = 0usize;
+    let send = |entry: Entry| {
+        let channel = channels[next % channels.len()].clone();
+        next += 1;
+        async move {
+            match entry.kind {
+                Kind::SubmitBatch => {
+                    let mut request = pb::SubmitBatchRequest::decode(entry.payload.as_slice()).expect("own schedule");
+                    request.events.iter_mut().for_each(|e| rebase_event(e, anchor_ms));
+                    let client = IngestClient::new(channel);
+                    let reply = (|| {
+                        let mut client = client.clone();
+                        let request = request.clone();
+                        async move { client.submit_batch(request).await.map(|r| r.into_inner()) }
+                    })
+                    .retry(station_backoff(attempts))
+                    .when(retryable)
+                    .await;
+                    Outcome::Batch(reply, request)
+                }
+                Kind::GetStatus => {
+                    let request = pb::GetStatusRequest::decode(entry.payload.as_slice()).expect("own schedule");
+                    let client = LookupClient::new(channel);
+                    let reply = (|| {
+                        let mut client = client.clone();
+                        let request = request.clone();
+                        async move { client.get_status(request).await.map(|r| r.into_inner()) }
+                    })
+                    .retry(station_backoff(attempts))
+                    .when(retryable)
+                    .await;
+                    Outcome::Lookup(reply)
+                }
+            }
+        }
+    };
+
+    let recorder = shared.clone();
+    let freshness_every = options.freshness_every.max(1);
+    let done = move |_kind: Kind, second: usize, latency: Duration, outcome: Outcome| {
+        let mut s = recorder.lock().expect("stats lock");
+        match outcome {
+            Outcome::Lookup(reply) => {
+                let code = reply.as_ref().err().map(|e| code_name(e.code())).unwrap_or("OK");
+                s.lookup.record(second, latency, code);
+            }
+            Outcome::Batch(reply, request) => match reply {
+                Ok(reply) => {
+                    s.ingest.record(second, latency, "OK");
+                    for r in &reply.results {
+                        let name = pb::Outcome::try_from(r.outcome).unwrap_or_default().as_str_name();
+                        *s.events.entry(name.to_owned()).or_default() += 1;
+                        if r.outcome == pb::Outcome::Rejected as i32 {
+                            s.unacknowledged.push(format!("{} rejected: {}", r.event_id, r.reason));
+                        }
+                    }
+                    s.acked_batches += 1;
+                    if s.acked_batches.is_multiple_of(freshness_every)
+                        && let Some(probe) = freshness_probe(&request)
+                    {
+                        let (channel, stats) = (probe_channel.clone(), recorder.clone());
+                        tokio::spawn(async move {
+                            let visible = probe.wait_visible(channel).await;
+                            let mut s = stats.lock().expect("stats lock");
+                            match visible {
+                                Some(d) => s.freshness.record(micros(d)).expect("clamped"),
+                                None => s.freshness_timeouts += 1,
+                            }
+                        });
+                    }
+                }
+                Err(status) => {
+                    s.ingest.record(second, latency, code_name(status.code()));
+                    for e in &request.events {
+                        s.unacknowledged.push(format!("{} not acknowledged: {}", event_id(e), status.code()));
+                    }
+                }
+            },
+        }
+    };
+
+    let started = Instant::now();
+    let reader = Reader::open(dir)?;
+    dispatch(reader, options.compression, options.max_in_flight, send, done, || bar.inc(1)).await?;
+    bar.finish_and_clear();
+    // Let the last freshness probes finish.
+    let probe_deadline = Instant::now() + Duration::from_secs(30);
+    while Arc::strong_count(&shared) > 1 && Instant::now() < probe_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+
+    let s = shared.lock().expect("stats lock");
+    let report = ReplayReport {
+        target: options.target.clone(),
+        residents: manifest.round.residents,
+        compression: options.compression,
+        anchor_unix_ms: anchor_ms,
+        wall_seconds: wall,
+        ingest: s.ingest.summary(wall),
+        lookup: s.lookup.summary(wall),
+        events: s.events.clone(),
+        freshness: Percentiles::of(&s.freshness),
+        freshness_timeouts: s.freshness_timeouts,
+        timeline: timeline(&s.ingest, &s.lookup),
+    };
+    std::fs::write(dir.join(UNACKNOWLEDGED_FILE), s.unacknowledged.join("\n"))?;
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(out.join("report.html"), crate::report::html(&report))?;
+    Ok(report)
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        InvalidArgument => "INVALID_ARGUMENT",
+        Unavailable => "UNAVAILABLE",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Unauthenticated => "UNAUTHENTICATED",
+        PermissionDenied => "PERMISSION_DENIED",
+        Internal => "INTERNAL",
+        _ => "OTHER",
+    }
+}
+
+pub fn event_id(e: &pb::Event) -> &str {
+    use pb::event::Kind as K;
+    match &e.kind {
+        Some(K::Scan(s)) => &s.event_id,
+        Some(K::TestResult(t)) => &t.event_id,
+        Some(K::OverrideEvent(o)) => &o.event_id,
+        None => "",
+    }
+}
+
+/// A result whose visibility through Lookup is timed.
+struct Probe {
+    resident: String,
+    sampled: UnixMicros,
+    positive: bool,
+    acked: Instant,
+}
+
+fn freshness_probe(request: &pb::SubmitBatchRequest) -> Option<Probe> {
+    request.events.iter().find_map(|e| match &e.kind {
+        Some(pb::event::Kind::TestResult(t)) if t.outcome != pb::TestOutcome::Inconclusive as i32 => Some(Probe {
+            resident: t.resident_id.clone(),
+            sampled: UnixMicros::from_timestamp(t.sampled_at.as_ref()?)?,
+            positive: t.outcome == pb::TestOutcome::Positive as i32,
+            acked: Instant::now(),
+        }),
+        _ => None,
+    })
+}
+
+impl Probe {
+    async fn wait_visible(self, channel: Channel) -> Option<Duration> {
+        let mut client = LookupClient::new(channel);
+        let deadline = self.acked + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(status) = client.get_status(pb::GetStatusRequest { resident_id: self.resident.clone() }).await {
+                let s = status.into_inner();
+                let seen = if self.positive { s.last_positive_sampled_at } else { s.last_negative_sampled_at };
+                if seen.as_ref().and_then(UnixMicros::from_timestamp).is_some_and(|t| t >= self.sampled) {
+                    return Some(self.acked.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+}
+
+pub fn default_out(dir: &Path) -> PathBuf {
+    dir.join("report")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebasing_moves_offsets_onto_the_clock() {
+        let mut ts = Some(Timestamp { seconds: 3, nanos: 250_000_000 });
+        rebase(&mut ts, 1_700_000_000_900);
+        assert_eq!(ts, Some(Timestamp { seconds: 1_700_000_004, nanos: 150_000_000 }));
+    }
+
+    #[test]
+    fn the_anchor_keeps_event_times_in_the_past_at_any_compression() {
+        let start = 1_800_000_000_000i64;
+        let end_ms = 17 * 3_600_000u64;
+        for compression in [1.0, 7.5, 60.0, 10_000.0] {
+            let anchor = anchor_for(start, end_ms, compression);
+            for t in (0..=end_ms).step_by(600_000) {
+                let sent = start + (t as f64 / compression) as i64;
+                assert!(anchor + t as i64 <= sent, "t={t} c={compression}");
+            }
+        }
+    }
+
+    fn entries(n: u64, every_ms: u64) -> impl Iterator<Item = anyhow::Result<Entry>> {
+        (0..n).map(move |i| Ok(Entry { at_ms: i * every_ms, kind: Kind::GetStatus, payload: vec![] }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_go_out_on_schedule_open_loop() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let start = tokio::time::Instant::now();
+        let log = sent.clone();
+        dispatch(
+            entries(5, 100),
+            2.0,
+            100,
+            move |_| {
+                let log = log.clone();
+                async move { log.lock().unwrap().push(start.elapsed()) }
+            },
+            |_, _, _, _| {},
+            || {},
+        )
+        .await
+        .unwrap();
+        let sent = sent.lock().unwrap().clone();
+        let expected: Vec<Duration> = (0..5).map(|i| Duration::from_millis(i * 50)).collect();
+        assert_eq!(sent, expected, "at compression 2, 100 ms of round time is 50 ms of wall time");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_target_shows_as_latency_from_the_intended_time() {
+        // One request at a time, each taking 50 ms, scheduled every 10 ms:
+        // the n-th request waits for the ones before it, and that wait counts.
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let log = latencies.clone();
+        dispatch(
+            entries(10, 10),
+            1.0,
+            1,
+            |_| tokio::time::sleep(Duration::from_millis(50)),
+            move |_, _, latency, _| log.lock().unwrap().push(latency),
+            || {},
+        )
+        .await
+        .unwrap();
+        let latencies = latencies.lock().unwrap().clone();
+        assert_eq!(latencies.len(), 10);
+        assert_eq!(latencies[0], Duration::from_millis(50));
+        // Sent at 450 ms instead of 90 ms, done at 500 ms: 410 ms, not 50 ms.
+        assert_eq!(latencies[9], Duration::from_millis(410));
+    }
+}

@@ -1,0 +1,312 @@
+//! The model of a city-wide testing round. Every attribute of a resident or
+//! a batch is a pure function of (seed, index), so any part of the round can
+//! be regenerated on demand: the generator never holds the whole city.
+//!
+//! Times are milliseconds from the round's start; the replay maps them onto
+//! the wall clock.
+
+use healthcode_core::{Color, Event, EventBody, Facts, Policy, Status, TestKind, TestOutcome, UnixMicros};
+use serde::{Deserialize, Serialize};
+
+pub const MINUTE: u64 = 60_000;
+pub const HOUR: u64 = 60 * MINUTE;
+/// Residents per household; a positive makes the others close contacts.
+pub const HOUSEHOLD: u64 = 3;
+/// How long a close-contact override lasts.
+pub const OVERRIDE_DAYS: u64 = 14;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundConfig {
+    pub residents: u64,
+    pub seed: u64,
+    /// Every resident is sampled once, spread evenly over this window.
+    pub sampling_window_ms: u64,
+    /// Labs report a batch this long after its last sample...
+    pub result_delay_ms: u64,
+    /// ...plus up to this much, different per batch.
+    pub result_jitter_ms: u64,
+    pub lab_batch: u64,
+    /// Scans a test-site station collects before it submits them.
+    pub site_batch: u64,
+    pub positivity: f64,
+    pub inconclusive: f64,
+    /// Results held back and reported this much later, in a later batch.
+    pub late_fraction: f64,
+    pub late_extra_ms: u64,
+    /// Lab batches submitted twice (a retry after a lost reply).
+    pub duplicate_fraction: f64,
+    /// Residents who also enter a venue after their test.
+    pub venue_fraction: f64,
+    pub venue_delay_ms: u64,
+    /// Status lookups over the whole round, per resident.
+    pub lookups_per_resident: f64,
+    /// The morning surge of lookups: from, to, and how many times the baseline.
+    pub surge_from_ms: u64,
+    pub surge_to_ms: u64,
+    pub surge_factor: f64,
+}
+
+impl Default for RoundConfig {
+    fn default() -> Self {
+        RoundConfig {
+            residents: 13_000_000,
+            seed: 1,
+            sampling_window_ms: 10 * HOUR,
+            result_delay_ms: 4 * HOUR,
+            result_jitter_ms: HOUR,
+            lab_batch: 500,
+            site_batch: 50,
+            positivity: 0.002,
+            inconclusive: 0.001,
+            late_fraction: 0.01,
+            late_extra_ms: 2 * HOUR,
+            duplicate_fraction: 0.01,
+            venue_fraction: 0.3,
+            venue_delay_ms: HOUR,
+            lookups_per_resident: 1.0,
+            surge_from_ms: HOUR,
+            surge_to_ms: 3 * HOUR,
+            surge_factor: 10.0,
+        }
+    }
+}
+
+/// Stateless mixing (splitmix64 finaliser): a uniform u64 from (seed, index, salt).
+pub fn mix(seed: u64, index: u64, salt: u64) -> u64 {
+    let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A uniform number in [0, 1) from (seed, index, salt).
+pub fn unit(seed: u64, index: u64, salt: u64) -> f64 {
+    (mix(seed, index, salt) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+const SALT_OUTCOME: u64 = 1;
+const SALT_LATE: u64 = 2;
+const SALT_VENUE: u64 = 3;
+const SALT_JITTER: u64 = 4;
+const SALT_DUPLICATE: u64 = 5;
+pub const SALT_LOOKUP: u64 = 6;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resident {
+    pub index: u64,
+    pub outcome: TestOutcome,
+    pub sampled_ms: u64,
+    pub resulted_ms: u64,
+    pub late: bool,
+    pub venue: bool,
+}
+
+pub fn resident_id(index: u64) -> String {
+    format!("r{index:09}")
+}
+
+impl RoundConfig {
+    pub fn sampled_ms(&self, i: u64) -> u64 {
+        i * self.sampling_window_ms / self.residents.max(1)
+    }
+
+    pub fn lab_batches(&self) -> u64 {
+        self.residents.div_ceil(self.lab_batch)
+    }
+
+    pub fn site_batches(&self) -> u64 {
+        self.residents.div_ceil(self.site_batch)
+    }
+
+    /// Residents of lab batch `k` (or site batch, with its own size).
+    pub fn range(&self, k: u64, size: u64) -> std::ops::Range<u64> {
+        k * size..((k + 1) * size).min(self.residents)
+    }
+
+    /// When lab batch `k` reports its (not late) results.
+    pub fn lab_report_ms(&self, k: u64) -> u64 {
+        let last = self.range(k, self.lab_batch).end - 1;
+        let jitter =
+            if self.result_jitter_ms == 0 { 0 } else { mix(self.seed, k, SALT_JITTER) % self.result_jitter_ms };
+        self.sampled_ms(last) + self.result_delay_ms + jitter
+    }
+
+    pub fn duplicated(&self, k: u64) -> bool {
+        unit(self.seed, k, SALT_DUPLICATE) < self.duplicate_fraction
+    }
+
+    pub fn resident(&self, i: u64) -> Resident {
+        let u = unit(self.seed, i, SALT_OUTCOME);
+        let outcome = if u < self.positivity {
+            TestOutcome::Positive
+        } else if u < self.positivity + self.inconclusive {
+            TestOutcome::Inconclusive
+        } else {
+            TestOutcome::Negative
+        };
+        let late = unit(self.seed, i, SALT_LATE) < self.late_fraction;
+        let report = self.lab_report_ms(i / self.lab_batch);
+        Resident {
+            index: i,
+            outcome,
+            sampled_ms: self.sampled_ms(i),
+            resulted_ms: if late { report + self.late_extra_ms } else { report },
+            late,
+            venue: unit(self.seed, i, SALT_VENUE) < self.venue_fraction,
+        }
+    }
+
+    /// The other members of `i`'s household.
+    pub fn household_of(&self, i: u64) -> impl Iterator<Item = u64> {
+        let start = i / HOUSEHOLD * HOUSEHOLD;
+        (start..(start + HOUSEHOLD).min(self.residents)).filter(move |m| *m != i)
+    }
+
+    /// When the authority marks the contacts of a positive resident.
+    pub fn override_ms(&self, positive: &Resident) -> u64 {
+        positive.resulted_ms + 30 * MINUTE
+    }
+
+    /// After every scheduled submission and the verification margin.
+    pub fn end_ms(&self) -> u64 {
+        self.sampling_window_ms + self.result_delay_ms + self.result_jitter_ms + self.late_extra_ms + HOUR
+    }
+
+    /// Lookup rate relative to the baseline at `t`: 1 outside the surge,
+    /// `surge_factor` inside it, with 30-minute linear ramps.
+    pub fn surge_profile(&self, t: u64) -> f64 {
+        let ramp = 30.0 * MINUTE as f64;
+        let (t, from, to) = (t as f64, self.surge_from_ms as f64, self.surge_to_ms as f64);
+        let up = ((t - (from - ramp)) / ramp).clamp(0.0, 1.0);
+        let down = (((to + ramp) - t) / ramp).clamp(0.0, 1.0);
+        1.0 + (self.surge_factor - 1.0) * up.min(down)
+    }
+
+    /// Baseline lookups per millisecond so the round holds
+    /// `lookups_per_resident * residents` lookups in all.
+    pub fn baseline_lookups_per_ms(&self) -> f64 {
+        let total = self.lookups_per_resident * self.residents as f64;
+        let step = MINUTE;
+        let area: f64 = (0..self.end_ms() / step).map(|m| self.surge_profile(m * step) * step as f64).sum();
+        if area == 0.0 { 0.0 } else { total / area }
+    }
+
+    // Domain events, with times as offsets from the round start.
+
+    pub fn test_event(&self, r: &Resident) -> Event {
+        Event {
+            event_id: format!("t-{}", r.index),
+            resident_id: resident_id(r.index),
+            body: EventBody::TestResult {
+                sample_id: format!("s-{}", r.index),
+                lab_id: format!("lab-{}", r.index / self.lab_batch % 40),
+                kind: TestKind::PcrPooled,
+                outcome: r.outcome,
+                sampled_at: ms(r.sampled_ms),
+                resulted_at: ms(r.resulted_ms),
+            },
+        }
+    }
+
+    pub fn override_events(&self, positive: &Resident) -> Vec<Event> {
+        let issued = self.override_ms(positive);
+        self.household_of(positive.index)
+            .map(|contact| Event {
+                event_id: format!("o-{}-{contact}", positive.index),
+                resident_id: resident_id(contact),
+                body: EventBody::Override {
+                    authority_id: "district-cdc".into(),
+                    color: Color::Yellow,
+                    note: "close contact".into(),
+                    issued_at: ms(issued),
+                    expires_at: ms(issued + OVERRIDE_DAYS * 24 * HOUR),
+                },
+            })
+            .collect()
+    }
+
+    /// The expected status of resident `i` at the round's end, by the domain's own policy.
+    pub fn expected(&self, i: u64, policy: &Policy) -> Status {
+        let me = self.resident(i);
+        let mut facts = Facts::from_event(&self.test_event(&me));
+        for other in self.household_of(i) {
+            let other = self.resident(other);
+            if other.outcome == TestOutcome::Positive {
+                for event in self.override_events(&other).iter().filter(|e| e.resident_id == resident_id(i)) {
+                    facts.apply(event);
+                }
+            }
+        }
+        policy.evaluate(&facts, ms(self.end_ms()))
+    }
+}
+
+pub fn ms(t: u64) -> UnixMicros {
+    UnixMicros(t as i64 * 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> RoundConfig {
+        RoundConfig { residents: 10_000, ..RoundConfig::default() }
+    }
+
+    #[test]
+    fn residents_are_a_pure_function_of_seed_and_index() {
+        let c = small();
+        assert_eq!(c.resident(42), c.resident(42));
+        let other = RoundConfig { seed: 2, ..small() };
+        let differ = (0..1000).filter(|i| c.resident(*i).outcome != other.resident(*i).outcome).count();
+        assert!(differ > 0, "another seed gives another round");
+    }
+
+    #[test]
+    fn rates_come_out_near_their_settings() {
+        let c = RoundConfig { residents: 200_000, ..RoundConfig::default() };
+        let n = c.residents as f64;
+        let positives = (0..c.residents).filter(|i| c.resident(*i).outcome == TestOutcome::Positive).count() as f64;
+        let late = (0..c.residents).filter(|i| c.resident(*i).late).count() as f64;
+        assert!((positives / n - c.positivity).abs() < 0.0005, "positivity {}", positives / n);
+        assert!((late / n - c.late_fraction).abs() < 0.002, "late {}", late / n);
+    }
+
+    #[test]
+    fn results_come_after_samples_and_late_ones_later_still() {
+        let c = small();
+        for i in (0..c.residents).step_by(97) {
+            let r = c.resident(i);
+            assert!(r.resulted_ms >= r.sampled_ms + c.result_delay_ms);
+            if r.late {
+                assert!(r.resulted_ms >= c.lab_report_ms(i / c.lab_batch) + c.late_extra_ms);
+            }
+            assert!(r.resulted_ms + 30 * MINUTE < c.end_ms());
+        }
+    }
+
+    #[test]
+    fn the_surge_is_ten_times_the_baseline_and_lookups_add_up() {
+        let c = small();
+        assert_eq!(c.surge_profile(0), 1.0);
+        assert_eq!(c.surge_profile(2 * HOUR), 10.0);
+        assert_eq!(c.surge_profile(5 * HOUR), 1.0);
+        let rate = c.baseline_lookups_per_ms();
+        let total: f64 = (0..c.end_ms() / MINUTE).map(|m| rate * c.surge_profile(m * MINUTE) * MINUTE as f64).sum();
+        assert!((total - c.residents as f64).abs() / (c.residents as f64) < 0.01, "{total}");
+    }
+
+    #[test]
+    fn contacts_of_a_positive_are_yellow_and_positives_red() {
+        let c = RoundConfig { residents: 30_000, ..RoundConfig::default() };
+        let policy = Policy::default();
+        let positive = (0..c.residents).find(|i| c.resident(*i).outcome == TestOutcome::Positive).unwrap();
+        assert_eq!(c.expected(positive, &policy).color, Color::Red);
+        for contact in c.household_of(positive) {
+            let s = c.expected(contact, &policy);
+            if c.resident(contact).outcome != TestOutcome::Positive {
+                assert_eq!(s.color, Color::Yellow, "contact {contact}");
+            }
+        }
+    }
+}

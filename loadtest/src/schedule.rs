@@ -1,0 +1,463 @@
+//! The schedule file: every RPC of the round in send order, and the
+//! generator that writes it with bounded memory.
+//!
+//! Framing of one entry: `at_ms` (u64 LE, from the round start), kind (u8),
+//! payload length (u32 LE), payload (a protobuf request). Event times inside
+//! payloads are offsets from the round start too (the Unix epoch stands for
+//! the start); the replay moves them onto the wall clock.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use healthcode_core::{Color, Event, EventBody, Policy, Reason, ScanKind, TestKind, TestOutcome};
+use healthcode_proto::Message;
+use healthcode_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+use crate::round::{MINUTE, RoundConfig, SALT_LOOKUP, mix, ms, resident_id};
+
+pub const SCHEDULE_FILE: &str = "schedule.bin";
+pub const EXPECTED_FILE: &str = "expected.csv";
+pub const MANIFEST_FILE: &str = "round.json";
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    SubmitBatch = 1,
+    GetStatus = 2,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub at_ms: u64,
+    pub kind: Kind,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub entries: u64,
+    pub batches: u64,
+    pub events: u64,
+    pub test_results: u64,
+    pub duplicate_submissions: u64,
+    pub overrides: u64,
+    pub scans: u64,
+    pub lookups: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub round: RoundConfig,
+    pub end_ms: u64,
+    pub counts: Counts,
+}
+
+pub fn write_entry(out: &mut impl Write, entry: &Entry) -> std::io::Result<()> {
+    out.write_all(&entry.at_ms.to_le_bytes())?;
+    out.write_all(&[entry.kind as u8])?;
+    out.write_all(&(entry.payload.len() as u32).to_le_bytes())?;
+    out.write_all(&entry.payload)
+}
+
+/// Reads entries until the end of the file; a truncated entry is an error.
+pub struct Reader<R> {
+    input: R,
+}
+
+impl Reader<BufReader<File>> {
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(SCHEDULE_FILE);
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Reader { input: BufReader::with_capacity(1 << 20, file) })
+    }
+}
+
+impl<R: BufRead> Iterator for Reader<R> {
+    type Item = anyhow::Result<Entry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.input.fill_buf() {
+            Ok([]) => return None,
+            Ok(_) => {}
+            Err(e) => return Some(Err(e.into())),
+        }
+        let mut header = [0u8; 13];
+        let read = (|| -> anyhow::Result<Entry> {
+            self.input.read_exact(&mut header).context("truncated entry header")?;
+            let at_ms = u64::from_le_bytes(header[..8].try_into()?);
+            let kind = match header[8] {
+                1 => Kind::SubmitBatch,
+                2 => Kind::GetStatus,
+                k => anyhow::bail!("unknown entry kind {k}"),
+            };
+            let len = u32::from_le_bytes(header[9..13].try_into()?) as usize;
+            let mut payload = vec![0; len];
+            self.input.read_exact(&mut payload).context("truncated entry payload")?;
+            Ok(Entry { at_ms, kind, payload })
+        })();
+        Some(read)
+    }
+}
+
+/// Work scheduled for later, small enough to keep many of: the payload is
+/// regenerated from the round model when the entry is due.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Pending {
+    /// Results of lab batch k; `late` for the held-back ones.
+    Lab { k: u64, late: bool, duplicate: bool },
+    /// Overrides for the contacts of positives in lab batch k.
+    Overrides { k: u64, late: bool },
+    /// Venue entries of the residents of site batch j.
+    Venues { j: u64 },
+}
+
+fn to_wire(event: &Event) -> pb::Event {
+    use pb::event::Kind as W;
+    let ts = |t: healthcode_core::UnixMicros| Some(t.to_timestamp());
+    let kind = match &event.body {
+        EventBody::Scan { station_id, site_id, kind, scanned_at } => W::Scan(pb::ScanEvent {
+            event_id: event.event_id.clone(),
+            resident_id: event.resident_id.clone(),
+            station_id: station_id.clone(),
+            site_id: site_id.clone(),
+            kind: match kind {
+                ScanKind::VenueEntry => pb::ScanKind::VenueEntry,
+                ScanKind::Checkpoint => pb::ScanKind::Checkpoint,
+                ScanKind::TestSiteArrival => pb::ScanKind::TestSiteArrival,
+            } as i32,
+            scanned_at: ts(*scanned_at),
+        }),
+        EventBody::TestResult { sample_id, lab_id, kind, outcome, sampled_at, resulted_at } => {
+            W::TestResult(pb::TestResultEvent {
+                event_id: event.event_id.clone(),
+                resident_id: event.resident_id.clone(),
+                sample_id: sample_id.clone(),
+                lab_id: lab_id.clone(),
+                kind: match kind {
+                    TestKind::Pcr => pb::TestKind::Pcr,
+                    TestKind::PcrPooled => pb::TestKind::PcrPooled,
+                    TestKind::Antigen => pb::TestKind::Antigen,
+                } as i32,
+                outcome: match outcome {
+                    TestOutcome::Negative => pb::TestOutcome::Negative,
+                    TestOutcome::Positive => pb::TestOutcome::Positive,
+                    TestOutcome::Inconclusive => pb::TestOutcome::Inconclusive,
+                } as i32,
+                sampled_at: ts(*sampled_at),
+                resulted_at: ts(*resulted_at),
+            })
+        }
+        EventBody::Override { authority_id, color, note, issued_at, expires_at } => {
+            W::OverrideEvent(pb::OverrideEvent {
+                event_id: event.event_id.clone(),
+                resident_id: event.resident_id.clone(),
+                authority_id: authority_id.clone(),
+                color: match color {
+                    Color::Green => pb::Color::Green,
+                    Color::Yellow => pb::Color::Yellow,
+                    Color::Red => pb::Color::Red,
+                } as i32,
+                note: note.clone(),
+                issued_at: ts(*issued_at),
+                expires_at: ts(*expires_at),
+            })
+        }
+    };
+    pb::Event { kind: Some(kind) }
+}
+
+fn scan(round: &RoundConfig, i: u64, kind: ScanKind, at_ms: u64) -> Event {
+    let (site, prefix) = match kind {
+        ScanKind::TestSiteArrival => (format!("site-{}", i / round.site_batch % 2000), "a"),
+        _ => (format!("venue-{}", mix(round.seed, i, 99) % 50_000), "v"),
+    };
+    Event {
+        event_id: format!("{prefix}-{i}"),
+        resident_id: resident_id(i),
+        body: EventBody::Scan { station_id: format!("st-{site}"), site_id: site, kind, scanned_at: ms(at_ms) },
+    }
+}
+
+fn batch_entry(at_ms: u64, events: &[Event]) -> Entry {
+    let request = pb::SubmitBatchRequest { events: events.iter().map(to_wire).collect() };
+    Entry { at_ms, kind: Kind::SubmitBatch, payload: request.encode_to_vec() }
+}
+
+/// Writes the schedule, the expected statuses and the manifest into `dir`.
+pub fn generate(round: &RoundConfig, dir: &Path, progress: impl Fn(u64)) -> anyhow::Result<Manifest> {
+    anyhow::ensure!(round.residents > 0, "residents must be at least 1");
+    anyhow::ensure!(round.lab_batch > 0 && round.site_batch > 0, "batch sizes must be at least 1");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(dir.join(SCHEDULE_FILE))?);
+    let mut counts = Counts::default();
+    let mut emit = |entry: Entry, counts: &mut Counts| -> anyhow::Result<()> {
+        counts.entries += 1;
+        write_entry(&mut out, &entry)?;
+        Ok(())
+    };
+
+    let mut pending: BinaryHeap<Reverse<(u64, Pending)>> = BinaryHeap::new();
+    let lookup_rate = round.baseline_lookups_per_ms();
+    let mut next_lookup = Lookups { round, rate: lookup_rate, t: 0.0, n: 0 };
+    let mut next_lab = 0;
+
+    // Site batches come in time order; everything else is scheduled at least
+    // a result delay after its residents' samples, so it waits in `pending`
+    // (a few small descriptors per lab batch) until the clock passes it.
+    for j in 0..=round.site_batches() {
+        let (now, site_events) = if j < round.site_batches() {
+            let range = round.range(j, round.site_batch);
+            let now = round.sampled_ms(range.end - 1);
+            let events: Vec<Event> =
+                range.map(|i| scan(round, i, ScanKind::TestSiteArrival, round.sampled_ms(i))).collect();
+            (now, Some(events))
+        } else {
+            (u64::MAX, None)
+        };
+        while let Some(Reverse((at, _))) = pending.peek().copied() {
+            if at > now {
+                break;
+            }
+            next_lookup.emit_until(at, &mut counts, &mut emit)?;
+            let Reverse((at, work)) = pending.pop().expect("peeked");
+            if let Some(entry) = expand(round, at, work, &mut counts) {
+                counts.batches += 1;
+                emit(entry, &mut counts)?;
+            }
+        }
+        let Some(events) = site_events else { break };
+        next_lookup.emit_until(now, &mut counts, &mut emit)?;
+        counts.scans += events.len() as u64;
+        counts.events += events.len() as u64;
+        counts.batches += 1;
+        emit(batch_entry(now, &events), &mut counts)?;
+        progress(events.len() as u64);
+
+        if round.venue_fraction > 0.0 {
+            pending.push(Reverse((now + round.venue_delay_ms, Pending::Venues { j })));
+        }
+        // A lab batch is due once its last resident was sampled.
+        let sampled_up_to = round.range(j, round.site_batch).end;
+        while next_lab < round.lab_batches() && round.range(next_lab, round.lab_batch).end <= sampled_up_to {
+            let k = next_lab;
+            next_lab += 1;
+            let report = round.lab_report_ms(k);
+            let late = report + round.late_extra_ms;
+            pending.push(Reverse((report, Pending::Lab { k, late: false, duplicate: false })));
+            pending.push(Reverse((late, Pending::Lab { k, late: true, duplicate: false })));
+            if round.duplicated(k) {
+                pending.push(Reverse((report + 5 * MINUTE, Pending::Lab { k, late: false, duplicate: true })));
+            }
+            pending.push(Reverse((report + 30 * MINUTE, Pending::Overrides { k, late: false })));
+            pending.push(Reverse((late + 30 * MINUTE, Pending::Overrides { k, late: true })));
+        }
+    }
+    next_lookup.emit_until(round.end_ms(), &mut counts, &mut emit)?;
+    drop(emit);
+    out.flush()?;
+
+    write_expected(round, dir)?;
+    let manifest = Manifest { round: round.clone(), end_ms: round.end_ms(), counts };
+    std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec_pretty(&manifest)?)?;
+    Ok(manifest)
+}
+
+/// Regenerates the payload of due work; `None` when it holds no event.
+fn expand(round: &RoundConfig, at: u64, work: Pending, counts: &mut Counts) -> Option<Entry> {
+    let events: Vec<Event> = match work {
+        Pending::Lab { k, late, duplicate } => {
+            let events: Vec<Event> = round
+                .range(k, round.lab_batch)
+                .map(|i| round.resident(i))
+                .filter(|r| r.late == late)
+                .map(|r| round.test_event(&r))
+                .collect();
+            if duplicate {
+                counts.duplicate_submissions += events.len() as u64;
+            } else {
+                counts.test_results += events.len() as u64;
+            }
+            events
+        }
+        Pending::Overrides { k, late } => {
+            let events: Vec<Event> = round
+                .range(k, round.lab_batch)
+                .map(|i| round.resident(i))
+                .filter(|r| r.late == late && r.outcome == TestOutcome::Positive)
+                .flat_map(|r| round.override_events(&r))
+                .collect();
+            counts.overrides += events.len() as u64;
+            events
+        }
+        Pending::Venues { j } => {
+            let events: Vec<Event> = round
+                .range(j, round.site_batch)
+                .filter(|i| round.resident(*i).venue)
+                .map(|i| scan(round, i, ScanKind::VenueEntry, round.sampled_ms(i) + round.venue_delay_ms))
+                .collect();
+            counts.scans += events.len() as u64;
+            events
+        }
+    };
+    if events.is_empty() {
+        return None;
+    }
+    counts.events += events.len() as u64;
+    Some(batch_entry(at, &events))
+}
+
+/// Lookups in time order at the surge-shaped rate.
+struct Lookups<'a> {
+    round: &'a RoundConfig,
+    rate: f64,
+    t: f64,
+    n: u64,
+}
+
+impl Lookups<'_> {
+    fn emit_until(
+        &mut self,
+        until: u64,
+        counts: &mut Counts,
+        emit: &mut impl FnMut(Entry, &mut Counts) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        while self.t <= until as f64 && self.t < self.round.end_ms() as f64 {
+            let at = self.t as u64;
+            let target = mix(self.round.seed, self.n, SALT_LOOKUP) % self.round.residents;
+            let request = pb::GetStatusRequest { resident_id: resident_id(target) };
+            counts.lookups += 1;
+            emit(Entry { at_ms: at, kind: Kind::GetStatus, payload: request.encode_to_vec() }, counts)?;
+            self.n += 1;
+            self.t += 1.0 / (self.rate * self.round.surge_profile(at));
+        }
+        Ok(())
+    }
+}
+
+/// One line per resident: id, color, reason, last negative and positive sample (ms from start).
+fn write_expected(round: &RoundConfig, dir: &Path) -> anyhow::Result<()> {
+    let policy = Policy::default();
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(dir.join(EXPECTED_FILE))?);
+    writeln!(out, "resident_id,color,reason,last_negative_ms,last_positive_ms")?;
+    let as_ms = |t: Option<healthcode_core::UnixMicros>| t.map(|t| (t.0 / 1000).to_string()).unwrap_or_default();
+    for i in 0..round.residents {
+        let s = round.expected(i, &policy);
+        writeln!(
+            out,
+            "{},{},{},{},{}",
+            resident_id(i),
+            color_name(s.color),
+            reason_name(s.reason),
+            as_ms(s.last_negative_sampled_at),
+            as_ms(s.last_positive_sampled_at)
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+pub fn color_name(c: Color) -> &'static str {
+    match c {
+        Color::Green => "GREEN",
+        Color::Yellow => "YELLOW",
+        Color::Red => "RED",
+    }
+}
+
+pub fn reason_name(r: Reason) -> &'static str {
+    match r {
+        Reason::NegativeTestValid => "NEGATIVE_TEST_VALID",
+        Reason::NoValidTest => "NO_VALID_TEST",
+        Reason::NoRecord => "NO_RECORD",
+        Reason::PositiveTest => "POSITIVE_TEST",
+        Reason::Override => "OVERRIDE",
+    }
+}
+
+pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(serde_json::from_slice(&text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::round::HOUR;
+
+    fn small() -> RoundConfig {
+        RoundConfig { residents: 3_000, lookups_per_resident: 0.5, ..RoundConfig::default() }
+    }
+
+    fn entries(dir: &Path) -> Vec<Entry> {
+        Reader::open(dir).unwrap().collect::<anyhow::Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn the_same_seed_writes_the_same_round() {
+        let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        generate(&small(), a.path(), |_| {}).unwrap();
+        generate(&small(), b.path(), |_| {}).unwrap();
+        generate(&RoundConfig { seed: 9, ..small() }, c.path(), |_| {}).unwrap();
+        let read = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+        assert_eq!(read(a.path(), SCHEDULE_FILE), read(b.path(), SCHEDULE_FILE));
+        assert_eq!(read(a.path(), EXPECTED_FILE), read(b.path(), EXPECTED_FILE));
+        assert_ne!(read(a.path(), SCHEDULE_FILE), read(c.path(), SCHEDULE_FILE));
+    }
+
+    #[test]
+    fn the_schedule_is_in_time_order_and_holds_every_result_and_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let round = small();
+        let manifest = generate(&round, dir.path(), |_| {}).unwrap();
+        let entries = entries(dir.path());
+        assert_eq!(entries.len() as u64, manifest.counts.entries);
+        assert!(entries.windows(2).all(|w| w[0].at_ms <= w[1].at_ms), "entries in send order");
+        assert!(entries.last().unwrap().at_ms <= round.end_ms());
+
+        let mut results = std::collections::HashMap::new();
+        let mut lookups = 0;
+        for entry in &entries {
+            match entry.kind {
+                Kind::GetStatus => lookups += 1,
+                Kind::SubmitBatch => {
+                    let batch = pb::SubmitBatchRequest::decode(entry.payload.as_slice()).unwrap();
+                    for e in batch.events {
+                        if let Some(pb::event::Kind::TestResult(t)) = e.kind {
+                            let resulted = healthcode_core::UnixMicros::from_timestamp(&t.resulted_at.unwrap()).unwrap();
+                            assert!(resulted.0 / 1000 <= entry.at_ms as i64, "a result is not sent before it exists");
+                            *results.entry(t.resident_id).or_insert(0) += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(results.len() as u64, round.residents, "every resident's result is submitted");
+        let resubmitted = results.values().filter(|n| **n > 1).count() as u64;
+        assert_eq!(resubmitted, manifest.counts.duplicate_submissions);
+        assert_eq!(lookups, manifest.counts.lookups);
+        assert!((lookups as f64 - 1_500.0).abs() < 30.0, "{lookups} lookups");
+    }
+
+    #[test]
+    fn lookups_follow_the_morning_surge() {
+        let dir = tempfile::tempdir().unwrap();
+        let round = RoundConfig { residents: 20_000, venue_fraction: 0.0, ..RoundConfig::default() };
+        generate(&round, dir.path(), |_| {}).unwrap();
+        let per_hour = |h: u64| {
+            entries(dir.path())
+                .iter()
+                .filter(|e| e.kind == Kind::GetStatus && e.at_ms / HOUR == h)
+                .count() as f64
+        };
+        let (quiet, surge) = (per_hour(6), per_hour(2));
+        assert!((surge / quiet - 10.0).abs() < 0.5, "surge {surge} vs baseline {quiet}");
+    }
+}

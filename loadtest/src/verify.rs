@@ -1,0 +1,174 @@
+//! Reads every resident's status back and compares it with the expected one.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use anyhow::Context;
+use futures_util::{StreamExt, stream};
+use healthcode_core::UnixMicros;
+use healthcode_proto::v1::{self as pb, lookup_client::LookupClient};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::replay::{REPLAY_FILE, ReplayRecord, UNACKNOWLEDGED_FILE};
+use crate::schedule::EXPECTED_FILE;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    pub resident_id: String,
+    pub color: String,
+    pub reason: String,
+    pub last_negative_ms: Option<i64>,
+    pub last_positive_ms: Option<i64>,
+}
+
+pub fn parse_line(line: &str) -> anyhow::Result<Expected> {
+    let mut f = line.split(',');
+    let mut next = || f.next().context("expected.csv: short line");
+    let opt = |s: &str| -> anyhow::Result<Option<i64>> { if s.is_empty() { Ok(None) } else { Ok(Some(s.parse()?)) } };
+    Ok(Expected {
+        resident_id: next()?.to_owned(),
+        color: next()?.to_owned(),
+        reason: next()?.to_owned(),
+        last_negative_ms: opt(next()?)?,
+        last_positive_ms: opt(next()?)?,
+    })
+}
+
+/// What differs between the expected and the actual status, if anything.
+pub fn compare(expected: &Expected, actual: &pb::ResidentStatus, anchor_ms: i64) -> Option<String> {
+    let color = pb::Color::try_from(actual.color).unwrap_or_default().as_str_name();
+    let reason = pb::Reason::try_from(actual.reason).unwrap_or_default().as_str_name();
+    let ms = |t: &Option<healthcode_proto::Timestamp>| {
+        t.as_ref().and_then(UnixMicros::from_timestamp).map(|t| t.0.div_euclid(1000) - anchor_ms)
+    };
+    let (negative, positive) = (ms(&actual.last_negative_sampled_at), ms(&actual.last_positive_sampled_at));
+    if actual.resident_id != expected.resident_id
+        || color != expected.color
+        || reason != expected.reason
+        || negative != expected.last_negative_ms
+        || positive != expected.last_positive_ms
+    {
+        return Some(format!(
+            "{}: expected {} {} neg={:?} pos={:?}, got {} {} neg={:?} pos={:?}{}",
+            expected.resident_id,
+            expected.color,
+            expected.reason,
+            expected.last_negative_ms,
+            expected.last_positive_ms,
+            color,
+            reason,
+            negative,
+            positive,
+            if actual.stale { " (stale)" } else { "" }
+        ));
+    }
+    None
+}
+
+/// Residents touched by an event the replay could not get acknowledged.
+pub fn unacknowledged_residents(text: &str) -> HashSet<String> {
+    text.lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter_map(|id| {
+            let mut parts = id.split('-');
+            let prefix = parts.next()?;
+            let index: u64 = match prefix {
+                "o" => parts.nth(1)?.parse().ok()?,
+                _ => parts.next()?.parse().ok()?,
+            };
+            Some(crate::round::resident_id(index))
+        })
+        .collect()
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct VerifyOutcome {
+    pub checked: u64,
+    pub mismatches: u64,
+    pub first: Vec<String>,
+    /// Residents left out because one of their events was never acknowledged.
+    pub unacknowledged: u64,
+}
+
+pub async fn verify(dir: &Path, target: &str, show: usize, concurrency: usize) -> anyhow::Result<VerifyOutcome> {
+    let record: ReplayRecord = serde_json::from_slice(
+        &std::fs::read(dir.join(REPLAY_FILE)).context("no replay.json: replay the round first")?,
+    )?;
+    let skip = unacknowledged_residents(&std::fs::read_to_string(dir.join(UNACKNOWLEDGED_FILE)).unwrap_or_default());
+    let channel: Channel = Endpoint::from_shared(target.to_owned())?.connect().await?;
+    let lines = BufReader::with_capacity(1 << 20, File::open(dir.join(EXPECTED_FILE))?).lines().skip(1);
+    let mut expected = lines.map(|l| l.map_err(anyhow::Error::from).and_then(|l| parse_line(&l)));
+    let chunks = std::iter::from_fn(move || {
+        let chunk: Vec<anyhow::Result<Expected>> = expected.by_ref().take(500).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    });
+    let mut results = stream::iter(chunks)
+        .map(|chunk| {
+            let mut client = LookupClient::new(channel.clone());
+            async move {
+                let chunk: Vec<Expected> = chunk.into_iter().collect::<anyhow::Result<_>>()?;
+                let ids = chunk.iter().map(|e| e.resident_id.clone()).collect();
+                let reply = client.batch_get_status(pb::BatchGetStatusRequest { resident_id: ids }).await?;
+                anyhow::Ok((chunk, reply.into_inner().statuses))
+            }
+        })
+        .buffered(concurrency.max(1));
+    let mut outcome = VerifyOutcome::default();
+    while let Some(result) = results.next().await {
+        let (chunk, statuses) = result?;
+        anyhow::ensure!(chunk.len() == statuses.len(), "BatchGetStatus answered {} of {}", statuses.len(), chunk.len());
+        for (e, actual) in chunk.iter().zip(&statuses) {
+            if skip.contains(&e.resident_id) {
+                outcome.unacknowledged += 1;
+                continue;
+            }
+            outcome.checked += 1;
+            if let Some(diff) = compare(e, actual, record.anchor_unix_ms) {
+                outcome.mismatches += 1;
+                if outcome.first.len() < show {
+                    outcome.first.push(diff);
+                }
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_lines_parse_with_and_without_samples() {
+        let e = parse_line("r000000001,GREEN,NEGATIVE_TEST_VALID,5000,").unwrap();
+        assert_eq!((e.last_negative_ms, e.last_positive_ms), (Some(5000), None));
+        assert!(parse_line("r1,GREEN").is_err());
+    }
+
+    #[test]
+    fn a_status_that_differs_in_any_field_is_a_mismatch() {
+        let anchor = 1_000_000;
+        let e = parse_line("r000000001,GREEN,NEGATIVE_TEST_VALID,5000,").unwrap();
+        let mut actual = pb::ResidentStatus {
+            resident_id: "r000000001".into(),
+            color: pb::Color::Green as i32,
+            reason: pb::Reason::NegativeTestValid as i32,
+            last_negative_sampled_at: Some(UnixMicros((anchor + 5000) * 1000).to_timestamp()),
+            ..Default::default()
+        };
+        assert_eq!(compare(&e, &actual, anchor), None);
+        actual.last_negative_sampled_at = Some(UnixMicros((anchor + 4000) * 1000).to_timestamp());
+        assert!(compare(&e, &actual, anchor).is_some(), "an older sample means an event left no trace");
+        actual.last_negative_sampled_at = Some(UnixMicros((anchor + 5000) * 1000).to_timestamp());
+        actual.color = pb::Color::Yellow as i32;
+        assert!(compare(&e, &actual, anchor).is_some());
+    }
+
+    #[test]
+    fn unacknowledged_event_ids_name_their_residents() {
+        let skip = unacknowledged_residents("t-12 not acknowledged: Unavailable\no-7-8 rejected: x\n");
+        assert!(skip.contains("r000000012") && skip.contains("r000000008") && skip.len() == 2);
+    }
+}
