@@ -257,7 +257,6 @@ pub fn generate(round: &RoundConfig, dir: &Path, progress: impl Fn(u64)) -> anyh
         }
     }
     next_lookup.emit_until(round.end_ms(), &mut counts, &mut emit)?;
-    drop(emit);
     out.flush()?;
 
     write_expected(round, dir)?;
