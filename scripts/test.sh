@@ -15,3 +15,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== loadtest smoke round"
+./scripts/loadtest-smoke.sh

@@ -81,8 +81,8 @@ pub struct ReplayArgs {
     pub connections: usize,
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
-    /// Time ACCEPTED-to-visible for every n-th acknowledged lab batch.
-    #[arg(long, default_value_t = 50)]
+    /// Time ACCEPTED-to-visible for every n-th acknowledged batch of test results.
+    #[arg(long, default_value_t = 5)]
     pub freshness_every: u64,
     /// Attempts per request on UNAVAILABLE or RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 5)]

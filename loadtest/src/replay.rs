@@ -35,7 +35,8 @@ pub struct ReplayOptions {
     /// Requests in flight at most; beyond it the replay falls behind schedule
     /// (and the delay is counted as latency).
     pub max_in_flight: usize,
-    /// Every n-th acknowledged lab batch, measure how long until its result is visible.
+    /// Every n-th acknowledged batch carrying test results, measure how long
+    /// until its first result is visible.
     pub freshness_every: u64,
     /// Attempts per request on UNAVAILABLE or RESOURCE_EXHAUSTED, as a station would retry.
     pub attempts: usize,
@@ -269,9 +270,11 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
                             s.unacknowledged.push(format!("{} rejected: {}", r.event_id, r.reason));
                         }
                     }
-                    s.acked_batches += 1;
-                    if s.acked_batches.is_multiple_of(freshness_every)
-                        && let Some(probe) = freshness_probe(&request)
+                    // Count only batches that carry a result that can be probed.
+                    let probe = freshness_probe(&request);
+                    s.acked_batches += u64::from(probe.is_some());
+                    if let Some(probe) = probe
+                        && s.acked_batches.is_multiple_of(freshness_every)
                     {
                         let (channel, stats) = (probe_channel.clone(), recorder.clone());
                         tokio::spawn(async move {

@@ -430,7 +430,8 @@ mod tests {
                     let batch = pb::SubmitBatchRequest::decode(entry.payload.as_slice()).unwrap();
                     for e in batch.events {
                         if let Some(pb::event::Kind::TestResult(t)) = e.kind {
-                            let resulted = healthcode_core::UnixMicros::from_timestamp(&t.resulted_at.unwrap()).unwrap();
+                            let resulted =
+                                healthcode_core::UnixMicros::from_timestamp(&t.resulted_at.unwrap()).unwrap();
                             assert!(resulted.0 / 1000 <= entry.at_ms as i64, "a result is not sent before it exists");
                             *results.entry(t.resident_id).or_insert(0) += 1;
                         }
@@ -451,10 +452,7 @@ mod tests {
         let round = RoundConfig { residents: 20_000, venue_fraction: 0.0, ..RoundConfig::default() };
         generate(&round, dir.path(), |_| {}).unwrap();
         let per_hour = |h: u64| {
-            entries(dir.path())
-                .iter()
-                .filter(|e| e.kind == Kind::GetStatus && e.at_ms / HOUR == h)
-                .count() as f64
+            entries(dir.path()).iter().filter(|e| e.kind == Kind::GetStatus && e.at_ms / HOUR == h).count() as f64
         };
         let (quiet, surge) = (per_hour(6), per_hour(2));
         assert!((surge / quiet - 10.0).abs() < 0.5, "surge {surge} vs baseline {quiet}");
