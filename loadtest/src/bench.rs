@@ -14,7 +14,7 @@ use healthcode_proto::v1::lookup_server::{Lookup, LookupServer};
 use healthcode_proto::v1::{self as pb, ingest_client::IngestClient, lookup_client::LookupClient};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -99,7 +99,7 @@ pub async fn start_bare() -> anyhow::Result<SocketAddr> {
         tonic::transport::Server::builder()
             .add_service(LookupServer::new(Bare))
             .add_service(IngestServer::new(Bare))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
     Ok(addr)
 }

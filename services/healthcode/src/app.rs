@@ -17,8 +17,8 @@ use healthcode_proto::v1::lookup_server::LookupServer;
 use healthcode_store::{EmbeddedStore, StatusStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::admin::{self, Readiness};
@@ -71,13 +71,22 @@ async fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
     }
 }
 
-fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn StatusStore>> {
+/// `shared`: other processes of this machine (separate materializer and
+/// lookup roles) may open the embedded store too.
+fn open_store(settings: &Settings, shared: bool) -> anyhow::Result<Arc<dyn StatusStore>> {
     match settings.store {
         StoreBackend::Embedded => {
             let dir = settings.data_dir.join("store");
-            Ok(Arc::new(EmbeddedStore::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))?))
+            let store = if shared { EmbeddedStore::open_shared(&dir) } else { EmbeddedStore::open(&dir) };
+            Ok(Arc::new(store.with_context(|| format!("opening the store in {}", dir.display()))?))
         }
     }
+}
+
+/// Accepted connections with Nagle off: small replies go out at once instead
+/// of waiting on the peer's delayed ACK (a 40 ms stall at the tail).
+fn nodelay(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 impl App {
@@ -102,7 +111,8 @@ impl App {
         let grpc_addr = grpc_listener.as_ref().map(TcpListener::local_addr).transpose()?;
 
         let log = if role.edge() || role.materializer() { Some(open_log(&settings).await?) } else { None };
-        let store = if role.materializer() || role.lookup() { Some(open_store(&settings)?) } else { None };
+        let store =
+            if role.materializer() || role.lookup() { Some(open_store(&settings, role != Role::Up)?) } else { None };
         let validator = Validator::new(settings.limits.clone());
 
         let materializer = match (&log, &store) {
@@ -158,7 +168,7 @@ impl App {
                 };
                 let stop = shutdown.clone();
                 Some(tokio::spawn(async move {
-                    let result = server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal).await;
+                    let result = server.serve_with_incoming_shutdown(nodelay(listener), signal).await;
                     stop.cancel();
                     result.context("gRPC server failed")
                 }))

@@ -158,14 +158,20 @@ pub async fn facts_survive_reopen(factory: &impl StoreFactory) {
     assert_eq!(store.get(&r).await.unwrap(), Some(positive(3)));
 }
 
-/// A factory for the embedded store in a temporary directory.
+/// A factory for the embedded store in a temporary directory, opened for one
+/// process or shared between processes.
 pub struct EmbeddedStoreFactory {
     pub dir: tempfile::TempDir,
+    pub shared: bool,
 }
 
 impl EmbeddedStoreFactory {
     pub fn new() -> Self {
-        EmbeddedStoreFactory { dir: tempfile::tempdir().expect("temp dir") }
+        EmbeddedStoreFactory { dir: tempfile::tempdir().expect("temp dir"), shared: false }
+    }
+
+    pub fn shared() -> Self {
+        EmbeddedStoreFactory { shared: true, ..Self::new() }
     }
 }
 
@@ -178,7 +184,12 @@ impl Default for EmbeddedStoreFactory {
 #[async_trait]
 impl StoreFactory for EmbeddedStoreFactory {
     async fn open(&self) -> Arc<dyn StatusStore> {
-        Arc::new(crate::EmbeddedStore::open(self.dir.path()).expect("open embedded store"))
+        let store = if self.shared {
+            crate::EmbeddedStore::open_shared(self.dir.path())
+        } else {
+            crate::EmbeddedStore::open(self.dir.path())
+        };
+        Arc::new(store.expect("open embedded store"))
     }
 
     fn resident(&self, name: &str) -> String {

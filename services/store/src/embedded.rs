@@ -27,15 +27,23 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir/store.redb`.
+    /// Opens (or creates) the store in `dir/store.redb` for this process alone
+    /// (`healthcode up`): redb keeps its page cache across transactions.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        Self::open_with(dir, ConcurrencyMode::ExclusiveWriter)
+    }
+
+    /// Opens the store so that other processes of this machine may open it
+    /// too (separate materializer and lookup roles). redb coordinates them
+    /// with byte-range locks and rereads pages another process may have
+    /// changed, so every transaction costs more than in [`Self::open`].
+    pub fn open_shared(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        Self::open_with(dir, ConcurrencyMode::MultiWriter)
+    }
+
+    fn open_with(dir: &Path, mode: ConcurrencyMode) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage(format!("creating {}: {e}", dir.display())))?;
-        // Multi-writer: the materializer and lookup processes of one machine
-        // may share the file (redb coordinates them with byte-range locks).
-        let db = Database::builder()
-            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
-            .create(dir.join("store.redb"))
-            .map_err(storage)?;
+        let db = Database::builder().set_concurrency_mode(mode).create(dir.join("store.redb")).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(FACTS).map_err(storage)?;
         txn.commit().map_err(storage)?;

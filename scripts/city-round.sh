@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The full city round on this machine: generate, replay against a release
+# `healthcode up` on the embedded log and store, wait until the materializer
+# has caught up, verify every resident. Prints the wall times and the peak
+# memory (VmHWM) of the server. Settings via the environment:
+#   RESIDENTS (13000000), COMPRESSION (100), LOOKUPS per resident (0.1), WORK dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RESIDENTS=${RESIDENTS:-13000000}
+COMPRESSION=${COMPRESSION:-100}
+LOOKUPS=${LOOKUPS:-0.1}
+WORK=${WORK:-/tmp/healthcode-city-round}
+B=target/release
+GRPC=127.0.0.1:50951
+ADMIN=127.0.0.1:9951
+
+cargo build --release --locked -p healthcode -p healthcode-loadtest
+mkdir -p "$WORK"
+if [ ! -f "$WORK/round/round.json" ] || ! grep -q "\"residents\": $RESIDENTS," "$WORK/round/round.json"; then
+    echo "== generate $RESIDENTS residents"
+    /usr/bin/time -f "generate: %e s wall, %M KiB peak memory" \
+        "$B/healthcode-loadtest" generate --out "$WORK/round" --residents "$RESIDENTS" --lookups-per-resident "$LOOKUPS"
+fi
+
+rm -rf "$WORK/data"
+"$B/healthcode" up --data-dir "$WORK/data" --grpc-addr "$GRPC" --admin-addr "$ADMIN" 2>"$WORK/up.log" &
+UP=$!
+trap 'kill $UP 2>/dev/null || true' EXIT
+metric() { python3 -c "
+import sys, urllib.request
+for line in urllib.request.urlopen('http://$ADMIN/metrics', timeout=5).read().decode().splitlines():
+    if line.startswith(sys.argv[1] + ' '): print(line.split()[1]); break
+else: print(0)" "$1"; }
+until python3 -c "import urllib.request; urllib.request.urlopen('http://$ADMIN/ready', timeout=1)" 2>/dev/null; do sleep 0.2; done
+
+start=$(date +%s.%N)
+echo "== replay at ${COMPRESSION}x"
+"$B/healthcode-loadtest" replay --dir "$WORK/round" --target "http://$GRPC" --compression "$COMPRESSION" --out "$WORK/report"
+replayed=$(date +%s.%N)
+echo "== wait for the materializer"
+while [ "$(metric healthcode_materializer_lag_records)" != "0" ]; do sleep 1; done
+materialized=$(date +%s.%N)
+peak=$(grep VmHWM "/proc/$UP/status" | awk '{print $2}')
+echo "== verify"
+"$B/healthcode-loadtest" verify --dir "$WORK/round" --target "http://$GRPC" --concurrency 4
+verified=$(date +%s.%N)
+python3 - "$start" "$replayed" "$materialized" "$verified" "$peak" <<'PY'
+import sys
+s, r, m, v, peak = map(float, sys.argv[1:])
+print(f"replay {r - s:.0f} s; materializer caught up {m - r:.0f} s later (ingest + materialise {m - s:.0f} s); verify {v - m:.0f} s")
+print(f"healthcode up peak memory (VmHWM): {peak / 1024:.0f} MiB")
+PY
+du -sh "$WORK/data/log" "$WORK/data/store"
+kill -TERM $UP && wait $UP
