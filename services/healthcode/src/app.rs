@@ -121,12 +121,21 @@ impl App {
                 let config =
                     MaterializerConfig { batch_size: settings.materializer_batch, ..MaterializerConfig::default() };
                 let run = Materializer::new(consumer, store.clone(), validator.clone(), config).run(shutdown.clone());
+                // Its own thread and runtime: on the shared runtime its every
+                // await would queue behind thousands of ingest calls, and under
+                // a flood the materializer would starve while the log grows.
+                let (done, finished) = tokio::sync::oneshot::channel();
                 let stop = shutdown.clone();
-                Some(tokio::spawn(async move {
-                    let result = run.await;
+                std::thread::Builder::new().name("materializer".into()).spawn(move || {
+                    let result = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("starting the materializer runtime")
+                        .and_then(|runtime| runtime.block_on(run).context("materializer failed"));
                     stop.cancel();
-                    result.context("materializer failed")
-                }))
+                    let _ = done.send(result);
+                })?;
+                Some(finished)
             }
             _ => None,
         };
@@ -189,7 +198,8 @@ impl App {
                 result = result.and(grpc.await?);
             }
             if let Some(materializer) = materializer {
-                result = result.and(materializer.await?);
+                result =
+                    result.and(materializer.await.unwrap_or_else(|_| Err(anyhow::anyhow!("materializer thread died"))));
             }
             if let Some(log) = log {
                 log.close().await.context("closing the event log")?;

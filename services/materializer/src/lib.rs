@@ -21,6 +21,9 @@ pub struct MaterializerConfig {
     pub batch_size: usize,
     /// How long one poll waits for records.
     pub poll_wait: Duration,
+    /// Once records arrived, how long to keep gathering before writing a
+    /// batch that is not full: fewer, larger store writes under load.
+    pub linger: Duration,
     /// Upper bound of the backoff between store retries.
     pub max_retry_delay: Duration,
 }
@@ -30,6 +33,7 @@ impl Default for MaterializerConfig {
         MaterializerConfig {
             batch_size: 2_000,
             poll_wait: Duration::from_millis(200),
+            linger: Duration::from_millis(20),
             max_retry_delay: Duration::from_secs(5),
         }
     }
@@ -93,7 +97,7 @@ impl Materializer {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), MaterializerError> {
         while !shutdown.is_cancelled() {
             let batch = tokio::select! {
-                batch = self.consumer.poll(self.config.batch_size, self.config.poll_wait) => batch?,
+                batch = self.gather() => batch?,
                 _ = shutdown.cancelled() => break,
             };
             if let Some(lag) = self.consumer.lag() {
@@ -116,6 +120,24 @@ impl Materializer {
         }
         tracing::info!("materializer stopped");
         Ok(())
+    }
+
+    /// Up to `batch_size` records: waits `poll_wait` for the first, then
+    /// gathers for at most `linger` more.
+    async fn gather(&mut self) -> Result<Vec<Delivered>, LogError> {
+        let mut batch = self.consumer.poll(self.config.batch_size, self.config.poll_wait).await?;
+        if batch.is_empty() {
+            return Ok(batch);
+        }
+        let until = tokio::time::Instant::now() + self.config.linger;
+        while batch.len() < self.config.batch_size {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            batch.extend(self.consumer.poll(self.config.batch_size - batch.len(), left).await?);
+        }
+        Ok(batch)
     }
 
     fn backoff(&self) -> ExponentialBuilder {
