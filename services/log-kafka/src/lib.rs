@@ -209,6 +209,8 @@ impl EventLog for KafkaLog {
             topic: self.config.topic.clone(),
             dead_letter_topic: self.config.dead_letter_topic.clone(),
             producer: self.producer.clone(),
+            paused: false,
+            held: Default::default(),
         }))
     }
 
@@ -327,11 +329,27 @@ struct KafkaConsumer {
     topic: String,
     dead_letter_topic: String,
     producer: FutureProducer<ProducerContext>,
+    paused: bool,
+    /// Records that arrived while paused (fetched before the pause took
+    /// effect), handed out first after resume.
+    held: std::collections::VecDeque<Delivered>,
 }
 
 #[async_trait]
 impl LogConsumer for KafkaConsumer {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivered>, LogError> {
+        if self.paused {
+            // Serve the group protocol (heartbeats, rebalances, the poll
+            // interval) without handing out records.
+            if let Ok(message) = tokio::time::timeout(wait, self.consumer.recv()).await {
+                self.held.push_back(delivered(&message.map_err(unavailable)?));
+            }
+            return Ok(Vec::new());
+        }
+        if !self.held.is_empty() {
+            let take = self.held.len().min(max.max(1));
+            return Ok(self.held.drain(..take).collect());
+        }
         let mut out = Vec::new();
         let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
             Err(_) => return Ok(out),
@@ -368,6 +386,22 @@ impl LogConsumer for KafkaConsumer {
 
     fn lag(&self) -> Option<u64> {
         Some(self.consumer.context().total_lag.load(Ordering::Relaxed))
+    }
+
+    async fn pause(&mut self) -> Result<(), LogError> {
+        let assignment = self.consumer.assignment().map_err(unavailable)?;
+        self.consumer.pause(&assignment).map_err(unavailable)?;
+        self.paused = true;
+        metrics::gauge!("healthcode_kafka_consumer_paused").set(1.0);
+        Ok(())
+    }
+
+    async fn resume(&mut self) -> Result<(), LogError> {
+        let assignment = self.consumer.assignment().map_err(unavailable)?;
+        self.consumer.resume(&assignment).map_err(unavailable)?;
+        self.paused = false;
+        metrics::gauge!("healthcode_kafka_consumer_paused").set(0.0);
+        Ok(())
     }
 
     async fn dead_letter(&mut self, record: &Delivered, reason: &str) -> Result<(), LogError> {

@@ -32,6 +32,7 @@ macro_rules! event_log_conformance {
             records_and_commits_survive_reopen,
             closed_log_refuses_appends,
             dead_letters_keep_the_record_and_reason,
+            pause_holds_records_until_resume,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -192,6 +193,23 @@ pub async fn dead_letters_keep_the_record_and_reason(factory: &impl LogFactory) 
     consumer.commit(&got.iter().map(|d| d.position).collect::<Vec<_>>()).await.unwrap();
     let letters = log.dead_letters().await.unwrap();
     assert_eq!(letters, vec![(record("poison", 0), "record: not a healthcode.v1.Event".to_string())]);
+    log.close().await.unwrap();
+}
+
+pub async fn pause_holds_records_until_resume(factory: &impl LogFactory) {
+    let log = factory.open().await;
+    let mut consumer = log.consumer(GROUP).await.unwrap();
+    log.append((0..5).map(|i| record("paused", i)).collect()).await.unwrap();
+    assert_eq!(drain(consumer.as_mut(), 5).await.len(), 5);
+    consumer.pause().await.unwrap();
+    log.append((5..10).map(|i| record("paused", i)).collect()).await.unwrap();
+    for _ in 0..3 {
+        let polled = consumer.poll(10, Duration::from_millis(300)).await.unwrap();
+        assert!(polled.is_empty(), "a paused consumer returns nothing: {:?}", payloads(&polled));
+    }
+    consumer.resume().await.unwrap();
+    let expected: Vec<String> = (5..10).map(|i| format!("paused/{i}")).collect();
+    assert_eq!(payloads(&drain(consumer.as_mut(), 5).await), expected, "nothing skipped across the pause");
     log.close().await.unwrap();
 }
 

@@ -180,6 +180,7 @@ impl EventLog for EmbeddedLog {
             next: committed,
             committed,
             head: self.head.clone(),
+            paused: false,
         }))
     }
 
@@ -220,11 +221,16 @@ struct EmbeddedConsumer {
     next: u64,
     committed: u64,
     head: watch::Receiver<u64>,
+    paused: bool,
 }
 
 #[async_trait]
 impl LogConsumer for EmbeddedConsumer {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivered>, LogError> {
+        if self.paused {
+            tokio::time::sleep(wait).await;
+            return Ok(Vec::new());
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let head = *self.head.borrow_and_update();
@@ -269,6 +275,16 @@ impl LogConsumer for EmbeddedConsumer {
 
     fn lag(&self) -> Option<u64> {
         Some(self.head.borrow().saturating_sub(self.committed))
+    }
+
+    async fn pause(&mut self) -> Result<(), LogError> {
+        self.paused = true;
+        Ok(())
+    }
+
+    async fn resume(&mut self) -> Result<(), LogError> {
+        self.paused = false;
+        Ok(())
     }
 
     async fn dead_letter(&mut self, record: &Delivered, reason: &str) -> Result<(), LogError> {

@@ -80,4 +80,12 @@ pub trait LogConsumer: Send + Sync {
     /// Sets aside a record that can never be applied, with the reason, so
     /// that it cannot stall its partition. Commit it afterwards as usual.
     async fn dead_letter(&mut self, record: &Delivered, reason: &str) -> Result<(), LogError>;
+
+    /// Backpressure: stops fetching while the records in hand cannot be
+    /// written. The consumer keeps its group membership; `poll` keeps it alive
+    /// and returns no records until [`LogConsumer::resume`].
+    async fn pause(&mut self) -> Result<(), LogError>;
+
+    /// Fetches again after [`LogConsumer::pause`]; nothing is skipped.
+    async fn resume(&mut self) -> Result<(), LogError>;
 }

@@ -148,25 +148,54 @@ impl Materializer {
             .without_max_times()
     }
 
-    /// Merges the batch into the store, retrying with backoff. Returns the
-    /// records that can never be applied (index in the batch, reason), or
-    /// `None` when shutdown interrupted the retries (the batch is replayed).
-    async fn apply(&self, batch: &[Delivered], shutdown: &CancellationToken) -> Option<Vec<(usize, String)>> {
+    /// Merges the batch into the store, retrying with backoff. While the
+    /// store fails, the consumer is paused (backpressure) but kept polled so
+    /// it keeps its partitions. Returns the records that can never be applied
+    /// (index in the batch, reason), or `None` when shutdown interrupted the
+    /// retries (the batch is replayed).
+    async fn apply(&mut self, batch: &[Delivered], shutdown: &CancellationToken) -> Option<Vec<(usize, String)>> {
         let started = Instant::now();
         let folded = fold(batch, &self.validator);
-        let merge = (|| self.store.merge(folded.updates.clone())).retry(self.backoff()).notify(|e, wait| {
+        let failing = std::sync::atomic::AtomicBool::new(false);
+        let backoff = self.backoff();
+        let (store, consumer) = (&self.store, &mut self.consumer);
+        let merge = (|| store.merge(folded.updates.clone())).retry(backoff).notify(|e, wait| {
+            failing.store(true, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("healthcode_materializer_store_retries_total").increment(1);
             tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "store merge failed, retrying");
         });
-        tokio::select! {
-            result = merge => {
-                if let Err(e) = result {
-                    // Unreachable with unlimited retries; keep the batch for replay.
-                    tracing::error!(error = %e, "store merge gave up");
-                    return None;
+        tokio::pin!(merge);
+        let mut paused = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let result = loop {
+            tokio::select! {
+                result = &mut merge => break result,
+                _ = shutdown.cancelled() => return None,
+                // Keeps the consumer alive while the store is down.
+                polled = consumer.poll(0, Duration::from_millis(500)), if paused => {
+                    if let Err(e) = polled {
+                        tracing::warn!(error = %e, "polling a paused consumer failed");
+                    }
+                }
+                // Branch conditions are only re-read when a branch fires, so a
+                // steady tick notices the first failed attempt.
+                _ = tick.tick(), if !paused => {
+                    if failing.load(std::sync::atomic::Ordering::Relaxed) {
+                        match consumer.pause().await {
+                            Ok(()) => paused = true,
+                            Err(e) => tracing::warn!(error = %e, "pausing the consumer failed"),
+                        }
+                    }
                 }
             }
-            _ = shutdown.cancelled() => return None,
+        };
+        if paused && let Err(e) = consumer.resume().await {
+            tracing::warn!(error = %e, "resuming the consumer failed");
+        }
+        if let Err(e) = result {
+            // Unreachable with unlimited retries; keep the batch for replay.
+            tracing::error!(error = %e, "store merge gave up");
+            return None;
         }
         metrics::counter!("healthcode_materializer_events_total", "result" => "applied")
             .increment(folded.events as u64);
