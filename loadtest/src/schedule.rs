@@ -13,7 +13,8 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use healthcode_core::{Color, Event, EventBody, Policy, Reason, ScanKind, TestKind, TestOutcome};
+use healthcode_core::wire::{color_to_wire, event_to_wire, reason_to_wire};
+use healthcode_core::{Event, EventBody, Policy, ScanKind, TestOutcome};
 use healthcode_proto::Message;
 use healthcode_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -115,61 +116,6 @@ enum Pending {
     Venues { j: u64 },
 }
 
-fn to_wire(event: &Event) -> pb::Event {
-    use pb::event::Kind as W;
-    let ts = |t: healthcode_core::UnixMicros| Some(t.to_timestamp());
-    let kind = match &event.body {
-        EventBody::Scan { station_id, site_id, kind, scanned_at } => W::Scan(pb::ScanEvent {
-            event_id: event.event_id.clone(),
-            resident_id: event.resident_id.clone(),
-            station_id: station_id.clone(),
-            site_id: site_id.clone(),
-            kind: match kind {
-                ScanKind::VenueEntry => pb::ScanKind::VenueEntry,
-                ScanKind::Checkpoint => pb::ScanKind::Checkpoint,
-                ScanKind::TestSiteArrival => pb::ScanKind::TestSiteArrival,
-            } as i32,
-            scanned_at: ts(*scanned_at),
-        }),
-        EventBody::TestResult { sample_id, lab_id, kind, outcome, sampled_at, resulted_at } => {
-            W::TestResult(pb::TestResultEvent {
-                event_id: event.event_id.clone(),
-                resident_id: event.resident_id.clone(),
-                sample_id: sample_id.clone(),
-                lab_id: lab_id.clone(),
-                kind: match kind {
-                    TestKind::Pcr => pb::TestKind::Pcr,
-                    TestKind::PcrPooled => pb::TestKind::PcrPooled,
-                    TestKind::Antigen => pb::TestKind::Antigen,
-                } as i32,
-                outcome: match outcome {
-                    TestOutcome::Negative => pb::TestOutcome::Negative,
-                    TestOutcome::Positive => pb::TestOutcome::Positive,
-                    TestOutcome::Inconclusive => pb::TestOutcome::Inconclusive,
-                } as i32,
-                sampled_at: ts(*sampled_at),
-                resulted_at: ts(*resulted_at),
-            })
-        }
-        EventBody::Override { authority_id, color, note, issued_at, expires_at } => {
-            W::OverrideEvent(pb::OverrideEvent {
-                event_id: event.event_id.clone(),
-                resident_id: event.resident_id.clone(),
-                authority_id: authority_id.clone(),
-                color: match color {
-                    Color::Green => pb::Color::Green,
-                    Color::Yellow => pb::Color::Yellow,
-                    Color::Red => pb::Color::Red,
-                } as i32,
-                note: note.clone(),
-                issued_at: ts(*issued_at),
-                expires_at: ts(*expires_at),
-            })
-        }
-    };
-    pb::Event { kind: Some(kind) }
-}
-
 fn scan(round: &RoundConfig, i: u64, kind: ScanKind, at_ms: u64) -> Event {
     let (site, prefix) = match kind {
         ScanKind::TestSiteArrival => (format!("site-{}", i / round.site_batch % 2000), "a"),
@@ -183,7 +129,7 @@ fn scan(round: &RoundConfig, i: u64, kind: ScanKind, at_ms: u64) -> Event {
 }
 
 fn batch_entry(at_ms: u64, events: &[Event]) -> Entry {
-    let request = pb::SubmitBatchRequest { events: events.iter().map(to_wire).collect() };
+    let request = pb::SubmitBatchRequest { events: events.iter().map(event_to_wire).collect() };
     Entry { at_ms, kind: Kind::SubmitBatch, payload: request.encode_to_vec() }
 }
 
@@ -352,32 +298,14 @@ fn write_expected(round: &RoundConfig, dir: &Path) -> anyhow::Result<()> {
             out,
             "{},{},{},{},{}",
             resident_id(i),
-            color_name(s.color),
-            reason_name(s.reason),
+            color_to_wire(s.color).as_str_name(),
+            reason_to_wire(s.reason).as_str_name(),
             as_ms(s.last_negative_sampled_at),
             as_ms(s.last_positive_sampled_at)
         )?;
     }
     out.flush()?;
     Ok(())
-}
-
-pub fn color_name(c: Color) -> &'static str {
-    match c {
-        Color::Green => "GREEN",
-        Color::Yellow => "YELLOW",
-        Color::Red => "RED",
-    }
-}
-
-pub fn reason_name(r: Reason) -> &'static str {
-    match r {
-        Reason::NegativeTestValid => "NEGATIVE_TEST_VALID",
-        Reason::NoValidTest => "NO_VALID_TEST",
-        Reason::NoRecord => "NO_RECORD",
-        Reason::PositiveTest => "POSITIVE_TEST",
-        Reason::Override => "OVERRIDE",
-    }
 }
 
 pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {

@@ -8,6 +8,7 @@ pub mod facts;
 pub mod policy;
 pub mod time;
 pub mod validation;
+pub mod wire;
 
 pub use event::{Color, Event, EventBody, ScanKind, TestKind, TestOutcome};
 pub use facts::{Facts, OverrideFact, ScanFact};

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use healthcode_core::validation::{MAX_LOOKUP_BATCH, check_id};
-use healthcode_core::{Color, Facts, Policy, Reason, Status, UnixMicros, ValidationError};
+use healthcode_core::wire::{color_to_wire, reason_to_wire};
+use healthcode_core::{Color, Facts, Policy, Status, UnixMicros, ValidationError};
 use healthcode_proto::v1::{self as pb, lookup_server::Lookup};
 use healthcode_rpc::{ServiceError, observe};
 use healthcode_store::{StatusStore, StoreError};
@@ -84,24 +85,6 @@ fn color_label(color: Color) -> &'static str {
         Color::Green => "green",
         Color::Yellow => "yellow",
         Color::Red => "red",
-    }
-}
-
-pub fn color_to_wire(color: Color) -> pb::Color {
-    match color {
-        Color::Green => pb::Color::Green,
-        Color::Yellow => pb::Color::Yellow,
-        Color::Red => pb::Color::Red,
-    }
-}
-
-pub fn reason_to_wire(reason: Reason) -> pb::Reason {
-    match reason {
-        Reason::NegativeTestValid => pb::Reason::NegativeTestValid,
-        Reason::NoValidTest => pb::Reason::NoValidTest,
-        Reason::NoRecord => pb::Reason::NoRecord,
-        Reason::PositiveTest => pb::Reason::PositiveTest,
-        Reason::Override => pb::Reason::Override,
     }
 }
 
