@@ -82,7 +82,7 @@ impl Ingest for Bare {
             .events
             .iter()
             .map(|e| pb::EventResult {
-                event_id: crate::replay::event_id(e).to_owned(),
+                event_id: healthcode_core::wire::event_id(e).to_owned(),
                 outcome: pb::Outcome::Accepted as i32,
                 reason: String::new(),
             })

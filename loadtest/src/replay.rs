@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
 use healthcode_core::UnixMicros;
+use healthcode_core::wire::event_id;
 use healthcode_proto::v1::{self as pb, ingest_client::IngestClient, lookup_client::LookupClient};
 use healthcode_proto::{Message, Timestamp};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -341,16 +342,6 @@ fn code_name(code: tonic::Code) -> &'static str {
         PermissionDenied => "PERMISSION_DENIED",
         Internal => "INTERNAL",
         _ => "OTHER",
-    }
-}
-
-pub fn event_id(e: &pb::Event) -> &str {
-    use pb::event::Kind as K;
-    match &e.kind {
-        Some(K::Scan(s)) => &s.event_id,
-        Some(K::TestResult(t)) => &t.event_id,
-        Some(K::OverrideEvent(o)) => &o.event_id,
-        None => "",
     }
 }
 

@@ -7,6 +7,17 @@ use crate::event::{Color, Event, EventBody, ScanKind, TestKind, TestOutcome};
 use crate::policy::Reason;
 use crate::time::UnixMicros;
 
+/// The `event_id` of a wire event, whatever its kind (empty when unset).
+pub fn event_id(e: &pb::Event) -> &str {
+    use pb::event::Kind;
+    match &e.kind {
+        Some(Kind::Scan(s)) => &s.event_id,
+        Some(Kind::TestResult(t)) => &t.event_id,
+        Some(Kind::OverrideEvent(o)) => &o.event_id,
+        None => "",
+    }
+}
+
 pub fn color_to_wire(color: Color) -> pb::Color {
     match color {
         Color::Green => pb::Color::Green,

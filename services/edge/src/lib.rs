@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use healthcode_core::wire::event_id;
 use healthcode_core::{Event, UnixMicros, ValidationError, Validator, validation::MAX_BATCH_EVENTS};
 use healthcode_log::{EventLog, LogError, Record};
 use healthcode_proto::Message;
@@ -77,8 +78,8 @@ impl EdgeService {
         let validated = self.validator.validate_single(&wire, "event", UnixMicros::now());
         let result = self.submit_one(validated, wire).await;
         observe(rpc, started, &result);
-        if let Err(e) = &result {
-            rejected(e);
+        if let Err(ServiceError::InvalidArgument(_)) = &result {
+            count_rejected();
         }
         result.map(Response::new).map_err(Status::from)
     }
@@ -109,10 +110,9 @@ impl EdgeService {
         for (i, wire) in request.events.into_iter().enumerate() {
             match self.validator.validate(&wire, &format!("events[{i}]"), now) {
                 Err(e) => {
-                    metrics::counter!("healthcode_ingest_events_total", "kind" => "unknown", "outcome" => "rejected")
-                        .increment(1);
+                    count_rejected();
                     results.push(pb::EventResult {
-                        event_id: wire_event_id(&wire),
+                        event_id: event_id(&wire).to_owned(),
                         outcome: pb::Outcome::Rejected as i32,
                         reason: e.to_string(),
                     });
@@ -121,20 +121,15 @@ impl EdgeService {
                     let fresh =
                         !self.recent.contains_key(&event.event_id) && in_this_batch.insert(event.event_id.clone());
                     let outcome = if fresh { pb::Outcome::Accepted } else { pb::Outcome::Duplicate };
+                    results.push(pb::EventResult {
+                        event_id: event.event_id.clone(),
+                        outcome: outcome as i32,
+                        reason: String::new(),
+                    });
                     if fresh {
-                        results.push(pb::EventResult {
-                            event_id: event.event_id.clone(),
-                            outcome: outcome as i32,
-                            reason: String::new(),
-                        });
                         to_append.push((event, wire));
                     } else {
                         duplicate(&event);
-                        results.push(pb::EventResult {
-                            event_id: event.event_id,
-                            outcome: outcome as i32,
-                            reason: String::new(),
-                        });
                     }
                 }
             }
@@ -151,19 +146,9 @@ fn duplicate(event: &Event) {
         .increment(1);
 }
 
-fn rejected(e: &ServiceError) {
-    if matches!(e, ServiceError::InvalidArgument(_)) {
-        metrics::counter!("healthcode_ingest_events_total", "kind" => "unknown", "outcome" => "rejected").increment(1);
-    }
-}
-
-fn wire_event_id(e: &pb::Event) -> String {
-    match &e.kind {
-        Some(Kind::Scan(s)) => s.event_id.clone(),
-        Some(Kind::TestResult(t)) => t.event_id.clone(),
-        Some(Kind::OverrideEvent(o)) => o.event_id.clone(),
-        None => String::new(),
-    }
+/// Events refused by validation; their kind is not known for sure.
+fn count_rejected() {
+    metrics::counter!("healthcode_ingest_events_total", "kind" => "unknown", "outcome" => "rejected").increment(1);
 }
 
 #[tonic::async_trait]
