@@ -181,12 +181,18 @@ fn retryable(status: &tonic::Status) -> bool {
     matches!(status.code(), tonic::Code::Unavailable | tonic::Code::ResourceExhausted)
 }
 
-fn station_backoff(attempts: usize) -> ExponentialBuilder {
-    ExponentialBuilder::default()
+/// Calls as a station does: retries UNAVAILABLE and RESOURCE_EXHAUSTED with
+/// jittered backoff (100 ms to 2 s), `attempts` times in all.
+async fn as_station<T, Fut>(attempts: usize, call: impl FnMut() -> Fut) -> Result<T, tonic::Status>
+where
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(2))
         .with_jitter()
-        .with_max_times(attempts.saturating_sub(1))
+        .with_max_times(attempts.saturating_sub(1));
+    call.retry(backoff).when(retryable).await
 }
 
 pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::Result<ReplayReport> {
@@ -225,26 +231,20 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
                     let mut request = pb::SubmitBatchRequest::decode(entry.payload.as_slice()).expect("own schedule");
                     request.events.iter_mut().for_each(|e| rebase_event(e, anchor_ms));
                     let client = IngestClient::new(channel);
-                    let reply = (|| {
-                        let mut client = client.clone();
-                        let request = request.clone();
+                    let reply = as_station(attempts, || {
+                        let (mut client, request) = (client.clone(), request.clone());
                         async move { client.submit_batch(request).await.map(|r| r.into_inner()) }
                     })
-                    .retry(station_backoff(attempts))
-                    .when(retryable)
                     .await;
                     Outcome::Batch(reply, request)
                 }
                 Kind::GetStatus => {
                     let request = pb::GetStatusRequest::decode(entry.payload.as_slice()).expect("own schedule");
                     let client = LookupClient::new(channel);
-                    let reply = (|| {
-                        let mut client = client.clone();
-                        let request = request.clone();
+                    let reply = as_station(attempts, || {
+                        let (mut client, request) = (client.clone(), request.clone());
                         async move { client.get_status(request).await.map(|r| r.into_inner()) }
                     })
-                    .retry(station_backoff(attempts))
-                    .when(retryable)
                     .await;
                     Outcome::Lookup(reply)
                 }
