@@ -104,20 +104,9 @@ impl Facts {
         self.merge(&Facts::from_event(event));
     }
 
-    pub fn is_empty(&self) -> bool {
-        *self == Facts::default()
-    }
-
     /// The newest negative sample time.
     pub fn latest_negative(&self) -> Option<UnixMicros> {
         self.latest_negatives[0]
-    }
-
-    /// The time after which these facts may be forgotten: retention counts
-    /// from the newest fact, so a resident active within the window keeps all.
-    pub fn newest_time(&self) -> Option<UnixMicros> {
-        let override_expiry = self.latest_override.as_ref().map(|o| o.expires_at);
-        [self.updated_at, self.latest_test, override_expiry].into_iter().flatten().max()
     }
 }
 

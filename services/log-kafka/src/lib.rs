@@ -165,10 +165,6 @@ impl KafkaLog {
         }
         Ok(())
     }
-
-    pub fn config(&self) -> &KafkaConfig {
-        &self.config
-    }
 }
 
 #[async_trait]
