@@ -17,6 +17,15 @@ pub enum ServiceError {
     /// A dependency (log, store) cannot serve now; the client should retry.
     #[error("{what} unavailable: {detail}")]
     Unavailable { what: &'static str, detail: String, retry_after: Duration },
+    /// No credential, or one the server does not know.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// A known caller asking for what its role or identity does not allow.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// A limit (rate, queue, spool) is full; the client should retry later.
+    #[error("{what} exhausted: {detail}")]
+    ResourceExhausted { what: &'static str, detail: String, retry_after: Duration },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -26,6 +35,9 @@ impl ServiceError {
         match self {
             ServiceError::InvalidArgument(_) => Code::InvalidArgument,
             ServiceError::Unavailable { .. } => Code::Unavailable,
+            ServiceError::Unauthenticated(_) => Code::Unauthenticated,
+            ServiceError::PermissionDenied(_) => Code::PermissionDenied,
+            ServiceError::ResourceExhausted { .. } => Code::ResourceExhausted,
             ServiceError::Internal(_) => Code::Internal,
         }
     }
@@ -41,10 +53,12 @@ impl From<ServiceError> for Status {
                     metadata.insert(INVALID_FIELD, value);
                 }
             }
-            ServiceError::Unavailable { retry_after, .. } => {
-                metadata.insert(RETRY_AFTER_MS, retry_after.as_millis().to_string().parse().expect("digits"));
+            ServiceError::Unavailable { retry_after, .. } | ServiceError::ResourceExhausted { retry_after, .. } => {
+                // At least 1 ms: "retry after 0" would invite a tight loop.
+                let ms = retry_after.as_millis().max(1);
+                metadata.insert(RETRY_AFTER_MS, ms.to_string().parse().expect("digits"));
             }
-            ServiceError::Internal(_) => {}
+            ServiceError::Unauthenticated(_) | ServiceError::PermissionDenied(_) | ServiceError::Internal(_) => {}
         }
         status
     }
@@ -67,6 +81,9 @@ fn code_label(code: Code) -> &'static str {
         Code::InvalidArgument => "INVALID_ARGUMENT",
         Code::Unavailable => "UNAVAILABLE",
         Code::Internal => "INTERNAL",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
         _ => "OTHER",
     }
 }
@@ -93,5 +110,18 @@ mod tests {
         let status = Status::from(err);
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.metadata().get(RETRY_AFTER_MS).unwrap(), "250");
+    }
+
+    #[test]
+    fn auth_errors_map_to_their_codes_and_shedding_says_when_to_retry() {
+        assert_eq!(Status::from(ServiceError::Unauthenticated("x".into())).code(), Code::Unauthenticated);
+        assert_eq!(Status::from(ServiceError::PermissionDenied("x".into())).code(), Code::PermissionDenied);
+        let shed = Status::from(ServiceError::ResourceExhausted {
+            what: "rate limit",
+            detail: "too fast".into(),
+            retry_after: Duration::from_micros(10),
+        });
+        assert_eq!(shed.code(), Code::ResourceExhausted);
+        assert_eq!(shed.metadata().get(RETRY_AFTER_MS).unwrap(), "1");
     }
 }

@@ -1,0 +1,176 @@
+//! The door every call passes: who is calling, may that role make this
+//! call, and is it within its rate.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use healthcode_rpc::ServiceError;
+use tonic::metadata::MetadataMap;
+
+use crate::{Principal, Rpc, TokenRegistry, principal_from_cert};
+
+#[derive(Clone, Debug)]
+pub struct GuardConfig {
+    /// Calls per second one principal may make (also the burst).
+    pub rate_per_principal: NonZeroU32,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig { rate_per_principal: NonZeroU32::new(5_000).expect("non-zero") }
+    }
+}
+
+pub struct Guard {
+    tokens: Arc<TokenRegistry>,
+    limiter: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+}
+
+/// The token of an `authorization: Bearer <token>` header, if any.
+pub fn bearer(value: Option<&str>) -> Option<&str> {
+    let value = value?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl Guard {
+    pub fn new(tokens: Arc<TokenRegistry>, config: &GuardConfig) -> Guard {
+        Guard {
+            tokens,
+            limiter: RateLimiter::keyed(Quota::per_second(config.rate_per_principal)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Who is calling: the bearer token when one is sent (an unknown token is
+    /// refused, never passed over for the certificate), else the verified
+    /// client certificate.
+    pub fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Principal, ServiceError> {
+        if let Some(principal) = self.from_metadata(request.metadata())? {
+            return Ok(principal);
+        }
+        let certs = request.peer_certs();
+        match certs.as_ref().and_then(|c| c.first()) {
+            Some(cert) => principal_from_cert(cert.as_ref()).ok_or_else(|| {
+                ServiceError::Unauthenticated("the client certificate names no principal (CN) and role (OU)".into())
+            }),
+            None => Err(ServiceError::Unauthenticated(
+                "send `authorization: Bearer <token>` or a client certificate".into(),
+            )),
+        }
+    }
+
+    fn from_metadata(&self, metadata: &MetadataMap) -> Result<Option<Principal>, ServiceError> {
+        let Some(value) = metadata.get("authorization") else { return Ok(None) };
+        let token = bearer(value.to_str().ok())
+            .ok_or_else(|| ServiceError::Unauthenticated("authorization must be `Bearer <token>`".into()))?;
+        self.tokens.authenticate(token).map(Some).ok_or_else(|| ServiceError::Unauthenticated("unknown token".into()))
+    }
+
+    /// Authenticates, checks the role against the call and spends one unit
+    /// of the caller's rate.
+    pub fn admit<T>(&self, request: &tonic::Request<T>, rpc: Rpc) -> Result<Principal, ServiceError> {
+        let result = self.authenticate(request).and_then(|p| self.authorize(p, rpc));
+        if let Err(e) = &result {
+            refused(rpc, e);
+        }
+        result
+    }
+
+    /// The same for an HTTP endpoint, from its `authorization` header.
+    pub fn admit_http(&self, authorization: Option<&str>, rpc: Rpc) -> Result<Principal, ServiceError> {
+        let result = match authorization {
+            None => Err(ServiceError::Unauthenticated("send `authorization: Bearer <token>`".into())),
+            Some(value) => bearer(Some(value))
+                .and_then(|t| self.tokens.authenticate(t))
+                .ok_or_else(|| ServiceError::Unauthenticated("unknown token".into())),
+        }
+        .and_then(|p| self.authorize(p, rpc));
+        if let Err(e) = &result {
+            refused(rpc, e);
+        }
+        result
+    }
+
+    fn authorize(&self, principal: Principal, rpc: Rpc) -> Result<Principal, ServiceError> {
+        if !rpc.roles().contains(&principal.role) {
+            let allowed: Vec<&str> = rpc.roles().iter().map(|r| r.as_str()).collect();
+            return Err(ServiceError::PermissionDenied(format!(
+                "{} needs the role {}; the caller is a {}",
+                rpc.name(),
+                allowed.join(" or "),
+                principal.role
+            )));
+        }
+        match self.limiter.check_key(&principal.name) {
+            Ok(()) => Ok(principal),
+            Err(not_until) => Err(ServiceError::ResourceExhausted {
+                what: "per-caller rate limit",
+                detail: format!("{} calls too fast", principal.name),
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            }),
+        }
+    }
+}
+
+fn refused(rpc: Rpc, e: &ServiceError) {
+    let reason = match e {
+        ServiceError::Unauthenticated(_) => "unauthenticated",
+        ServiceError::PermissionDenied(_) => "permission_denied",
+        _ => "rate_limited",
+    };
+    metrics::counter!("healthcode_auth_refused_total", "rpc" => rpc.name(), "reason" => reason).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Role, new_token};
+
+    fn guard(rate: u32) -> (Guard, String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let (token, entry) = new_token("st-1", Role::Station);
+        TokenRegistry::append(&path, &[entry]).unwrap();
+        let tokens = Arc::new(TokenRegistry::open(&path).unwrap());
+        let config = GuardConfig { rate_per_principal: NonZeroU32::new(rate).unwrap() };
+        (Guard::new(tokens, &config), token, dir)
+    }
+
+    fn request(authorization: Option<&str>) -> tonic::Request<()> {
+        let mut request = tonic::Request::new(());
+        if let Some(value) = authorization {
+            request.metadata_mut().insert("authorization", value.parse().unwrap());
+        }
+        request
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let (guard, token, _dir) = guard(100);
+        let code = |r: Result<Principal, ServiceError>| r.map_err(|e| e.code()).map(|p| p.name);
+        assert_eq!(code(guard.admit(&request(None), Rpc::GetStatus)), Err(tonic::Code::Unauthenticated));
+        assert_eq!(code(guard.admit(&request(Some("Bearer nope")), Rpc::GetStatus)), Err(tonic::Code::Unauthenticated));
+        assert_eq!(code(guard.admit(&request(Some(&token)), Rpc::GetStatus)), Err(tonic::Code::Unauthenticated));
+        let bearer = format!("Bearer {token}");
+        assert_eq!(code(guard.admit(&request(Some(&bearer)), Rpc::SubmitTestResult)), Err(tonic::Code::PermissionDenied));
+        assert_eq!(code(guard.admit(&request(Some(&bearer)), Rpc::GetStatus)), Ok("st-1".to_string()));
+    }
+
+    #[test]
+    fn a_caller_over_its_rate_is_told_when_to_come_back() {
+        let (guard, token, _dir) = guard(2);
+        let bearer = format!("bearer {token}");
+        let results: Vec<_> = (0..3).map(|_| guard.admit(&request(Some(&bearer)), Rpc::GetStatus)).collect();
+        assert!(results[0].is_ok() && results[1].is_ok());
+        match &results[2] {
+            Err(ServiceError::ResourceExhausted { retry_after, .. }) => {
+                assert!(*retry_after > std::time::Duration::ZERO)
+            }
+            other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+use std::fmt;
+use std::str::FromStr;
+
+use healthcode_proto::v1::{self as pb, event::Kind};
+use healthcode_rpc::ServiceError;
+use serde::{Deserialize, Serialize};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Scanning stations: submit scans, read statuses.
+    Station,
+    /// Labs: submit test results.
+    Lab,
+    /// Health authorities: submit and list overrides.
+    Authority,
+    /// Operators: metrics and admin endpoints.
+    Ops,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Station, Role::Lab, Role::Authority, Role::Ops];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Station => "station",
+            Role::Lab => "lab",
+            Role::Authority => "authority",
+            Role::Ops => "ops",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?} (one of station, lab, authority, ops)"))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
+}
+
+/// The calls that need a credential.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Rpc {
+    SubmitScan,
+    SubmitTestResult,
+    SubmitOverride,
+    SubmitBatch,
+    GetStatus,
+    BatchGetStatus,
+    ListOverrides,
+    Metrics,
+}
+
+impl Rpc {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rpc::SubmitScan => "SubmitScan",
+            Rpc::SubmitTestResult => "SubmitTestResult",
+            Rpc::SubmitOverride => "SubmitOverride",
+            Rpc::SubmitBatch => "SubmitBatch",
+            Rpc::GetStatus => "GetStatus",
+            Rpc::BatchGetStatus => "BatchGetStatus",
+            Rpc::ListOverrides => "ListOverrides",
+            Rpc::Metrics => "metrics",
+        }
+    }
+
+    /// The roles admitted. A batch is open to every submitting role; each
+    /// event in it must still be the caller's own ([`check_owner`]).
+    pub fn roles(self) -> &'static [Role] {
+        match self {
+            Rpc::SubmitScan | Rpc::GetStatus | Rpc::BatchGetStatus => &[Role::Station],
+            Rpc::SubmitTestResult => &[Role::Lab],
+            Rpc::SubmitOverride | Rpc::ListOverrides => &[Role::Authority],
+            Rpc::SubmitBatch => &[Role::Station, Role::Lab, Role::Authority],
+            Rpc::Metrics => &[Role::Ops],
+        }
+    }
+}
+
+/// An event may only be submitted by the station, lab or authority it names.
+/// `field` prefixes the error (`event`, `events[3]`). Events without a kind
+/// pass here and are refused by validation, which names the missing field.
+pub fn check_owner(principal: &Principal, event: &pb::Event, field: &str) -> Result<(), ServiceError> {
+    let (role, id_field, id) = match &event.kind {
+        Some(Kind::Scan(e)) => (Role::Station, "station_id", &e.station_id),
+        Some(Kind::TestResult(e)) => (Role::Lab, "lab_id", &e.lab_id),
+        Some(Kind::OverrideEvent(e)) => (Role::Authority, "authority_id", &e.authority_id),
+        None => return Ok(()),
+    };
+    if principal.role != role {
+        return Err(ServiceError::PermissionDenied(format!(
+            "{field}: a {} may not submit this kind of event (it needs the {role} role)",
+            principal.role
+        )));
+    }
+    if *id != principal.name {
+        return Err(ServiceError::PermissionDenied(format!(
+            "{field}.{id_field}: must be the caller's own id {:?}",
+            principal.name
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(station: &str) -> pb::Event {
+        pb::Event { kind: Some(Kind::Scan(pb::ScanEvent { station_id: station.into(), ..Default::default() })) }
+    }
+
+    #[test]
+    fn an_event_must_name_its_caller() {
+        let st = Principal { name: "st-1".into(), role: Role::Station };
+        assert!(check_owner(&st, &scan("st-1"), "event").is_ok());
+        let err = check_owner(&st, &scan("st-2"), "events[4]").unwrap_err().to_string();
+        assert!(err.contains("events[4].station_id"), "{err}");
+        let lab = Principal { name: "st-1".into(), role: Role::Lab };
+        let err = check_owner(&lab, &scan("st-1"), "event").unwrap_err().to_string();
+        assert!(err.contains("needs the station role"), "{err}");
+    }
+
+    #[test]
+    fn roles_parse_from_their_names_only() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        }
+        assert!("admin".parse::<Role>().is_err());
+    }
+}
