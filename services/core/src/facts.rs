@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Color, Event, EventBody, ScanKind, TestOutcome};
 use crate::time::UnixMicros;
 
+/// How many overrides a resident's facts keep for the audit list: the latest
+/// by (issued_at, event_id). Keeping the top K of a union is still a
+/// semilattice join, and it bounds what one busy authority can add.
+pub const OVERRIDES_KEPT: usize = 64;
+
 /// How many negative samples are kept: the policy never needs more than the
 /// two latest to decide whether a positive has been cleared.
 pub const NEGATIVES_KEPT: usize = 2;
@@ -22,8 +27,9 @@ pub struct Facts {
     pub latest_negatives: [Option<UnixMicros>; NEGATIVES_KEPT],
     /// Latest `sampled_at` of any result, inconclusive included: "a test is on record".
     pub latest_test: Option<UnixMicros>,
-    /// The override with the greatest (issued_at, event_id).
-    pub latest_override: Option<OverrideFact>,
+    /// The overrides, ascending by (issued_at, event_id): the last one is in
+    /// force, the others are the audit trail.
+    pub overrides: Vec<OverrideFact>,
     /// The scan with the greatest (scanned_at, event_id).
     pub latest_scan: Option<ScanFact>,
     /// The latest event time folded in (resulted_at, issued_at or scanned_at).
@@ -38,6 +44,7 @@ pub struct OverrideFact {
     pub expires_at: UnixMicros,
     pub color: Color,
     pub authority_id: String,
+    pub note: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -72,14 +79,15 @@ impl Facts {
                     TestOutcome::Inconclusive => {}
                 }
             }
-            EventBody::Override { authority_id, color, issued_at, expires_at, .. } => {
-                facts.latest_override = Some(OverrideFact {
+            EventBody::Override { authority_id, color, note, issued_at, expires_at } => {
+                facts.overrides = vec![OverrideFact {
                     issued_at: *issued_at,
                     event_id: event.event_id.clone(),
                     expires_at: *expires_at,
                     color: *color,
                     authority_id: authority_id.clone(),
-                });
+                    note: note.clone(),
+                }];
             }
         }
         facts
@@ -91,7 +99,9 @@ impl Facts {
         self.latest_test = self.latest_test.max(other.latest_test);
         self.updated_at = self.updated_at.max(other.updated_at);
         self.latest_negatives = top_distinct(&self.latest_negatives, &other.latest_negatives);
-        max_register(&mut self.latest_override, &other.latest_override);
+        if !other.overrides.is_empty() {
+            self.overrides = latest_union(&self.overrides, &other.overrides, OVERRIDES_KEPT);
+        }
         max_register(&mut self.latest_scan, &other.latest_scan);
     }
 
@@ -104,6 +114,11 @@ impl Facts {
         self.merge(&Facts::from_event(event));
     }
 
+    /// The override in force unless expired: the one with the greatest (issued_at, event_id).
+    pub fn latest_override(&self) -> Option<&OverrideFact> {
+        self.overrides.last()
+    }
+
     /// The newest negative sample time.
     pub fn latest_negative(&self) -> Option<UnixMicros> {
         self.latest_negatives[0]
@@ -114,6 +129,16 @@ fn max_register<T: Ord + Clone>(mine: &mut Option<T>, theirs: &Option<T>) {
     if theirs > mine {
         mine.clone_from(theirs);
     }
+}
+
+/// The `keep` greatest distinct elements of two ascending lists, ascending.
+fn latest_union<T: Ord + Clone>(a: &[T], b: &[T], keep: usize) -> Vec<T> {
+    let mut all: Vec<T> = a.iter().chain(b).cloned().collect();
+    all.sort_unstable();
+    all.dedup();
+    let excess = all.len().saturating_sub(keep);
+    all.drain(..excess);
+    all
 }
 
 /// The `NEGATIVES_KEPT` largest distinct values of both arrays, newest first.
@@ -145,6 +170,13 @@ mod tests {
         assert_eq!(merged, [t(5), t(3)]);
         let merged = top_distinct(&[t(2), None], &[None, None]);
         assert_eq!(merged, [t(2), None]);
+    }
+
+    #[test]
+    fn overrides_keep_the_latest_distinct_ones_in_order() {
+        let merged = latest_union(&[1, 3, 5], &[2, 3, 6], 4);
+        assert_eq!(merged, vec![2, 3, 5, 6]);
+        assert_eq!(latest_union(&[1, 2], &[], 8), vec![1, 2]);
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl Policy {
         };
         // Only the latest override counts, and only while it runs; it can
         // raise the color, never lower it.
-        if let Some(o) = &facts.latest_override
+        if let Some(o) = facts.latest_override()
             && now < o.expires_at
         {
             status.override_expires_at = Some(o.expires_at);
@@ -158,20 +158,21 @@ mod tests {
     fn override_raises_but_never_lowers() {
         let p = Policy::default();
         let mut f = facts(None, &[0]);
-        f.latest_override = Some(OverrideFact {
+        f.overrides = vec![OverrideFact {
             issued_at: h(1),
             event_id: "o1".into(),
             expires_at: h(24),
             color: Color::Yellow,
             authority_id: "cdc".into(),
-        });
+            note: String::new(),
+        }];
         let s = p.evaluate(&f, h(2));
         assert_eq!((s.color, s.reason, s.valid_until), (Color::Yellow, Reason::Override, Some(h(24))));
         // Expired: back to the base color.
         assert_eq!(p.evaluate(&f, h(24)).color, Color::Green);
         // A green override does not lower a red.
         let mut red = facts(Some(0), &[]);
-        red.latest_override = f.latest_override.clone().map(|o| OverrideFact { color: Color::Green, ..o });
+        red.overrides = vec![OverrideFact { color: Color::Green, ..f.overrides[0].clone() }];
         let s = p.evaluate(&red, h(2));
         assert_eq!((s.color, s.reason), (Color::Red, Reason::PositiveTest));
     }

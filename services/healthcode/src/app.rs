@@ -77,7 +77,8 @@ fn open_store(settings: &Settings, shared: bool) -> anyhow::Result<Arc<dyn Statu
     match settings.store {
         StoreBackend::Embedded => {
             let dir = settings.data_dir.join("store");
-            let store = if shared { EmbeddedStore::open_shared(&dir) } else { EmbeddedStore::open(&dir) };
+            let retention = settings.limits.retention;
+            let store = if shared { EmbeddedStore::open_shared(&dir, retention) } else { EmbeddedStore::open(&dir, retention) };
             Ok(Arc::new(store.with_context(|| format!("opening the store in {}", dir.display()))?))
         }
     }

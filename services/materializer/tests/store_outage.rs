@@ -36,6 +36,9 @@ impl StatusStore for FlakyStore {
     async fn get_many(&self, residents: &[String]) -> Result<Vec<Option<Facts>>, StoreError> {
         self.inner.get_many(residents).await
     }
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        self.inner.purge_expired().await
+    }
 }
 
 /// Counts pause and resume calls of the consumer it wraps.
@@ -91,7 +94,7 @@ async fn a_store_outage_pauses_the_consumer_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(EmbeddedLog::open(&dir.path().join("log")).unwrap());
     let store = Arc::new(FlakyStore {
-        inner: EmbeddedStore::open(&dir.path().join("store")).unwrap(),
+        inner: EmbeddedStore::open(&dir.path().join("store"), healthcode_core::Limits::default().retention).unwrap(),
         down: AtomicBool::new(true),
         refused: AtomicUsize::new(0),
     });

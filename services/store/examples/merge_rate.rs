@@ -12,7 +12,7 @@ use healthcode_store::{EmbeddedStore, FactsUpdate, StatusStore};
 async fn main() {
     let batches: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let store = EmbeddedStore::open(dir.path(), healthcode_core::Limits::default().retention).unwrap();
     let batch = |b: u64| -> Vec<FactsUpdate> {
         (b * 2000..(b + 1) * 2000)
             .map(|i| FactsUpdate {

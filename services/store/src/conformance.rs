@@ -9,6 +9,9 @@ use healthcode_core::{Color, Facts, OverrideFact, UnixMicros};
 
 use crate::{FactsUpdate, StatusStore};
 
+/// The retention every factory must open its store with.
+pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
 /// Opens the store under test. A call after the previous handle was dropped
 /// opens the same data again. Residents are prefixed so that suites sharing a
 /// server do not see each other's rows.
@@ -31,6 +34,7 @@ macro_rules! status_store_conformance {
             merge_order_does_not_matter,
             many_residents_in_one_merge,
             facts_survive_reopen,
+            expired_facts_are_neither_read_nor_kept,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -70,13 +74,14 @@ fn positive(secs: i64) -> Facts {
 
 fn override_fact(secs: i64, id: &str, color: Color) -> Facts {
     Facts {
-        latest_override: Some(OverrideFact {
+        overrides: vec![OverrideFact {
             issued_at: at(secs),
             event_id: id.into(),
             expires_at: at(secs + 3600),
             color,
             authority_id: "authority-1".into(),
-        }),
+            note: format!("note of {id}"),
+        }],
         updated_at: Some(at(secs)),
         ..Facts::default()
     }
@@ -135,7 +140,27 @@ pub async fn merge_order_does_not_matter(factory: &impl StoreFactory) {
     let b = store.get(&backward).await.unwrap().unwrap();
     assert_eq!(a, b);
     assert_eq!(a.latest_negatives, [Some(at(50)), Some(at(40))]);
-    assert_eq!(a.latest_override.unwrap().event_id, "o-b", "ties on issued_at break on event_id");
+    assert_eq!(a.latest_override().unwrap().event_id, "o-b", "ties on issued_at break on event_id");
+    assert_eq!(a.overrides.len(), 2, "both overrides stay in the audit trail");
+}
+
+pub async fn expired_facts_are_neither_read_nor_kept(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let now = UnixMicros::now();
+    let days = |d: u64| std::time::Duration::from_secs(d * 24 * 3600);
+    let aged = |age: std::time::Duration| {
+        let t = UnixMicros(now.0 - age.as_micros() as i64);
+        Facts { latest_negatives: [Some(t), None], latest_test: Some(t), updated_at: Some(t), ..Facts::default() }
+    };
+    let (old, recent) = (factory.resident("expired"), factory.resident("within-retention"));
+    store
+        .merge(vec![update(&old, aged(RETENTION + days(1))), update(&recent, aged(RETENTION - days(1)))])
+        .await
+        .unwrap();
+    assert_eq!(store.get(&old).await.unwrap(), None, "facts past retention are not returned");
+    assert!(store.get(&recent).await.unwrap().is_some());
+    store.purge_expired().await.unwrap();
+    assert_eq!(store.get_many(&[old, recent]).await.unwrap().iter().filter(|f| f.is_some()).count(), 1);
 }
 
 pub async fn many_residents_in_one_merge(factory: &impl StoreFactory) {
@@ -185,9 +210,9 @@ impl Default for EmbeddedStoreFactory {
 impl StoreFactory for EmbeddedStoreFactory {
     async fn open(&self) -> Arc<dyn StatusStore> {
         let store = if self.shared {
-            crate::EmbeddedStore::open_shared(self.dir.path())
+            crate::EmbeddedStore::open_shared(self.dir.path(), RETENTION)
         } else {
-            crate::EmbeddedStore::open(self.dir.path())
+            crate::EmbeddedStore::open(self.dir.path(), RETENTION)
         };
         Arc::new(store.expect("open embedded store"))
     }

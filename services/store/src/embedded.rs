@@ -2,20 +2,22 @@
 //!
 //! A merge is one write transaction (read, join, write back), committed with
 //! an fsync before it returns. Facts are kept as a version byte followed by a
-//! postcard encoding of [`Facts`].
+//! postcard encoding of [`Facts`]. Facts past retention are invisible at
+//! once and deleted by [`StatusStore::purge_expired`].
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use healthcode_core::Facts;
+use healthcode_core::{Facts, UnixMicros};
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::{FactsUpdate, StatusStore, StoreError};
+use crate::{FactsUpdate, StatusStore, StoreError, expired};
 
 const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
-const ENCODING_V1: u8 = 1;
+/// Version 2 added the override audit trail (and notes) to the facts.
+const ENCODING: u8 = 2;
 
 fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
     StoreError::Storage(e.into().to_string())
@@ -24,30 +26,31 @@ fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    retention: Duration,
 }
 
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir/store.redb` for this process alone
     /// (`healthcode up`): redb keeps its page cache across transactions.
-    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        Self::open_with(dir, ConcurrencyMode::ExclusiveWriter)
+    pub fn open(dir: &Path, retention: Duration) -> Result<EmbeddedStore, StoreError> {
+        Self::open_with(dir, retention, ConcurrencyMode::ExclusiveWriter)
     }
 
     /// Opens the store so that other processes of this machine may open it
     /// too (separate materializer and lookup roles). redb coordinates them
     /// with byte-range locks and rereads pages another process may have
     /// changed, so every transaction costs more than in [`Self::open`].
-    pub fn open_shared(dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        Self::open_with(dir, ConcurrencyMode::MultiWriter)
+    pub fn open_shared(dir: &Path, retention: Duration) -> Result<EmbeddedStore, StoreError> {
+        Self::open_with(dir, retention, ConcurrencyMode::MultiWriter)
     }
 
-    fn open_with(dir: &Path, mode: ConcurrencyMode) -> Result<EmbeddedStore, StoreError> {
+    fn open_with(dir: &Path, retention: Duration, mode: ConcurrencyMode) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage(format!("creating {}: {e}", dir.display())))?;
         let db = Database::builder().set_concurrency_mode(mode).create(dir.join("store.redb")).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(FACTS).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        Ok(EmbeddedStore { db: Arc::new(db), retention })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -60,14 +63,14 @@ impl EmbeddedStore {
 }
 
 pub fn encode_facts(facts: &Facts) -> Vec<u8> {
-    let mut out = vec![ENCODING_V1];
+    let mut out = vec![ENCODING];
     out.extend(postcard::to_allocvec(facts).expect("facts always serialize"));
     out
 }
 
 pub fn decode_facts(bytes: &[u8]) -> Result<Facts, StoreError> {
     match bytes.split_first() {
-        Some((&ENCODING_V1, rest)) => {
+        Some((&ENCODING, rest)) => {
             postcard::from_bytes(rest).map_err(|e| StoreError::Storage(format!("undecodable facts: {e}")))
         }
         Some((v, _)) => Err(StoreError::Storage(format!("facts encoded with unknown version {v}"))),
@@ -83,15 +86,20 @@ impl StatusStore for EmbeddedStore {
         }
         let started = Instant::now();
         let count = updates.len();
+        let retention = self.retention;
         self.blocking(move |db| {
+            let now = UnixMicros::now();
             let txn = db.begin_write().map_err(storage)?;
             {
                 let mut table = txn.open_table(FACTS).map_err(storage)?;
                 for update in updates {
+                    // Expired facts are gone even before the purge deletes them.
                     let stored = match table.get(update.resident.as_str()).map_err(storage)? {
-                        Some(v) => decode_facts(v.value())?,
-                        None => Facts::default(),
-                    };
+                        Some(v) => Some(decode_facts(v.value())?),
+                        None => None,
+                    }
+                    .filter(|f| !expired(f, retention, now))
+                    .unwrap_or_default();
                     let merged = stored.merged(&update.facts);
                     table.insert(update.resident.as_str(), encode_facts(&merged).as_slice()).map_err(storage)?;
                 }
@@ -111,18 +119,47 @@ impl StatusStore for EmbeddedStore {
 
     async fn get_many(&self, residents: &[String]) -> Result<Vec<Option<Facts>>, StoreError> {
         let residents = residents.to_vec();
+        let retention = self.retention;
         self.blocking(move |db| {
+            let now = UnixMicros::now();
             let txn = db.begin_read().map_err(storage)?;
             let table = txn.open_table(FACTS).map_err(storage)?;
             residents
                 .iter()
                 .map(|r| match table.get(r.as_str()).map_err(storage)? {
-                    Some(v) => decode_facts(v.value()).map(Some),
+                    Some(v) => Ok(Some(decode_facts(v.value())?).filter(|f| !expired(f, retention, now))),
                     None => Ok(None),
                 })
                 .collect()
         })
         .await
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let retention = self.retention;
+        let purged = self
+            .blocking(move |db| {
+                let now = UnixMicros::now();
+                let txn = db.begin_write().map_err(storage)?;
+                let purged = {
+                    let mut table = txn.open_table(FACTS).map_err(storage)?;
+                    // Undecodable rows are kept: deleting them would hide the fault.
+                    let mut purged = 0u64;
+                    table
+                        .retain(|_, v| {
+                            let keep = decode_facts(v).map(|f| !expired(&f, retention, now)).unwrap_or(true);
+                            purged += u64::from(!keep);
+                            keep
+                        })
+                        .map_err(storage)?;
+                    purged
+                };
+                txn.commit().map_err(storage)?;
+                Ok(purged)
+            })
+            .await?;
+        metrics::counter!("healthcode_store_expired_residents_total", "store" => "embedded").increment(purged);
+        Ok(purged)
     }
 }
 
@@ -141,9 +178,9 @@ mod tests {
         let bytes = encode_facts(&facts);
         assert_eq!(decode_facts(&bytes).unwrap(), facts);
         let mut future = bytes.clone();
-        future[0] = 2;
+        future[0] = ENCODING + 1;
         assert!(decode_facts(&future).is_err());
         assert!(decode_facts(&[]).is_err());
-        assert!(decode_facts(&[ENCODING_V1, 0xff]).is_err());
+        assert!(decode_facts(&[ENCODING, 0xff]).is_err());
     }
 }

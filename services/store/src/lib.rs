@@ -1,8 +1,10 @@
 //! Where resident facts live. The store only merges and returns facts; the
 //! color is computed by the lookup from the facts and `now`.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use healthcode_core::Facts;
+use healthcode_core::{Facts, UnixMicros};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -39,4 +41,15 @@ pub trait StatusStore: Send + Sync + 'static {
 
     /// The facts of many residents, in the order asked.
     async fn get_many(&self, residents: &[String]) -> Result<Vec<Option<Facts>>, StoreError>;
+
+    /// Deletes the facts past retention (see [`expired`]); how many it deleted.
+    /// Reads never return such facts, purged or not. Stores that expire data
+    /// by themselves (TTL) have nothing to do here.
+    async fn purge_expired(&self) -> Result<u64, StoreError>;
+}
+
+/// Facts expire when nothing happened to the resident for the retention
+/// window: their latest event time is older than `now - retention`.
+pub fn expired(facts: &Facts, retention: Duration, now: UnixMicros) -> bool {
+    facts.updated_at.is_some_and(|t| t.saturating_add(retention) < now)
 }
