@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use healthcode_rpc::ServiceError;
+use healthcode_rpc::{ServiceError, observe};
 use tonic::metadata::MetadataMap;
 
 use crate::{Principal, Rpc, TokenRegistry, principal_from_cert};
@@ -34,6 +34,15 @@ pub fn bearer(value: Option<&str>) -> Option<&str> {
     let value = value?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A request carrying `token` as its bearer credential (the client side).
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
 }
 
 impl Guard {
@@ -78,6 +87,26 @@ impl Guard {
             refused(rpc, e);
         }
         result
+    }
+
+    /// Runs one gRPC call: admits it, hands the caller and the message to
+    /// `handle`, records the call's metrics and maps the error to a status.
+    pub async fn serve<T, R, Fut>(
+        &self,
+        rpc: Rpc,
+        request: tonic::Request<T>,
+        handle: impl FnOnce(Principal, T) -> Fut,
+    ) -> Result<tonic::Response<R>, tonic::Status>
+    where
+        Fut: Future<Output = Result<R, ServiceError>>,
+    {
+        let started = std::time::Instant::now();
+        let result = match self.admit(&request, rpc) {
+            Ok(caller) => handle(caller, request.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        observe(rpc.name(), started, &result);
+        result.map(tonic::Response::new).map_err(tonic::Status::from)
     }
 
     /// The same for an HTTP endpoint, from its `authorization` header.

@@ -1,17 +1,22 @@
 //! The Ingest service. An event is ACCEPTED only once the event log has it
 //! durably; a retried `event_id` the edge still remembers is answered
 //! DUPLICATE. Forgetting is safe: the facts merge makes a re-append harmless.
+//!
+//! Every call is admitted by the [`Guard`] first, and every event must name
+//! its caller. Resident ids are replaced by their pseudonyms here, before the
+//! event reaches the log.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use healthcode_core::wire::event_id;
-use healthcode_core::{Event, UnixMicros, ValidationError, Validator, validation::MAX_BATCH_EVENTS};
+use healthcode_auth::{Guard, Principal, Pseudonymizer, Rpc, check_owner};
+use healthcode_core::wire::{event_id, event_to_wire};
+use healthcode_core::{Event, EventBody, UnixMicros, ValidationError, Validator, validation::MAX_BATCH_EVENTS};
 use healthcode_log::{EventLog, LogError, Record};
 use healthcode_proto::Message;
 use healthcode_proto::v1::{self as pb, event::Kind, ingest_server::Ingest};
-use healthcode_rpc::{ServiceError, observe};
+use healthcode_rpc::ServiceError;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone, Debug)]
@@ -39,29 +44,47 @@ pub struct EdgeService {
     validator: Validator,
     recent: moka::sync::Cache<String, ()>,
     retry_after: Duration,
+    guard: Arc<Guard>,
+    pseudonyms: Pseudonymizer,
 }
 
 impl EdgeService {
-    pub fn new(log: Arc<dyn EventLog>, validator: Validator, config: &EdgeConfig) -> Self {
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        validator: Validator,
+        config: &EdgeConfig,
+        guard: Arc<Guard>,
+        pseudonyms: Pseudonymizer,
+    ) -> Self {
         let recent =
             moka::sync::Cache::builder().max_capacity(config.dedup_capacity).time_to_live(config.dedup_ttl).build();
-        EdgeService { log, validator, recent, retry_after: config.retry_after }
+        EdgeService { log, validator, recent, retry_after: config.retry_after, guard, pseudonyms }
+    }
+
+    /// Validated events of the caller, with the resident id replaced by its pseudonym.
+    fn pseudonymized(&self, mut event: Event) -> Event {
+        event.resident_id = self.pseudonyms.pseudonym(&event.resident_id);
+        event
     }
 
     /// Appends validated events in one durable append and remembers their ids.
-    async fn append(&self, events: Vec<(Event, pb::Event)>) -> Result<(), ServiceError> {
+    async fn append(&self, events: Vec<Event>, caller: &Principal) -> Result<(), ServiceError> {
         if events.is_empty() {
             return Ok(());
         }
         let records = events
             .iter()
-            .map(|(event, wire)| Record { key: event.resident_id.as_bytes().to_vec(), payload: wire.encode_to_vec() })
+            .map(|event| Record {
+                key: event.resident_id.as_bytes().to_vec(),
+                payload: event_to_wire(event).encode_to_vec(),
+            })
             .collect();
         self.log.append(records).await.map_err(|e| self.log_error(e))?;
-        for (event, _) in &events {
+        for event in &events {
             self.recent.insert(event.event_id.clone(), ());
             metrics::counter!("healthcode_ingest_events_total", "kind" => event.kind_label(), "outcome" => "accepted")
                 .increment(1);
+            audit(event, caller);
         }
         Ok(())
     }
@@ -72,47 +95,50 @@ impl EdgeService {
     }
 
     /// One event on its own: INVALID_ARGUMENT when bad, otherwise ACCEPTED or DUPLICATE.
-    async fn submit_unary(&self, rpc: &'static str, kind: Option<Kind>) -> Result<Response<pb::SubmitReply>, Status> {
-        let started = Instant::now();
-        let wire = pb::Event { kind };
-        let validated = self.validator.validate_single(&wire, "event", UnixMicros::now());
-        let result = self.submit_one(validated, wire).await;
-        observe(rpc, started, &result);
-        if let Err(ServiceError::InvalidArgument(_)) = &result {
-            count_rejected();
-        }
-        result.map(Response::new).map_err(Status::from)
+    async fn submit_unary<T>(
+        &self,
+        rpc: Rpc,
+        request: Request<T>,
+        kind: impl FnOnce(T) -> Option<Kind>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        self.guard.serve(rpc, request, |caller, r| async move { self.submit_one(&caller, pb::Event { kind: kind(r) }).await }).await
     }
 
-    async fn submit_one(
-        &self,
-        validated: Result<Event, ValidationError>,
-        wire: pb::Event,
-    ) -> Result<pb::SubmitReply, ServiceError> {
-        let event = validated?;
+    async fn submit_one(&self, caller: &Principal, wire: pb::Event) -> Result<pb::SubmitReply, ServiceError> {
+        check_owner(caller, &wire, "event")?;
+        let event = self.validator.validate_single(&wire, "event", UnixMicros::now()).inspect_err(|_| count_rejected())?;
         let event_id = event.event_id.clone();
         if self.recent.contains_key(&event_id) {
             duplicate(&event);
             return Ok(pb::SubmitReply { event_id, outcome: pb::Outcome::Duplicate as i32 });
         }
-        self.append(vec![(event, wire)]).await?;
+        self.append(vec![self.pseudonymized(event)], caller).await?;
         Ok(pb::SubmitReply { event_id, outcome: pb::Outcome::Accepted as i32 })
     }
 
-    async fn submit_batch(&self, request: pb::SubmitBatchRequest) -> Result<pb::SubmitBatchReply, ServiceError> {
+    async fn submit_batch(
+        &self,
+        caller: &Principal,
+        request: pb::SubmitBatchRequest,
+    ) -> Result<pb::SubmitBatchReply, ServiceError> {
         if request.events.len() > MAX_BATCH_EVENTS {
             return Err(ValidationError::new("events", format!("must hold at most {MAX_BATCH_EVENTS} events")).into());
+        }
+        // Someone else's event is not a data error to reject one by one: the
+        // whole call is refused.
+        for (i, wire) in request.events.iter().enumerate() {
+            check_owner(caller, wire, &format!("events[{i}]"))?;
         }
         let now = UnixMicros::now();
         let mut results = Vec::with_capacity(request.events.len());
         let mut to_append = Vec::new();
         let mut in_this_batch = HashSet::new();
-        for (i, wire) in request.events.into_iter().enumerate() {
-            match self.validator.validate(&wire, &format!("events[{i}]"), now) {
+        for (i, wire) in request.events.iter().enumerate() {
+            match self.validator.validate(wire, &format!("events[{i}]"), now) {
                 Err(e) => {
                     count_rejected();
                     results.push(pb::EventResult {
-                        event_id: event_id(&wire).to_owned(),
+                        event_id: event_id(wire).to_owned(),
                         outcome: pb::Outcome::Rejected as i32,
                         reason: e.to_string(),
                     });
@@ -127,7 +153,7 @@ impl EdgeService {
                         reason: String::new(),
                     });
                     if fresh {
-                        to_append.push((event, wire));
+                        to_append.push(self.pseudonymized(event));
                     } else {
                         duplicate(&event);
                     }
@@ -136,8 +162,27 @@ impl EdgeService {
         }
         // All or nothing for the valid events: on failure the station retries
         // the batch, and ids already accepted come back DUPLICATE.
-        self.append(to_append).await?;
+        self.append(to_append, caller).await?;
         Ok(pb::SubmitBatchReply { results })
+    }
+}
+
+/// Every accepted override goes to the audit log (target `audit`): who, when,
+/// what, why. The resident appears as its pseudonym only.
+fn audit(event: &Event, caller: &Principal) {
+    if let EventBody::Override { authority_id, color, note, issued_at, expires_at } = &event.body {
+        tracing::info!(
+            target: "audit",
+            caller = %caller.name,
+            authority_id,
+            event_id = %event.event_id,
+            resident = %event.resident_id,
+            color = ?color,
+            issued_at = issued_at.0,
+            expires_at = expires_at.0,
+            note,
+            "override accepted"
+        );
     }
 }
 
@@ -154,30 +199,27 @@ fn count_rejected() {
 #[tonic::async_trait]
 impl Ingest for EdgeService {
     async fn submit_scan(&self, request: Request<pb::SubmitScanRequest>) -> Result<Response<pb::SubmitReply>, Status> {
-        self.submit_unary("SubmitScan", request.into_inner().event.map(Kind::Scan)).await
+        self.submit_unary(Rpc::SubmitScan, request, |r| r.event.map(Kind::Scan)).await
     }
 
     async fn submit_test_result(
         &self,
         request: Request<pb::SubmitTestResultRequest>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        self.submit_unary("SubmitTestResult", request.into_inner().event.map(Kind::TestResult)).await
+        self.submit_unary(Rpc::SubmitTestResult, request, |r| r.event.map(Kind::TestResult)).await
     }
 
     async fn submit_override(
         &self,
         request: Request<pb::SubmitOverrideRequest>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        self.submit_unary("SubmitOverride", request.into_inner().event.map(Kind::OverrideEvent)).await
+        self.submit_unary(Rpc::SubmitOverride, request, |r| r.event.map(Kind::OverrideEvent)).await
     }
 
     async fn submit_batch(
         &self,
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchReply>, Status> {
-        let started = Instant::now();
-        let result = self.submit_batch(request.into_inner()).await;
-        observe("SubmitBatch", started, &result);
-        result.map(Response::new).map_err(Status::from)
+        self.guard.serve(Rpc::SubmitBatch, request, |caller, r| async move { self.submit_batch(&caller, r).await }).await
     }
 }

@@ -1,5 +1,6 @@
-//! Admin HTTP: `/metrics` (Prometheus), `/live` (the process runs), `/ready`
-//! (it can serve: stores open, listeners bound, not shutting down).
+//! Admin HTTP: `/metrics` (Prometheus, ops role), `/live` (the process runs),
+//! `/ready` (it can serve: stores open, listeners bound, not shutting down).
+//! Probes stay open, like the gRPC health service.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,7 +8,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use healthcode_auth::{Guard, Rpc};
+use healthcode_rpc::ServiceError;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -29,12 +33,29 @@ impl Readiness {
 #[derive(Clone)]
 struct AdminState {
     metrics: PrometheusHandle,
+    guard: Arc<Guard>,
     readiness: Readiness,
+}
+
+async fn render_metrics(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match s.guard.admit_http(authorization, Rpc::Metrics) {
+        Ok(_) => s.metrics.render().into_response(),
+        Err(e) => {
+            let status = match &e {
+                ServiceError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+                ServiceError::ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::FORBIDDEN,
+            };
+            (status, format!("{e}\n")).into_response()
+        }
+    }
 }
 
 pub async fn serve(
     listener: TcpListener,
     metrics: PrometheusHandle,
+    guard: Arc<Guard>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -51,7 +72,7 @@ pub async fn serve(
         }
     });
     let router = Router::new()
-        .route("/metrics", get(|State(s): State<AdminState>| async move { s.metrics.render() }))
+        .route("/metrics", get(render_metrics))
         .route("/live", get(|| async { "live\n" }))
         .route(
             "/ready",
@@ -63,6 +84,6 @@ pub async fn serve(
                 }
             }),
         )
-        .with_state(AdminState { metrics, readiness });
+        .with_state(AdminState { metrics, guard, readiness });
     axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use healthcode_auth::{DevCredentials, Guard, GuardConfig, Pseudonymizer, TokenRegistry};
 use healthcode_core::Validator;
 use healthcode_edge::{EdgeConfig, EdgeService};
 use healthcode_log::{EmbeddedLog, EventLog};
@@ -19,10 +20,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::admin::{self, Readiness};
-use crate::config::{LogBackend, Settings, StoreBackend};
+use crate::config::{LogBackend, Security, Settings, StoreBackend};
 use crate::telemetry;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -84,6 +86,54 @@ fn open_store(settings: &Settings, shared: bool) -> anyhow::Result<Arc<dyn Statu
     }
 }
 
+/// Development credentials where asked for, then the tokens every server checks.
+fn open_guard(security: &Security) -> anyhow::Result<Arc<Guard>> {
+    if security.dev_credentials {
+        let dev = DevCredentials::at(&security.credentials_dir);
+        let created = dev.ensure().context("creating development credentials")?;
+        if !created.is_empty() {
+            tracing::info!(
+                dir = %security.credentials_dir.display(),
+                created = created.join(", "),
+                "created development credentials: <role>.token holds a bearer token of dev-<role>, \
+                 <role>.pem/.key its client certificate; the client verbs find them there"
+            );
+        }
+    }
+    let tokens = TokenRegistry::open(&security.tokens_file).context("reading the tokens file")?;
+    tracing::info!(path = %security.tokens_file.display(), tokens = tokens.len(), "tokens loaded");
+    let config = GuardConfig { rate_per_principal: security.rate_limit_per_principal };
+    Ok(Arc::new(Guard::new(Arc::new(tokens), &config)))
+}
+
+fn tls_config(security: &Security) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let Some(tls) = &security.tls else { return Ok(None) };
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?));
+    if let Some(ca) = &tls.client_ca_file {
+        // Optional: callers with a bearer token need no certificate.
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?)).client_auth_optional(true);
+    }
+    Ok(Some(config))
+}
+
+/// Deletes facts past retention every hour (stores with TTL have nothing to do).
+fn purge_expired(store: Arc<dyn StatusStore>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => match store.purge_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(residents = n, "purged facts past retention"),
+                    Err(e) => tracing::warn!(error = %e, "purging expired facts failed"),
+                },
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    });
+}
+
 /// Accepted connections with Nagle off: small replies go out at once instead
 /// of waiting on the peer's delayed ACK (a 40 ms stall at the tail).
 fn nodelay(listener: TcpListener) -> TcpIncoming {
@@ -115,6 +165,7 @@ impl App {
         let store =
             if role.materializer() || role.lookup() { Some(open_store(&settings, role != Role::Up)?) } else { None };
         let validator = Validator::new(settings.limits.clone());
+        let guard = open_guard(&settings.security)?;
 
         let materializer = match (&log, &store) {
             (Some(log), Some(store)) if role.materializer() => {
@@ -136,6 +187,7 @@ impl App {
                     stop.cancel();
                     let _ = done.send(result);
                 })?;
+                purge_expired(store.clone(), shutdown.clone());
                 Some(finished)
             }
             _ => None,
@@ -143,13 +195,18 @@ impl App {
 
         let grpc = match grpc_listener {
             Some(listener) => {
+                let pseudonyms = Pseudonymizer::from_file(&settings.security.pseudonym_key_file)
+                    .context("reading the pseudonym key")?;
+                let max_message = settings.security.max_message_bytes;
                 let (reporter, health) = tonic_health::server::health_reporter();
                 let ingest = match &log {
                     Some(log) if role.edge() => {
                         reporter.set_serving::<IngestServer<EdgeService>>().await;
                         let edge_config =
                             EdgeConfig { dedup_capacity: settings.dedup_capacity, ..EdgeConfig::default() };
-                        Some(IngestServer::new(EdgeService::new(log.clone(), validator.clone(), &edge_config)))
+                        let edge =
+                            EdgeService::new(log.clone(), validator.clone(), &edge_config, guard.clone(), pseudonyms.clone());
+                        Some(IngestServer::new(edge).max_decoding_message_size(max_message))
                     }
                     _ => None,
                 };
@@ -157,7 +214,9 @@ impl App {
                     Some(store) if role.lookup() => {
                         reporter.set_serving::<LookupServer<LookupService>>().await;
                         let config = LookupConfig { budget: settings.lookup_budget, ..LookupConfig::default() };
-                        Some(LookupServer::new(LookupService::new(store.clone(), settings.policy.clone(), config)))
+                        let lookup =
+                            LookupService::new(store.clone(), settings.policy.clone(), config, guard.clone(), pseudonyms);
+                        Some(LookupServer::new(lookup).max_decoding_message_size(max_message))
                     }
                     _ => None,
                 };
@@ -165,7 +224,11 @@ impl App {
                     .register_encoded_file_descriptor_set(healthcode_proto::FILE_DESCRIPTOR_SET)
                     .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                     .build_v1()?;
-                let server = tonic::transport::Server::builder()
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(tls) = tls_config(&settings.security)? {
+                    builder = builder.tls_config(tls).context("configuring TLS")?;
+                }
+                let server = builder
                     .add_service(health)
                     .add_service(reflection)
                     .add_optional_service(ingest)
@@ -186,7 +249,7 @@ impl App {
             None => None,
         };
 
-        let admin = tokio::spawn(admin::serve(admin_listener, metrics, readiness.clone(), shutdown.clone()));
+        let admin = tokio::spawn(admin::serve(admin_listener, metrics, guard, readiness.clone(), shutdown.clone()));
         readiness.set(true);
 
         let stop = shutdown.clone();

@@ -17,6 +17,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Test(args) => client::test(args).await,
         Command::Override(args) => client::override_event(args).await,
         Command::Status(args) => client::status(args).await,
+        Command::Overrides(args) => client::overrides(args).await,
+        Command::Credentials(command) => client::credentials(command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,19 +2,37 @@
 
 use std::time::{Duration, SystemTime};
 
+use std::path::PathBuf;
+
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
+use healthcode_auth::{DEV_PRINCIPALS, DevCredentials, Issuer, Role, TokenRegistry, new_token, with_token};
 use healthcode_core::UnixMicros;
 use healthcode_proto::Timestamp;
 use healthcode_proto::v1::{self as pb, ingest_client::IngestClient, lookup_client::LookupClient};
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 #[derive(Args, Debug)]
 pub struct Target {
-    /// Address of the healthcode gRPC service.
+    /// Address of the healthcode gRPC service (https:// for TLS).
     #[arg(long, env = "HEALTHCODE_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    /// Bearer token [default: the development token of the verb's role in --credentials-dir]
+    #[arg(long, env = "HEALTHCODE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where `healthcode up` put its development credentials.
+    #[arg(long, env = "HEALTHCODE_CREDENTIALS_DIR", default_value = "./data/credentials")]
+    pub credentials_dir: PathBuf,
+    /// CA that signed the server's certificate, for https:// [default: ca.pem in --credentials-dir]
+    #[arg(long, env = "HEALTHCODE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) to authenticate with instead of a token (mutual TLS).
+    #[arg(long, env = "HEALTHCODE_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key of --cert-file.
+    #[arg(long, env = "HEALTHCODE_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -54,8 +72,9 @@ pub enum ColorArg {
 #[derive(Args, Debug)]
 pub struct ScanArgs {
     pub resident: String,
+    /// The station scanning: the caller's own id [default: dev-station]
     #[arg(long)]
-    pub station: String,
+    pub station: Option<String>,
     #[arg(long)]
     pub site: String,
     #[arg(long, value_enum, default_value = "venue-entry")]
@@ -75,8 +94,9 @@ pub struct TestArgs {
     pub resident: String,
     #[arg(long, value_enum)]
     pub outcome: OutcomeArg,
+    /// The lab reporting: the caller's own id [default: dev-lab]
     #[arg(long)]
-    pub lab: String,
+    pub lab: Option<String>,
     /// Sample id [default: generated]
     #[arg(long)]
     pub sample: Option<String>,
@@ -99,8 +119,9 @@ pub struct OverrideArgs {
     pub resident: String,
     #[arg(long, value_enum)]
     pub color: ColorArg,
+    /// The authority deciding: the caller's own id [default: dev-authority]
     #[arg(long)]
-    pub authority: String,
+    pub authority: Option<String>,
     /// How long the override lasts.
     #[arg(long = "for", default_value = "14days", value_parser = humantime::parse_duration)]
     pub lasts: Duration,
@@ -120,14 +141,72 @@ pub struct StatusArgs {
     pub target: Target,
 }
 
+#[derive(Args, Debug)]
+pub struct OverridesArgs {
+    pub resident: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CredentialsCommand {
+    /// Issues a bearer token: appends its hash to the tokens file (running
+    /// servers pick it up within a second) and prints the token once.
+    Token(IssueArgs),
+    /// Issues a client certificate signed by the credentials dir's CA.
+    Cert(IssueArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct IssueArgs {
+    /// The station, lab or authority id the credential submits under.
+    #[arg(long)]
+    pub principal: String,
+    #[arg(long, value_parser = |s: &str| s.parse::<Role>())]
+    pub role: Role,
+    #[arg(long, env = "HEALTHCODE_CREDENTIALS_DIR", default_value = "./data/credentials")]
+    pub credentials_dir: PathBuf,
+    /// Where `cert` writes <principal>.pem and <principal>.key [default: the credentials dir]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The development principal of a role: the id a verb submits under by default.
+fn dev_principal(role: Role) -> String {
+    DEV_PRINCIPALS.iter().find(|(_, r)| *r == role).map(|(name, _)| name.to_string()).expect("every role")
+}
+
 async fn channel(target: &Target) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(target.addr.clone())
+    let mut endpoint = Endpoint::from_shared(target.addr.clone())
         .with_context(|| format!("bad address {}", target.addr))?
         .connect_timeout(target.timeout)
-        .timeout(target.timeout)
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {}", target.addr))
+        .timeout(target.timeout);
+    if target.addr.starts_with("https://") {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let ca = target.ca_file.clone().unwrap_or_else(|| DevCredentials::at(&target.credentials_dir).ca_cert());
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&ca)?));
+        if let (Some(cert), Some(key)) = (&target.cert_file, &target.key_file) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint.tls_config(tls).context("configuring TLS")?;
+    }
+    endpoint.connect().await.with_context(|| format!("cannot reach {}", target.addr))
+}
+
+/// `message` with the caller's credential: the token given, else (without a
+/// client certificate) the development token of `role`.
+fn request<T>(target: &Target, role: Role, message: T) -> anyhow::Result<tonic::Request<T>> {
+    let token = match (&target.token, &target.cert_file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(_)) => None,
+        (None, None) => Some(DevCredentials::at(&target.credentials_dir).token(role).with_context(|| {
+            format!("no token: pass --token, or run `healthcode up` to create development credentials in {}", target.credentials_dir.display())
+        })?),
+    };
+    Ok(match token {
+        Some(token) => with_token(message, &token),
+        None => tonic::Request::new(message),
+    })
 }
 
 fn generated_id(prefix: &str) -> String {
@@ -161,7 +240,7 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<()> {
     let event = pb::ScanEvent {
         event_id: args.event_id.unwrap_or_else(|| generated_id("scan")),
         resident_id: args.resident,
-        station_id: args.station,
+        station_id: args.station.unwrap_or_else(|| dev_principal(Role::Station)),
         site_id: args.site,
         kind: match args.kind {
             ScanKindArg::VenueEntry => pb::ScanKind::VenueEntry,
@@ -171,7 +250,8 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<()> {
         scanned_at: ts(args.at),
     };
     let mut client = IngestClient::new(channel(&args.target).await?);
-    let reply = client.submit_scan(pb::SubmitScanRequest { event: Some(event) }).await?.into_inner();
+    let message = pb::SubmitScanRequest { event: Some(event) };
+    let reply = client.submit_scan(request(&args.target, Role::Station, message)?).await?.into_inner();
     print_reply(reply, "scan", args.target.json);
     Ok(())
 }
@@ -184,7 +264,7 @@ pub async fn test(args: TestArgs) -> anyhow::Result<()> {
         event_id: args.event_id.unwrap_or_else(|| generated_id("test")),
         resident_id: args.resident,
         sample_id: args.sample.unwrap_or_else(|| generated_id("sample")),
-        lab_id: args.lab,
+        lab_id: args.lab.unwrap_or_else(|| dev_principal(Role::Lab)),
         kind: match args.kind {
             TestKindArg::Pcr => pb::TestKind::Pcr,
             TestKindArg::PcrPooled => pb::TestKind::PcrPooled,
@@ -199,7 +279,8 @@ pub async fn test(args: TestArgs) -> anyhow::Result<()> {
         resulted_at: Some(resulted_at.to_timestamp()),
     };
     let mut client = IngestClient::new(channel(&args.target).await?);
-    let reply = client.submit_test_result(pb::SubmitTestResultRequest { event: Some(event) }).await?.into_inner();
+    let message = pb::SubmitTestResultRequest { event: Some(event) };
+    let reply = client.submit_test_result(request(&args.target, Role::Lab, message)?).await?.into_inner();
     print_reply(reply, "test result", args.target.json);
     Ok(())
 }
@@ -209,7 +290,7 @@ pub async fn override_event(args: OverrideArgs) -> anyhow::Result<()> {
     let event = pb::OverrideEvent {
         event_id: args.event_id.unwrap_or_else(|| generated_id("override")),
         resident_id: args.resident,
-        authority_id: args.authority,
+        authority_id: args.authority.unwrap_or_else(|| dev_principal(Role::Authority)),
         color: match args.color {
             ColorArg::Green => pb::Color::Green,
             ColorArg::Yellow => pb::Color::Yellow,
@@ -220,14 +301,16 @@ pub async fn override_event(args: OverrideArgs) -> anyhow::Result<()> {
         expires_at: Some(issued.saturating_add(args.lasts).to_timestamp()),
     };
     let mut client = IngestClient::new(channel(&args.target).await?);
-    let reply = client.submit_override(pb::SubmitOverrideRequest { event: Some(event) }).await?.into_inner();
+    let message = pb::SubmitOverrideRequest { event: Some(event) };
+    let reply = client.submit_override(request(&args.target, Role::Authority, message)?).await?.into_inner();
     print_reply(reply, "override", args.target.json);
     Ok(())
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let mut client = LookupClient::new(channel(&args.target).await?);
-    let reply = client.batch_get_status(pb::BatchGetStatusRequest { resident_id: args.residents }).await?.into_inner();
+    let message = pb::BatchGetStatusRequest { resident_id: args.residents };
+    let reply = client.batch_get_status(request(&args.target, Role::Station, message)?).await?.into_inner();
     for s in reply.statuses {
         let color = pb::Color::try_from(s.color).unwrap_or_default().as_str_name();
         let reason = pb::Reason::try_from(s.reason).unwrap_or_default().as_str_name();
@@ -258,6 +341,63 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                 rfc3339(&s.last_positive_sampled_at).unwrap_or_else(dash),
                 rfc3339(&s.updated_at).unwrap_or_else(dash),
             );
+        }
+    }
+    Ok(())
+}
+
+pub async fn overrides(args: OverridesArgs) -> anyhow::Result<()> {
+    let mut client = LookupClient::new(channel(&args.target).await?);
+    let message = pb::ListOverridesRequest { resident_id: args.resident.clone() };
+    let reply = client.list_overrides(request(&args.target, Role::Authority, message)?).await?.into_inner();
+    if reply.overrides.is_empty() && !args.target.json {
+        println!("{}: no overrides on record", args.resident);
+    }
+    for o in reply.overrides {
+        let color = pb::Color::try_from(o.color).unwrap_or_default().as_str_name();
+        let (issued, expires) = (rfc3339(&o.issued_at), rfc3339(&o.expires_at));
+        if args.target.json {
+            println!(
+                "{}",
+                json!({
+                    "event_id": o.event_id, "authority_id": o.authority_id, "color": color,
+                    "note": o.note, "issued_at": issued, "expires_at": expires,
+                })
+            );
+        } else {
+            let dash = || "-".to_string();
+            println!(
+                "{} {color} by {} from {} until {}: {}",
+                o.event_id,
+                o.authority_id,
+                issued.unwrap_or_else(dash),
+                expires.unwrap_or_else(dash),
+                o.note
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn credentials(command: CredentialsCommand) -> anyhow::Result<()> {
+    match command {
+        CredentialsCommand::Token(args) => {
+            let dir = DevCredentials::at(&args.credentials_dir);
+            let (token, entry) = new_token(&args.principal, args.role);
+            TokenRegistry::append(&dir.tokens_file(), &[entry])?;
+            eprintln!("token of {} ({}) added to {}", args.principal, args.role, dir.tokens_file().display());
+            println!("{token}");
+        }
+        CredentialsCommand::Cert(args) => {
+            let dir = DevCredentials::at(&args.credentials_dir);
+            let cert = Issuer::open(&dir)?.client_cert(&args.principal, args.role)?;
+            let out = args.out.unwrap_or_else(|| args.credentials_dir.clone());
+            std::fs::create_dir_all(&out)?;
+            let (pem, key) = (out.join(format!("{}.pem", args.principal)), out.join(format!("{}.key", args.principal)));
+            std::fs::write(&pem, cert.cert_pem)?;
+            std::fs::write(&key, cert.key_pem)?;
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            println!("{}\n{}", pem.display(), key.display());
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! environment variable, then config file, then default.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,6 +46,11 @@ pub enum Command {
     Override(crate::client::OverrideArgs),
     /// Shows residents' current health codes.
     Status(crate::client::StatusArgs),
+    /// Lists the overrides on record for a resident (authority role).
+    Overrides(crate::client::OverridesArgs),
+    /// Issues bearer tokens and client certificates.
+    #[command(subcommand)]
+    Credentials(crate::client::CredentialsCommand),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -133,6 +139,37 @@ pub struct ServeArgs {
     /// Create the topics on start when missing [default: true]
     #[arg(long, env = "HEALTHCODE_KAFKA_CREATE_TOPICS")]
     pub kafka_create_topics: Option<bool>,
+    /// Where credentials live: tokens file, pseudonym key, certificates
+    /// [default: <data_dir>/credentials]
+    #[arg(long, env = "HEALTHCODE_CREDENTIALS_DIR")]
+    pub credentials_dir: Option<PathBuf>,
+    /// Create development credentials (CA, certificates, tokens, pseudonym
+    /// key) in the credentials dir where missing; off in deployments [default: true]
+    #[arg(long, env = "HEALTHCODE_DEV_CREDENTIALS")]
+    pub dev_credentials: Option<bool>,
+    /// Hashed bearer tokens, one [[token]] per principal [default: <credentials_dir>/tokens.toml]
+    #[arg(long, env = "HEALTHCODE_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Secret key of the resident pseudonyms, hex; the same on every edge and
+    /// lookup of a deployment [default: <credentials_dir>/pseudonym.key]
+    #[arg(long, env = "HEALTHCODE_PSEUDONYM_KEY_FILE")]
+    pub pseudonym_key_file: Option<PathBuf>,
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key-file
+    #[arg(long, env = "HEALTHCODE_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key of --tls-cert-file (PEM)
+    #[arg(long, env = "HEALTHCODE_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Accept client certificates signed by this CA (PEM) as credentials: CN
+    /// names the principal, OU its role (mutual TLS; tokens keep working)
+    #[arg(long, env = "HEALTHCODE_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Calls per second one principal may make before RESOURCE_EXHAUSTED [default: 5000]
+    #[arg(long, env = "HEALTHCODE_RATE_LIMIT_PER_PRINCIPAL")]
+    pub rate_limit_per_principal: Option<u32>,
+    /// Largest gRPC request accepted, in bytes [default: 2097152]
+    #[arg(long, env = "HEALTHCODE_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
     /// librdkafka setting key=value for both clients; prefix the key with
     /// `producer.` or `consumer.` for one (repeatable; comma-separated in the env)
     #[arg(long = "kafka-option", env = "HEALTHCODE_KAFKA_OPTIONS", value_delimiter = ',')]
@@ -156,6 +193,26 @@ pub struct Settings {
     /// Kafka settings; used when `log` is `Kafka`.
     pub kafka: KafkaConfig,
     pub materializer_group: String,
+    pub security: Security,
+}
+
+/// Credentials, TLS and limits of the gRPC and admin servers.
+#[derive(Clone, Debug)]
+pub struct Security {
+    pub credentials_dir: PathBuf,
+    pub dev_credentials: bool,
+    pub tokens_file: PathBuf,
+    pub pseudonym_key_file: PathBuf,
+    pub tls: Option<Tls>,
+    pub rate_limit_per_principal: NonZeroU32,
+    pub max_message_bytes: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -165,6 +222,9 @@ impl Settings {
         s.grpc_addr = "127.0.0.1:0".parse().expect("address");
         s.admin_addr = "127.0.0.1:0".parse().expect("address");
         s.data_dir = data_dir.to_owned();
+        s.security.credentials_dir = data_dir.join("credentials");
+        s.security.tokens_file = s.security.credentials_dir.join("tokens.toml");
+        s.security.pseudonym_key_file = s.security.credentials_dir.join("pseudonym.key");
         s
     }
 }
@@ -219,10 +279,40 @@ impl ServeArgs {
                 _ => Err(anyhow::anyhow!("kafka_option {o:?} must look like key=value")),
             })
             .collect::<anyhow::Result<_>>()?;
+        let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
+        let credentials_dir =
+            self.credentials_dir.or(file.credentials_dir).unwrap_or_else(|| data_dir.join("credentials"));
+        let tls = match (
+            self.tls_cert_file.or(file.tls_cert_file),
+            self.tls_key_file.or(file.tls_key_file),
+            self.tls_client_ca_file.or(file.tls_client_ca_file),
+        ) {
+            (Some(cert_file), Some(key_file), client_ca_file) => Some(Tls { cert_file, key_file, client_ca_file }),
+            (None, None, None) => None,
+            (None, None, Some(_)) => anyhow::bail!("tls_client_ca_file needs tls_cert_file and tls_key_file"),
+            _ => anyhow::bail!("tls_cert_file and tls_key_file must be given together"),
+        };
+        let rate = self.rate_limit_per_principal.or(file.rate_limit_per_principal).unwrap_or(5_000);
+        let security = Security {
+            dev_credentials: self.dev_credentials.or(file.dev_credentials).unwrap_or(true),
+            tokens_file: self.tokens_file.or(file.tokens_file).unwrap_or_else(|| credentials_dir.join("tokens.toml")),
+            pseudonym_key_file: self
+                .pseudonym_key_file
+                .or(file.pseudonym_key_file)
+                .unwrap_or_else(|| credentials_dir.join("pseudonym.key")),
+            credentials_dir,
+            tls,
+            rate_limit_per_principal: NonZeroU32::new(rate)
+                .ok_or_else(|| anyhow::anyhow!("rate_limit_per_principal must be at least 1"))?,
+            max_message_bytes: self.max_message_bytes.or(file.max_message_bytes).unwrap_or(2 * 1024 * 1024),
+        };
+        anyhow::ensure!(security.max_message_bytes >= 4096, "max_message_bytes must be at least 4096");
+        let retention = self.retention.or(file.retention).unwrap_or(default_limits.retention);
+        kafka.retention = retention;
         Ok(Settings {
             grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(([127, 0, 0, 1], 50051).into()),
             admin_addr: self.admin_addr.or(file.admin_addr).unwrap_or(([127, 0, 0, 1], 9090).into()),
-            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
+            data_dir,
             log,
             store: self.store.or(file.store).unwrap_or(StoreBackend::Embedded),
             policy,
@@ -231,7 +321,7 @@ impl ServeArgs {
                     .max_future_skew
                     .or(file.max_future_skew)
                     .unwrap_or(default_limits.max_future_skew),
-                retention: self.retention.or(file.retention).unwrap_or(default_limits.retention),
+                retention,
             },
             lookup_budget: self.lookup_budget.or(file.lookup_budget).unwrap_or(Duration::from_millis(50)),
             dedup_capacity: self.dedup_capacity.or(file.dedup_capacity).unwrap_or(500_000),
@@ -241,6 +331,7 @@ impl ServeArgs {
                 .kafka_group
                 .or(file.kafka_group)
                 .unwrap_or_else(|| "healthcode-materializer".to_owned()),
+            security,
         })
     }
 }
@@ -277,6 +368,19 @@ mod tests {
         assert_eq!(s.kafka.options, vec![("producer.linger.ms".to_string(), "20".to_string())]);
         let bad = ServeArgs { kafka_options: vec!["linger.ms".into()], ..ServeArgs::default() };
         assert!(bad.resolve_with(ServeArgs::default()).is_err());
+    }
+
+    #[test]
+    fn credentials_follow_the_data_dir_and_tls_needs_both_files() {
+        let s = ServeArgs { data_dir: Some("/srv/hc".into()), ..ServeArgs::default() }
+            .resolve_with(ServeArgs::default())
+            .unwrap();
+        assert_eq!(s.security.tokens_file, PathBuf::from("/srv/hc/credentials/tokens.toml"));
+        assert!(s.security.tls.is_none());
+        let half = ServeArgs { tls_cert_file: Some("c.pem".into()), ..ServeArgs::default() };
+        assert!(half.resolve_with(ServeArgs::default()).unwrap_err().to_string().contains("tls_key_file"));
+        let zero = ServeArgs { rate_limit_per_principal: Some(0), ..ServeArgs::default() };
+        assert!(zero.resolve_with(ServeArgs::default()).is_err());
     }
 
     #[test]

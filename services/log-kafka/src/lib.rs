@@ -47,6 +47,9 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Create the topics on start when missing (off where topics are managed elsewhere).
     pub create_topics: bool,
+    /// `retention.ms` of topics created on start: records hold resident
+    /// pseudonyms and results, and must not outlive the facts they feed.
+    pub retention: Duration,
     /// Overrides for both clients; a `producer.` or `consumer.` prefix targets one.
     pub options: Vec<(String, String)>,
 }
@@ -60,6 +63,7 @@ impl KafkaConfig {
             partitions: 12,
             replication_factor: 1,
             create_topics: true,
+            retention: Duration::from_secs(30 * 24 * 3600),
             options: Vec::new(),
         }
     }
@@ -149,10 +153,12 @@ impl KafkaLog {
     async fn create_topics(&self) -> Result<(), LogError> {
         let admin: AdminClient<_> = self.config.client("admin").create().map_err(unavailable)?;
         let replication = || TopicReplication::Fixed(self.config.replication_factor);
+        let retention = self.config.retention.as_millis().to_string();
         let topics = [
             NewTopic::new(&self.config.topic, self.config.partitions, replication()),
             NewTopic::new(&self.config.dead_letter_topic, self.config.partitions.min(3), replication()),
-        ];
+        ]
+        .map(|t| t.set("retention.ms", &retention));
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         for result in admin.create_topics(&topics, &options).await.map_err(unavailable)? {
             match result {

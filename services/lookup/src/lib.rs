@@ -1,14 +1,17 @@
 //! The Lookup service: facts from the store, color from the policy and `now`.
 //! An unknown resident is an answer (YELLOW, NO_RECORD), not an error.
+//! Residents are looked up by the same keyed pseudonym the edge stored them
+//! under; the reply carries back the id the caller asked with.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use healthcode_auth::{Guard, Pseudonymizer, Rpc};
 use healthcode_core::validation::{MAX_LOOKUP_BATCH, check_id};
 use healthcode_core::wire::{color_to_wire, reason_to_wire};
 use healthcode_core::{Color, Facts, Policy, Status, UnixMicros, ValidationError};
 use healthcode_proto::v1::{self as pb, lookup_server::Lookup};
-use healthcode_rpc::{ServiceError, observe};
+use healthcode_rpc::ServiceError;
 use healthcode_store::{StatusStore, StoreError};
 use tonic::{Request, Response};
 
@@ -30,11 +33,19 @@ pub struct LookupService {
     store: Arc<dyn StatusStore>,
     policy: Policy,
     config: LookupConfig,
+    guard: Arc<Guard>,
+    pseudonyms: Pseudonymizer,
 }
 
 impl LookupService {
-    pub fn new(store: Arc<dyn StatusStore>, policy: Policy, config: LookupConfig) -> Self {
-        LookupService { store, policy, config }
+    pub fn new(
+        store: Arc<dyn StatusStore>,
+        policy: Policy,
+        config: LookupConfig,
+        guard: Arc<Guard>,
+        pseudonyms: Pseudonymizer,
+    ) -> Self {
+        LookupService { store, policy, config, guard, pseudonyms }
     }
 
     async fn read<T>(&self, read: impl Future<Output = Result<T, StoreError>>) -> Result<T, ServiceError> {
@@ -58,8 +69,29 @@ impl LookupService {
 
     async fn get_status(&self, request: pb::GetStatusRequest) -> Result<pb::ResidentStatus, ServiceError> {
         check_id(&request.resident_id, "resident_id")?;
-        let facts = self.read(self.store.get(&request.resident_id)).await?;
+        let facts = self.read(self.store.get(&self.pseudonyms.pseudonym(&request.resident_id))).await?;
         Ok(self.status(request.resident_id, facts, UnixMicros::now()))
+    }
+
+    async fn list_overrides(&self, request: pb::ListOverridesRequest) -> Result<pb::ListOverridesReply, ServiceError> {
+        check_id(&request.resident_id, "resident_id")?;
+        let facts = self.read(self.store.get(&self.pseudonyms.pseudonym(&request.resident_id))).await?;
+        let ts = |t: UnixMicros| Some(t.to_timestamp());
+        let overrides = facts
+            .map(|f| f.overrides)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .map(|o| pb::OverrideRecord {
+                event_id: o.event_id,
+                authority_id: o.authority_id,
+                color: color_to_wire(o.color) as i32,
+                note: o.note,
+                issued_at: ts(o.issued_at),
+                expires_at: ts(o.expires_at),
+            })
+            .collect();
+        Ok(pb::ListOverridesReply { overrides })
     }
 
     async fn batch_get_status(
@@ -73,7 +105,8 @@ impl LookupService {
         for (i, id) in ids.iter().enumerate() {
             check_id(id, &format!("resident_id[{i}]"))?;
         }
-        let facts = self.read(self.store.get_many(&ids)).await?;
+        let keys: Vec<String> = ids.iter().map(|id| self.pseudonyms.pseudonym(id)).collect();
+        let facts = self.read(self.store.get_many(&keys)).await?;
         let now = UnixMicros::now();
         let statuses = ids.into_iter().zip(facts).map(|(id, f)| self.status(id, f, now)).collect();
         Ok(pb::BatchGetStatusReply { statuses })
@@ -110,19 +143,20 @@ impl Lookup for LookupService {
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::ResidentStatus>, tonic::Status> {
-        let started = Instant::now();
-        let result = self.get_status(request.into_inner()).await;
-        observe("GetStatus", started, &result);
-        result.map(Response::new).map_err(Into::into)
+        self.guard.serve(Rpc::GetStatus, request, |_, r| self.get_status(r)).await
     }
 
     async fn batch_get_status(
         &self,
         request: Request<pb::BatchGetStatusRequest>,
     ) -> Result<Response<pb::BatchGetStatusReply>, tonic::Status> {
-        let started = Instant::now();
-        let result = self.batch_get_status(request.into_inner()).await;
-        observe("BatchGetStatus", started, &result);
-        result.map(Response::new).map_err(Into::into)
+        self.guard.serve(Rpc::BatchGetStatus, request, |_, r| self.batch_get_status(r)).await
+    }
+
+    async fn list_overrides(
+        &self,
+        request: Request<pb::ListOverridesRequest>,
+    ) -> Result<Response<pb::ListOverridesReply>, tonic::Status> {
+        self.guard.serve(Rpc::ListOverrides, request, |_, r| self.list_overrides(r)).await
     }
 }
