@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use healthcode_core::UnixMicros;
-use healthcode_proto::v1::{self as pb, ingest_client::IngestClient, lookup_client::LookupClient};
-use support::{Process, free_addr, negative_test, sampled_at, shows_negative, wait_until};
+use healthcode_proto::v1 as pb;
+use support::{Process, free_addr, lab, negative_test, sampled_at, shows_negative, station, wait_until};
 
 async fn start_up(data_dir: &Path, grpc: SocketAddr) -> Process {
     let args = vec!["up".to_string(), "--data-dir".to_string(), data_dir.display().to_string()];
@@ -32,9 +32,8 @@ async fn every_acknowledged_event_survives_sigkill() {
     let acked: Arc<Mutex<HashMap<String, UnixMicros>>> = Arc::default();
     let writers: Vec<_> = (0..10)
         .map(|w| {
-            let (channel, acked) = (channel.clone(), acked.clone());
+            let (mut client, acked) = (lab(channel.clone(), &data_dir), acked.clone());
             tokio::spawn(async move {
-                let mut client = IngestClient::new(channel);
                 for n in (w..100_000).step_by(10) {
                     let (resident, e) = negative_test("crash", n, base);
                     let sampled = sampled_at(&e);
@@ -62,7 +61,7 @@ async fn every_acknowledged_event_survives_sigkill() {
     assert!(acked.len() >= 500);
 
     let second = start_up(&data_dir, grpc).await;
-    let mut lookup = LookupClient::new(second.channel().await);
+    let mut lookup = station(second.channel().await, &data_dir);
     let residents: Vec<String> = acked.keys().cloned().collect();
     let missing =
         wait_until(&mut lookup, &residents, Duration::from_secs(60), |s| shows_negative(s, acked[&s.resident_id]))

@@ -6,16 +6,20 @@ use std::time::Duration;
 
 use healthcode::app::{App, Role};
 use healthcode::config::Settings;
+use healthcode_auth::{Bearer, DevCredentials, Role as Caller};
 use healthcode_core::UnixMicros;
 use healthcode_proto::v1::{self as pb, ingest_client::IngestClient, lookup_client::LookupClient};
 use healthcode_rpc::INVALID_FIELD;
 use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+type Ingest = IngestClient<InterceptedService<Channel, Bearer>>;
 
 struct TestApp {
     app: App,
     channel: Channel,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl TestApp {
@@ -24,13 +28,17 @@ impl TestApp {
         let app = App::start(Role::Up, Settings::ephemeral(dir.path())).await.unwrap();
         let channel =
             Channel::from_shared(format!("http://{}", app.grpc_addr.unwrap())).unwrap().connect().await.unwrap();
-        TestApp { app, channel, _dir: dir }
+        TestApp { app, channel, dir }
     }
-    fn ingest(&self) -> IngestClient<Channel> {
-        IngestClient::new(self.channel.clone())
+    /// The development credential of `role` that `up` created.
+    fn bearer(&self, role: Caller) -> Bearer {
+        Bearer::new(&DevCredentials::at(&self.dir.path().join("credentials")).token(role).unwrap()).unwrap()
     }
-    fn lookup(&self) -> LookupClient<Channel> {
-        LookupClient::new(self.channel.clone())
+    fn ingest(&self, role: Caller) -> Ingest {
+        IngestClient::with_interceptor(self.channel.clone(), self.bearer(role))
+    }
+    fn lookup(&self) -> LookupClient<InterceptedService<Channel, Bearer>> {
+        LookupClient::with_interceptor(self.channel.clone(), self.bearer(Caller::Station))
     }
 }
 
@@ -49,7 +57,7 @@ fn test_result(id: &str, resident: &str, outcome: pb::TestOutcome) -> pb::TestRe
         event_id: id.into(),
         resident_id: resident.into(),
         sample_id: format!("sample-{id}"),
-        lab_id: "lab-1".into(),
+        lab_id: "dev-lab".into(),
         kind: pb::TestKind::Pcr as i32,
         outcome: outcome as i32,
         sampled_at: ago(2 * HOUR),
@@ -61,7 +69,7 @@ fn scan(id: &str, resident: &str) -> pb::ScanEvent {
     pb::ScanEvent {
         event_id: id.into(),
         resident_id: resident.into(),
-        station_id: "station-1".into(),
+        station_id: "dev-station".into(),
         site_id: "venue-1".into(),
         kind: pb::ScanKind::VenueEntry as i32,
         scanned_at: ago(Duration::from_secs(10)),
@@ -72,7 +80,7 @@ fn override_event(id: &str, resident: &str, color: pb::Color) -> pb::OverrideEve
     pb::OverrideEvent {
         event_id: id.into(),
         resident_id: resident.into(),
-        authority_id: "authority-1".into(),
+        authority_id: "dev-authority".into(),
         color: color as i32,
         note: "close contact".into(),
         issued_at: ago(Duration::from_secs(60)),
@@ -90,8 +98,8 @@ fn assert_invalid(result: Result<tonic::Response<pb::SubmitReply>, tonic::Status
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_validation_rule_is_enforced_over_grpc() {
     let t = TestApp::start().await;
-    let mut ingest = t.ingest();
-    let shared = t.ingest();
+    let mut ingest = t.ingest(Caller::Lab);
+    let shared = t.ingest(Caller::Lab);
     let submit_test = |e: pb::TestResultEvent| {
         let mut c = shared.clone();
         async move { c.submit_test_result(pb::SubmitTestResultRequest { event: Some(e) }).await }
@@ -107,7 +115,9 @@ async fn every_validation_rule_is_enforced_over_grpc() {
         "event.resident_id",
     );
     assert_invalid(submit_test(pb::TestResultEvent { sample_id: "s/1".into(), ..ok.clone() }).await, "event.sample_id");
-    assert_invalid(submit_test(pb::TestResultEvent { lab_id: "lab 1".into(), ..ok.clone() }).await, "event.lab_id");
+    // An id naming someone other than the caller is refused before validation.
+    let status = submit_test(pb::TestResultEvent { lab_id: "lab 1".into(), ..ok.clone() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     // Unspecified and unknown enums.
     assert_invalid(submit_test(pb::TestResultEvent { kind: 0, ..ok.clone() }).await, "event.kind");
     assert_invalid(submit_test(pb::TestResultEvent { outcome: 0, ..ok.clone() }).await, "event.outcome");
@@ -135,19 +145,17 @@ async fn every_validation_rule_is_enforced_over_grpc() {
     assert_eq!(reply.into_inner().outcome, pb::Outcome::Accepted as i32);
 
     // Scans and overrides name their own fields.
-    let bad_scan = pb::ScanEvent { station_id: "".into(), ..scan("s1", "r1") };
-    assert_invalid(ingest.submit_scan(pb::SubmitScanRequest { event: Some(bad_scan) }).await, "event.station_id");
+    let mut ingest = t.ingest(Caller::Station);
     let bad_scan = pb::ScanEvent { site_id: "é".into(), ..scan("s1", "r1") };
     assert_invalid(ingest.submit_scan(pb::SubmitScanRequest { event: Some(bad_scan) }).await, "event.site_id");
     let bad_scan = pb::ScanEvent { kind: 0, ..scan("s1", "r1") };
     assert_invalid(ingest.submit_scan(pb::SubmitScanRequest { event: Some(bad_scan) }).await, "event.kind");
     let bad_scan = pb::ScanEvent { scanned_at: None, ..scan("s1", "r1") };
     assert_invalid(ingest.submit_scan(pb::SubmitScanRequest { event: Some(bad_scan) }).await, "event.scanned_at");
+    let mut ingest = t.ingest(Caller::Authority);
     let o = override_event("o1", "r1", pb::Color::Yellow);
     let bad = pb::OverrideEvent { color: 0, ..o.clone() };
     assert_invalid(ingest.submit_override(pb::SubmitOverrideRequest { event: Some(bad) }).await, "event.color");
-    let bad = pb::OverrideEvent { authority_id: "".into(), ..o.clone() };
-    assert_invalid(ingest.submit_override(pb::SubmitOverrideRequest { event: Some(bad) }).await, "event.authority_id");
     let bad = pb::OverrideEvent { expires_at: ago(HOUR), ..o.clone() };
     assert_invalid(ingest.submit_override(pb::SubmitOverrideRequest { event: Some(bad) }).await, "event.expires_at");
     let bad = pb::OverrideEvent { issued_at: ahead(HOUR), expires_at: ahead(2 * HOUR), ..o.clone() };
@@ -156,6 +164,7 @@ async fn every_validation_rule_is_enforced_over_grpc() {
     assert_invalid(ingest.submit_override(pb::SubmitOverrideRequest { event: Some(bad) }).await, "event.note");
 
     // Batches over 1000 events are refused as a whole.
+    let mut ingest = t.ingest(Caller::Station);
     let events =
         (0..1001).map(|i| pb::Event { kind: Some(pb::event::Kind::Scan(scan(&format!("b{i}"), "r1"))) }).collect();
     let status = ingest.submit_batch(pb::SubmitBatchRequest { events }).await.unwrap_err();
@@ -181,14 +190,15 @@ async fn every_validation_rule_is_enforced_over_grpc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_rejects_bad_events_and_accepts_the_rest_in_order() {
     let t = TestApp::start().await;
-    let mut ingest = t.ingest();
+    let mut ingest = t.ingest(Caller::Lab);
     let good = test_result("g1", "batch-r1", pb::TestOutcome::Negative);
+    let inconclusive = test_result("i1", "batch-r1", pb::TestOutcome::Inconclusive);
     let bad = pb::TestResultEvent { sampled_at: None, ..test_result("b1", "batch-r2", pb::TestOutcome::Negative) };
     let events = vec![
         pb::Event { kind: Some(pb::event::Kind::TestResult(good.clone())) },
         pb::Event { kind: Some(pb::event::Kind::TestResult(bad)) },
         pb::Event { kind: None },
-        pb::Event { kind: Some(pb::event::Kind::Scan(scan("s1", "batch-r1"))) },
+        pb::Event { kind: Some(pb::event::Kind::TestResult(inconclusive.clone())) },
         pb::Event { kind: Some(pb::event::Kind::TestResult(good)) },
     ];
     let results = ingest.submit_batch(pb::SubmitBatchRequest { events }).await.unwrap().into_inner().results;
@@ -199,7 +209,7 @@ async fn a_batch_rejects_bad_events_and_accepts_the_rest_in_order() {
             ("g1".into(), pb::Outcome::Accepted as i32),
             ("b1".into(), pb::Outcome::Rejected as i32),
             ("".into(), pb::Outcome::Rejected as i32),
-            ("s1".into(), pb::Outcome::Accepted as i32),
+            ("i1".into(), pb::Outcome::Accepted as i32),
             ("g1".into(), pb::Outcome::Duplicate as i32),
         ]
     );
@@ -208,7 +218,7 @@ async fn a_batch_rejects_bad_events_and_accepts_the_rest_in_order() {
     assert!(results[0].reason.is_empty());
 
     // The retried batch is answered DUPLICATE for what was accepted.
-    let retry = vec![pb::Event { kind: Some(pb::event::Kind::Scan(scan("s1", "batch-r1"))) }];
+    let retry = vec![pb::Event { kind: Some(pb::event::Kind::TestResult(inconclusive)) }];
     let results = ingest.submit_batch(pb::SubmitBatchRequest { events: retry }).await.unwrap().into_inner().results;
     assert_eq!(results[0].outcome, pb::Outcome::Duplicate as i32);
 
@@ -251,8 +261,8 @@ async fn wait_for_statuses(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statuses_follow_the_policy_and_retries_are_duplicates() {
     let t = TestApp::start().await;
-    let mut ingest = t.ingest();
-    let shared = t.ingest();
+    let mut ingest = t.ingest(Caller::Authority);
+    let shared = t.ingest(Caller::Lab);
     let submit = |e: pb::TestResultEvent| {
         let mut c = shared.clone();
         async move { c.submit_test_result(pb::SubmitTestResultRequest { event: Some(e) }).await.unwrap().into_inner() }

@@ -15,10 +15,10 @@ use healthcode_core::UnixMicros;
 use healthcode_log::EventLog;
 use healthcode_log_kafka::testing::TansuBroker;
 use healthcode_log_kafka::{KafkaConfig, KafkaLog};
-use healthcode_proto::v1::{self as pb, ingest_client::IngestClient, lookup_client::LookupClient};
+use healthcode_proto::v1 as pb;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use support::{Process, free_addr, negative_test, sampled_at, shows_negative, wait_until};
+use support::{Process, free_addr, lab, negative_test, sampled_at, shows_negative, station, wait_until};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -49,7 +49,7 @@ async fn edge_materializer_and_lookup_as_separate_processes() {
 
     let base = UnixMicros::now();
     let events: Vec<(String, pb::TestResultEvent)> = (0..200).map(|n| negative_test("sep", n, base)).collect();
-    let mut ingest = IngestClient::new(edge.channel().await);
+    let mut ingest = lab(edge.channel().await, &data);
     for chunk in events.chunks(50) {
         let wire: Vec<pb::TestResultEvent> = chunk.iter().map(|(_, e)| e.clone()).collect();
         let results = ingest.submit_batch(batch(&wire)).await.unwrap().into_inner().results;
@@ -57,7 +57,7 @@ async fn edge_materializer_and_lookup_as_separate_processes() {
     }
     let expected: HashMap<String, UnixMicros> = events.iter().map(|(r, e)| (r.clone(), sampled_at(e))).collect();
     let residents: Vec<String> = expected.keys().cloned().collect();
-    let mut lookup_client = LookupClient::new(lookup.channel().await);
+    let mut lookup_client = station(lookup.channel().await, &data);
     let missing = wait_until(&mut lookup_client, &residents, Duration::from_secs(120), |s| {
         shows_negative(s, expected[&s.resident_id])
     })
@@ -83,11 +83,10 @@ async fn a_materializer_killed_mid_flow_loses_nothing() {
     // Stations submit for a few seconds; one materializer dies in the middle.
     let base = UnixMicros::now();
     let acked: Arc<Mutex<HashMap<String, UnixMicros>>> = Arc::default();
-    let channel = edge.channel().await;
+    let mut ingest = lab(edge.channel().await, &data);
     let writer = {
         let acked = acked.clone();
         tokio::spawn(async move {
-            let mut ingest = IngestClient::new(channel);
             for round in 0..60 {
                 let events: Vec<(String, pb::TestResultEvent)> =
                     (round * 50..round * 50 + 50).map(|n| negative_test("rebalance", n, base)).collect();
@@ -108,7 +107,7 @@ async fn a_materializer_killed_mid_flow_loses_nothing() {
     let acked = acked.lock().unwrap().clone();
     assert_eq!(acked.len(), 3000);
     let residents: Vec<String> = acked.keys().cloned().collect();
-    let mut lookup_client = LookupClient::new(lookup.channel().await);
+    let mut lookup_client = station(lookup.channel().await, &data);
     let missing = wait_until(&mut lookup_client, &residents, Duration::from_secs(180), |s| {
         shows_negative(s, acked[&s.resident_id])
     })
@@ -148,21 +147,25 @@ async fn a_poison_record_is_dead_lettered_and_the_partition_moves_on() {
     let (resident, event) = negative_test("poison", 1, base);
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", broker.brokers()).create().unwrap();
     let garbage = [0xde, 0xad, 0xbe, 0xef, 0xff];
+    // Records are keyed by the resident's pseudonym.
+    let key = healthcode_auth::Pseudonymizer::from_file(&settings.security.pseudonym_key_file)
+        .unwrap()
+        .pseudonym(&resident);
     producer
         .send(
-            FutureRecord::to(&settings.kafka.topic).key(resident.as_bytes()).payload(&garbage[..]),
+            FutureRecord::to(&settings.kafka.topic).key(key.as_bytes()).payload(&garbage[..]),
             Duration::from_secs(5),
         )
         .await
         .unwrap();
     let channel = Channel::from_shared(format!("http://{}", app.grpc_addr.unwrap())).unwrap().connect().await.unwrap();
-    let reply = IngestClient::new(channel.clone())
+    let reply = lab(channel.clone(), dir.path())
         .submit_test_result(pb::SubmitTestResultRequest { event: Some(event.clone()) })
         .await
         .unwrap();
     assert_eq!(reply.into_inner().outcome, pb::Outcome::Accepted as i32);
 
-    let mut lookup = LookupClient::new(channel);
+    let mut lookup = station(channel, dir.path());
     let missing =
         wait_until(&mut lookup, &[resident], Duration::from_secs(120), |s| shows_negative(s, sampled_at(&event))).await;
     assert!(missing.is_empty(), "the event after the poison record was not applied");
@@ -186,7 +189,7 @@ async fn the_edge_answers_unavailable_while_the_broker_is_down_and_recovers() {
     cluster.create_topic(&settings.kafka.topic, 2, 1).unwrap();
     let app = App::start(Role::Edge, settings).await.unwrap();
     let channel = Channel::from_shared(format!("http://{}", app.grpc_addr.unwrap())).unwrap().connect().await.unwrap();
-    let ingest = IngestClient::new(channel);
+    let ingest = lab(channel, dir.path());
     let base = UnixMicros::now();
     let mut n = 0;
     let mut submit = move || {

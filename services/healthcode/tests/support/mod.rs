@@ -6,9 +6,29 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use healthcode_auth::{Bearer, DevCredentials, Role};
 use healthcode_core::UnixMicros;
 use healthcode_proto::v1 as pb;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A channel whose calls carry a development token.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// The development token of `role` that a process on `data_dir` created.
+pub fn bearer(data_dir: &Path, role: Role) -> Bearer {
+    Bearer::new(&DevCredentials::at(&data_dir.join("credentials")).token(role).unwrap()).unwrap()
+}
+
+/// An Ingest client for the lab `dev-lab` (the lab of [`negative_test`]).
+pub fn lab(channel: Channel, data_dir: &Path) -> pb::ingest_client::IngestClient<Authed> {
+    pb::ingest_client::IngestClient::with_interceptor(channel, bearer(data_dir, Role::Lab))
+}
+
+/// A Lookup client for the station `dev-station`.
+pub fn station(channel: Channel, data_dir: &Path) -> pb::lookup_client::LookupClient<Authed> {
+    pb::lookup_client::LookupClient::with_interceptor(channel, bearer(data_dir, Role::Station))
+}
 
 pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
@@ -79,7 +99,7 @@ impl Drop for Process {
 /// Reads statuses until `check` accepts all of them or the deadline passes;
 /// returns the residents `check` still refuses (empty on success).
 pub async fn wait_until(
-    lookup: &mut pb::lookup_client::LookupClient<Channel>,
+    lookup: &mut pb::lookup_client::LookupClient<Authed>,
     residents: &[String],
     deadline: Duration,
     check: impl Fn(&pb::ResidentStatus) -> bool,
@@ -112,7 +132,7 @@ pub fn negative_test(prefix: &str, n: usize, base: UnixMicros) -> (String, pb::T
         event_id: format!("{prefix}-e{n}"),
         resident_id: resident.clone(),
         sample_id: format!("{prefix}-s{n}"),
-        lab_id: "lab-1".into(),
+        lab_id: "dev-lab".into(),
         kind: pb::TestKind::Pcr as i32,
         outcome: pb::TestOutcome::Negative as i32,
         sampled_at: Some(sampled.to_timestamp()),
