@@ -29,10 +29,14 @@ UP=$!
 trap 'kill $UP 2>/dev/null || true' EXIT
 metric() { python3 -c "
 import sys, urllib.request
-for line in urllib.request.urlopen('http://$ADMIN/metrics', timeout=5).read().decode().splitlines():
+token = open('$WORK/data/credentials/ops.token').read().strip()
+request = urllib.request.Request('http://$ADMIN/metrics', headers={'Authorization': 'Bearer ' + token})
+for line in urllib.request.urlopen(request, timeout=5).read().decode().splitlines():
     if line.startswith(sys.argv[1] + ' '): print(line.split()[1]); break
 else: print(0)" "$1"; }
 until python3 -c "import urllib.request; urllib.request.urlopen('http://$ADMIN/ready', timeout=1)" 2>/dev/null; do sleep 0.2; done
+
+"$B/healthcode-loadtest" credentials --dir "$WORK/round" --tokens-file "$WORK/data/credentials/tokens.toml"
 
 start=$(date +%s.%N)
 echo "== replay at ${COMPRESSION}x"

@@ -44,6 +44,8 @@ run_round() {
     local up=$!
     pids+=("$up")
     wait_ready "$admin"
+    # The round's stations, labs and authority get tokens in this server's tokens file.
+    "$BIN/healthcode-loadtest" credentials --dir "$work/round" --tokens-file "$work/$name/credentials/tokens.toml"
     if ! "$BIN/healthcode-loadtest" replay --dir "$work/round" --target "http://$grpc" --compression "$COMPRESSION" --out "$work/report-$name" \
         || ! "$BIN/healthcode-loadtest" verify --dir "$work/round" --target "http://$grpc"; then
         echo "== $name failed; last lines of its log:" >&2

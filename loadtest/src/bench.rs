@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use healthcode_auth::Bearer;
 use healthcode_core::UnixMicros;
 use healthcode_proto::v1::ingest_server::{Ingest, IngestServer};
 use healthcode_proto::v1::lookup_server::{Lookup, LookupServer};
@@ -56,6 +57,12 @@ impl Lookup for Bare {
         Ok(Response::new(pb::BatchGetStatusReply {
             statuses: r.into_inner().resident_id.into_iter().map(canned_status).collect(),
         }))
+    }
+    async fn list_overrides(
+        &self,
+        _: Request<pb::ListOverridesRequest>,
+    ) -> Result<Response<pb::ListOverridesReply>, Status> {
+        Ok(Response::new(pb::ListOverridesReply::default()))
     }
 }
 
@@ -151,11 +158,11 @@ where
     (all.len(), errors, Percentiles::of(&all))
 }
 
-fn scan(run: u64, n: u64, residents: u64) -> pb::ScanEvent {
+fn scan(run: u64, n: u64, residents: u64, station: &str) -> pb::ScanEvent {
     pb::ScanEvent {
         event_id: format!("bench-{run}-{n}"),
         resident_id: resident_id(mix(run, n, 1) % residents),
-        station_id: "bench-station".into(),
+        station_id: station.into(),
         site_id: "bench-site".into(),
         kind: pb::ScanKind::VenueEntry as i32,
         scanned_at: Some(UnixMicros::now().to_timestamp()),
@@ -168,22 +175,28 @@ pub struct BenchOptions {
     pub duration: Duration,
     pub residents: u64,
     pub batch: usize,
+    /// The station the target admits: its id and bearer token.
+    pub station: String,
+    pub token: String,
 }
 
 /// Runs every workload against the bare server and the target, in turn.
 pub async fn bench(options: &BenchOptions) -> anyhow::Result<Vec<Measured>> {
     let bare = format!("http://{}", start_bare().await?);
     let run = UnixMicros::now().0 as u64;
+    let bearer = Bearer::new(&options.token)?;
+    let station: Arc<str> = options.station.as_str().into();
     let mut out = Vec::new();
     for workload in ["lookup", "ingest-unary", "ingest-batch"] {
         for (server, url) in [("bare", bare.as_str()), ("target", options.target.as_str())] {
             let channel: Channel = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?;
             let residents = options.residents.max(1);
             let batch = options.batch.max(1) as u64;
+            let (bearer, station) = (bearer.clone(), station.clone());
             let (requests, errors, latency) = match workload {
                 "lookup" => {
                     drive(options.concurrency, options.duration, move |n| {
-                        let mut c = LookupClient::new(channel.clone());
+                        let mut c = LookupClient::with_interceptor(channel.clone(), bearer.clone());
                         let id = resident_id(mix(run, n, 2) % residents);
                         async move { c.get_status(pb::GetStatusRequest { resident_id: id }).await.map(drop) }
                     })
@@ -191,17 +204,17 @@ pub async fn bench(options: &BenchOptions) -> anyhow::Result<Vec<Measured>> {
                 }
                 "ingest-unary" => {
                     drive(options.concurrency, options.duration, move |n| {
-                        let mut c = IngestClient::new(channel.clone());
-                        let event = scan(run, n, residents);
+                        let mut c = IngestClient::with_interceptor(channel.clone(), bearer.clone());
+                        let event = scan(run, n, residents, &station);
                         async move { c.submit_scan(pb::SubmitScanRequest { event: Some(event) }).await.map(drop) }
                     })
                     .await
                 }
                 _ => {
                     drive(options.concurrency, options.duration, move |n| {
-                        let mut c = IngestClient::new(channel.clone());
+                        let mut c = IngestClient::with_interceptor(channel.clone(), bearer.clone());
                         let events = (n * batch..(n + 1) * batch)
-                            .map(|m| pb::Event { kind: Some(pb::event::Kind::Scan(scan(run, m, residents))) })
+                            .map(|m| pb::Event { kind: Some(pb::event::Kind::Scan(scan(run, m, residents, &station))) })
                             .collect();
                         async move { c.submit_batch(pb::SubmitBatchRequest { events }).await.map(drop) }
                     })
@@ -236,7 +249,7 @@ mod tests {
             .into_inner();
         assert_eq!(status.resident_id, "r000000001");
         assert!(status.as_of.is_some() && status.valid_until.is_some());
-        let events = (0..3).map(|n| pb::Event { kind: Some(pb::event::Kind::Scan(scan(1, n, 10))) }).collect();
+        let events = (0..3).map(|n| pb::Event { kind: Some(pb::event::Kind::Scan(scan(1, n, 10, "st"))) }).collect();
         let reply = IngestClient::new(channel).submit_batch(pb::SubmitBatchRequest { events }).await.unwrap();
         assert_eq!(reply.into_inner().results.len(), 3);
     }

@@ -3,6 +3,7 @@
 //! (bench).
 
 pub mod bench;
+pub mod credentials;
 pub mod replay;
 pub mod report;
 pub mod round;
@@ -30,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Writes a deterministic round (schedule, expected statuses) into a directory.
     Generate(GenerateArgs),
+    /// Issues a token for every principal of a round and admits them in a server's tokens file.
+    Credentials(CredentialsArgs),
     /// Replays a round against a target, open-loop, and writes a report.
     Replay(ReplayArgs),
     /// Reads every resident's status back and compares it with the expected one.
@@ -65,6 +68,16 @@ pub struct GenerateArgs {
     /// How long after sampling labs report a batch.
     #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
     pub result_delay: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct CredentialsArgs {
+    /// A directory written by `generate`; the tokens go to DIR/credentials.json.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The server's tokens file (`<data_dir>/credentials/tokens.toml` for `healthcode up`).
+    #[arg(long)]
+    pub tokens_file: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -123,11 +136,23 @@ pub struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The station the target admits [default: dev-station, the development station]
+    #[arg(long, default_value = "dev-station")]
+    pub station: String,
+    /// Its bearer token [default: station.token in --credentials-dir]
+    #[arg(long, env = "HEALTHCODE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, default_value = "./data/credentials")]
+    pub credentials_dir: PathBuf,
 }
 
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate(args),
+        Command::Credentials(args) => credentials::provision(&args.dir, &args.tokens_file).map(|n| {
+            println!("{n} principals admitted in {}", args.tokens_file.display());
+            ExitCode::SUCCESS
+        }),
         Command::Replay(args) => replay(args).await,
         Command::Verify(args) => verify(args).await,
         Command::Bench(args) => bench(args).await,
@@ -245,6 +270,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration,
         residents: args.residents,
         batch: args.batch,
+        token: match args.token {
+            Some(token) => token,
+            None => healthcode_auth::DevCredentials::at(&args.credentials_dir).token(healthcode_auth::Role::Station)?,
+        },
+        station: args.station,
     };
     let results = bench::bench(&options).await?;
     println!(

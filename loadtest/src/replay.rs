@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
+use healthcode_auth::with_token;
 use healthcode_core::UnixMicros;
 use healthcode_core::wire::event_id;
 use healthcode_proto::v1::{self as pb, ingest_client::IngestClient, lookup_client::LookupClient};
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::credentials::{Credentials, gate};
 use crate::schedule::{Entry, Kind, Reader, read_manifest};
 use crate::stats::{KindStats, KindSummary, Percentiles, Point, histogram, micros, timeline};
 
@@ -197,6 +199,8 @@ where
 
 pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::Result<ReplayReport> {
     let manifest = read_manifest(dir)?;
+    let credentials = Arc::new(Credentials::load(dir)?);
+    let probe_token: Arc<str> = credentials.token(&gate(0))?.into();
     let channels = connect(&options.target, options.connections).await?;
     let probe_channel = channels[0].clone();
     let started_wall = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
@@ -224,15 +228,19 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
     let mut next = 0usize;
     let send = |entry: Entry| {
         let channel = channels[next % channels.len()].clone();
+        let gate = gate(next);
         next += 1;
+        let credentials = credentials.clone();
         async move {
             match entry.kind {
                 Kind::SubmitBatch => {
                     let mut request = pb::SubmitBatchRequest::decode(entry.payload.as_slice()).expect("own schedule");
                     request.events.iter_mut().for_each(|e| rebase_event(e, anchor_ms));
+                    // A missing credential goes out empty and shows as UNAUTHENTICATED.
+                    let token = credentials.for_batch(&request).unwrap_or_default();
                     let client = IngestClient::new(channel);
                     let reply = as_station(attempts, || {
-                        let (mut client, request) = (client.clone(), request.clone());
+                        let (mut client, request) = (client.clone(), with_token(request.clone(), token));
                         async move { client.submit_batch(request).await.map(|r| r.into_inner()) }
                     })
                     .await;
@@ -240,9 +248,10 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
                 }
                 Kind::GetStatus => {
                     let request = pb::GetStatusRequest::decode(entry.payload.as_slice()).expect("own schedule");
+                    let token = credentials.token(&gate).unwrap_or_default();
                     let client = LookupClient::new(channel);
                     let reply = as_station(attempts, || {
-                        let (mut client, request) = (client.clone(), request.clone());
+                        let (mut client, request) = (client.clone(), with_token(request.clone(), token));
                         async move { client.get_status(request).await.map(|r| r.into_inner()) }
                     })
                     .await;
@@ -277,9 +286,9 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
                     if let Some(probe) = probe
                         && s.acked_batches.is_multiple_of(freshness_every)
                     {
-                        let (channel, stats) = (probe_channel.clone(), recorder.clone());
+                        let (channel, stats, token) = (probe_channel.clone(), recorder.clone(), probe_token.clone());
                         tokio::spawn(async move {
-                            let visible = probe.wait_visible(channel).await;
+                            let visible = probe.wait_visible(channel, &token).await;
                             let mut s = stats.lock().expect("stats lock");
                             match visible {
                                 Some(d) => s.freshness.record(micros(d)).expect("clamped"),
@@ -366,11 +375,12 @@ fn freshness_probe(request: &pb::SubmitBatchRequest) -> Option<Probe> {
 }
 
 impl Probe {
-    async fn wait_visible(self, channel: Channel) -> Option<Duration> {
+    async fn wait_visible(self, channel: Channel, token: &str) -> Option<Duration> {
         let mut client = LookupClient::new(channel);
         let deadline = self.acked + Duration::from_secs(120);
         while Instant::now() < deadline {
-            if let Ok(status) = client.get_status(pb::GetStatusRequest { resident_id: self.resident.clone() }).await {
+            let request = with_token(pb::GetStatusRequest { resident_id: self.resident.clone() }, token);
+            if let Ok(status) = client.get_status(request).await {
                 let s = status.into_inner();
                 let seen = if self.positive { s.last_positive_sampled_at } else { s.last_negative_sampled_at };
                 if seen.as_ref().and_then(UnixMicros::from_timestamp).is_some_and(|t| t >= self.sampled) {

@@ -98,6 +98,8 @@ pub async fn verify(dir: &Path, target: &str, show: usize, concurrency: usize) -
     )?;
     let skip = unacknowledged_residents(&std::fs::read_to_string(dir.join(UNACKNOWLEDGED_FILE)).unwrap_or_default());
     let channel: Channel = Endpoint::from_shared(target.to_owned())?.connect().await?;
+    let credentials = crate::credentials::Credentials::load(dir)?;
+    let bearer = healthcode_auth::Bearer::new(credentials.token(&crate::credentials::gate(0))?)?;
     let lines = BufReader::with_capacity(1 << 20, File::open(dir.join(EXPECTED_FILE))?).lines().skip(1);
     let mut expected = lines.map(|l| l.map_err(anyhow::Error::from).and_then(|l| parse_line(&l)));
     let chunks = std::iter::from_fn(move || {
@@ -106,7 +108,7 @@ pub async fn verify(dir: &Path, target: &str, show: usize, concurrency: usize) -
     });
     let mut results = stream::iter(chunks)
         .map(|chunk| {
-            let mut client = LookupClient::new(channel.clone());
+            let mut client = LookupClient::with_interceptor(channel.clone(), bearer.clone());
             async move {
                 let chunk: Vec<Expected> = chunk.into_iter().collect::<anyhow::Result<_>>()?;
                 let ids = chunk.iter().map(|e| e.resident_id.clone()).collect();

@@ -93,23 +93,28 @@ impl Rpc {
     }
 }
 
+/// Who an event says submitted it: the role, the id field and its value.
+pub fn owner(event: &pb::Event) -> Option<(Role, &'static str, &str)> {
+    match &event.kind {
+        Some(Kind::Scan(e)) => Some((Role::Station, "station_id", &e.station_id)),
+        Some(Kind::TestResult(e)) => Some((Role::Lab, "lab_id", &e.lab_id)),
+        Some(Kind::OverrideEvent(e)) => Some((Role::Authority, "authority_id", &e.authority_id)),
+        None => None,
+    }
+}
+
 /// An event may only be submitted by the station, lab or authority it names.
 /// `field` prefixes the error (`event`, `events[3]`). Events without a kind
 /// pass here and are refused by validation, which names the missing field.
 pub fn check_owner(principal: &Principal, event: &pb::Event, field: &str) -> Result<(), ServiceError> {
-    let (role, id_field, id) = match &event.kind {
-        Some(Kind::Scan(e)) => (Role::Station, "station_id", &e.station_id),
-        Some(Kind::TestResult(e)) => (Role::Lab, "lab_id", &e.lab_id),
-        Some(Kind::OverrideEvent(e)) => (Role::Authority, "authority_id", &e.authority_id),
-        None => return Ok(()),
-    };
+    let Some((role, id_field, id)) = owner(event) else { return Ok(()) };
     if principal.role != role {
         return Err(ServiceError::PermissionDenied(format!(
             "{field}: a {} may not submit this kind of event (it needs the {role} role)",
             principal.role
         )));
     }
-    if *id != principal.name {
+    if id != principal.name {
         return Err(ServiceError::PermissionDenied(format!(
             "{field}.{id_field}: must be the caller's own id {:?}",
             principal.name

@@ -31,8 +31,15 @@ struct TokensFile {
 /// A fresh token (64 hex characters) and the entry that admits it.
 pub fn new_token(principal: &str, role: Role) -> (String, TokenEntry) {
     let token = hex(&random_bytes::<32>());
-    let entry = TokenEntry { principal: principal.to_owned(), role, sha256: digest(&token) };
+    let entry = TokenEntry::of(&token, principal, role);
     (token, entry)
+}
+
+impl TokenEntry {
+    /// The entry that admits an existing token.
+    pub fn of(token: &str, principal: &str, role: Role) -> TokenEntry {
+        TokenEntry { principal: principal.to_owned(), role, sha256: digest(token) }
+    }
 }
 
 fn digest(token: &str) -> String {
