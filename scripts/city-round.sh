@@ -24,6 +24,7 @@ if [ ! -f "$WORK/round/round.json" ] || ! grep -q "\"residents\": $RESIDENTS," "
 fi
 
 rm -rf "$WORK/data"
+"$B/healthcode-loadtest" credentials --dir "$WORK/round" --tokens-file "$WORK/data/credentials/tokens.toml"
 "$B/healthcode" up --data-dir "$WORK/data" --grpc-addr "$GRPC" --admin-addr "$ADMIN" 2>"$WORK/up.log" &
 UP=$!
 trap 'kill $UP 2>/dev/null || true' EXIT
@@ -35,8 +36,6 @@ for line in urllib.request.urlopen(request, timeout=5).read().decode().splitline
     if line.startswith(sys.argv[1] + ' '): print(line.split()[1]); break
 else: print(0)" "$1"; }
 until python3 -c "import urllib.request; urllib.request.urlopen('http://$ADMIN/ready', timeout=1)" 2>/dev/null; do sleep 0.2; done
-
-"$B/healthcode-loadtest" credentials --dir "$WORK/round" --tokens-file "$WORK/data/credentials/tokens.toml"
 
 start=$(date +%s.%N)
 echo "== replay at ${COMPRESSION}x"

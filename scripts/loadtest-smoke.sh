@@ -40,12 +40,12 @@ run_round() {
     shift
     local grpc="127.0.0.1:$(free_port)" admin="127.0.0.1:$(free_port)"
     echo "== $name: healthcode up $*"
+    # The round's stations, labs and authority get tokens in this server's tokens file.
+    "$BIN/healthcode-loadtest" credentials --dir "$work/round" --tokens-file "$work/$name/credentials/tokens.toml"
     "$BIN/healthcode" up --data-dir "$work/$name" --grpc-addr "$grpc" --admin-addr "$admin" "$@" 2>"$work/$name.log" &
     local up=$!
     pids+=("$up")
     wait_ready "$admin"
-    # The round's stations, labs and authority get tokens in this server's tokens file.
-    "$BIN/healthcode-loadtest" credentials --dir "$work/round" --tokens-file "$work/$name/credentials/tokens.toml"
     if ! "$BIN/healthcode-loadtest" replay --dir "$work/round" --target "http://$grpc" --compression "$COMPRESSION" --out "$work/report-$name" \
         || ! "$BIN/healthcode-loadtest" verify --dir "$work/round" --target "http://$grpc"; then
         echo "== $name failed; last lines of its log:" >&2

@@ -116,15 +116,19 @@ enum Pending {
     Venues { j: u64 },
 }
 
+/// A scan of resident `i`. A batch is submitted by one station (the edge
+/// admits only the caller's own events): test-site arrivals by the site's
+/// station, venue entries by the district gateway that forwards its venues' scans.
 fn scan(round: &RoundConfig, i: u64, kind: ScanKind, at_ms: u64) -> Event {
-    let (site, prefix) = match kind {
-        ScanKind::TestSiteArrival => (format!("site-{}", i / round.site_batch % 2000), "a"),
-        _ => (format!("venue-{}", mix(round.seed, i, 99) % 50_000), "v"),
+    let batch = i / round.site_batch;
+    let (site, station, prefix) = match kind {
+        ScanKind::TestSiteArrival => (format!("site-{}", batch % 2000), format!("st-site-{}", batch % 2000), "a"),
+        _ => (format!("venue-{}", mix(round.seed, i, 99) % 50_000), format!("st-venues-{}", batch % 100), "v"),
     };
     Event {
         event_id: format!("{prefix}-{i}"),
         resident_id: resident_id(i),
-        body: EventBody::Scan { station_id: format!("st-{site}"), site_id: site, kind, scanned_at: ms(at_ms) },
+        body: EventBody::Scan { station_id: station, site_id: site, kind, scanned_at: ms(at_ms) },
     }
 }
 
@@ -372,6 +376,27 @@ mod tests {
         assert_eq!(resubmitted, manifest.counts.duplicate_submissions);
         assert_eq!(lookups, manifest.counts.lookups);
         assert!((lookups as f64 - 1_500.0).abs() < 30.0, "{lookups} lookups");
+    }
+
+    #[test]
+    fn every_batch_is_submitted_by_one_principal() {
+        // The edge refuses a batch holding another station's, lab's or
+        // authority's events, so the round must never send one.
+        let dir = tempfile::tempdir().unwrap();
+        generate(&small(), dir.path(), |_| {}).unwrap();
+        let mut owners = std::collections::HashSet::new();
+        for entry in Reader::open(dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            if entry.kind != Kind::SubmitBatch {
+                continue;
+            }
+            let batch = pb::SubmitBatchRequest::decode(entry.payload.as_slice()).unwrap();
+            let mut in_batch = batch.events.iter().map(|e| healthcode_auth::owner(e).map(|(r, _, id)| (r, id)));
+            let first = in_batch.next().unwrap().unwrap();
+            assert!(in_batch.all(|o| o == Some(first)), "a batch with several submitters: {first:?}");
+            owners.insert((first.0, first.1.to_owned()));
+        }
+        assert!(owners.len() > 3, "scans, results and overrides come from many principals: {owners:?}");
     }
 
     #[test]
