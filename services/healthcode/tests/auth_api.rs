@@ -1,0 +1,298 @@
+//! Who may call what, over gRPC with TLS: every RPC refuses a missing
+//! credential, a wrong role and an event that names someone else, and
+//! accepts the right caller, once with bearer tokens and once with client
+//! certificates (mutual TLS). The admin `/metrics` is for ops only.
+
+use std::time::Duration;
+
+use healthcode::app::{App, Role};
+use healthcode::config::{Settings, Tls};
+use healthcode_auth::{DevCredentials, Role as Caller, with_token};
+use healthcode_core::UnixMicros;
+use healthcode_proto::v1::{self as pb, ingest_client::IngestClient, lookup_client::LookupClient};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+#[derive(Copy, Clone, Debug)]
+enum Call {
+    SubmitScan,
+    SubmitTestResult,
+    SubmitOverride,
+    BatchOfScans,
+    BatchOfResults,
+    BatchOfOverrides,
+    GetStatus,
+    BatchGetStatus,
+    ListOverrides,
+}
+
+const CALLS: [Call; 9] = [
+    Call::SubmitScan,
+    Call::SubmitTestResult,
+    Call::SubmitOverride,
+    Call::BatchOfScans,
+    Call::BatchOfResults,
+    Call::BatchOfOverrides,
+    Call::GetStatus,
+    Call::BatchGetStatus,
+    Call::ListOverrides,
+];
+
+impl Call {
+    fn role(self) -> Caller {
+        match self {
+            Call::SubmitScan | Call::BatchOfScans | Call::GetStatus | Call::BatchGetStatus => Caller::Station,
+            Call::SubmitTestResult | Call::BatchOfResults => Caller::Lab,
+            Call::SubmitOverride | Call::BatchOfOverrides | Call::ListOverrides => Caller::Authority,
+        }
+    }
+
+    /// Whether the message names a submitter that must be the caller.
+    fn names_its_caller(self) -> bool {
+        !matches!(self, Call::GetStatus | Call::BatchGetStatus | Call::ListOverrides)
+    }
+}
+
+fn dev_name(role: Caller) -> String {
+    format!("dev-{role}")
+}
+
+fn event(call: Call, actor: &str, n: usize) -> pb::Event {
+    use pb::event::Kind;
+    let now = UnixMicros::now();
+    let ts = |back: u64| Some(now.saturating_sub(Duration::from_secs(back)).to_timestamp());
+    let id = format!("{call:?}-{actor}-{n}");
+    let kind = match call.role() {
+        Caller::Station => Kind::Scan(pb::ScanEvent {
+            event_id: id,
+            resident_id: "R-auth".into(),
+            station_id: actor.into(),
+            site_id: "site-1".into(),
+            kind: pb::ScanKind::VenueEntry as i32,
+            scanned_at: ts(1),
+        }),
+        Caller::Lab => Kind::TestResult(pb::TestResultEvent {
+            event_id: id.clone(),
+            resident_id: "R-auth".into(),
+            sample_id: id,
+            lab_id: actor.into(),
+            kind: pb::TestKind::Pcr as i32,
+            outcome: pb::TestOutcome::Negative as i32,
+            sampled_at: ts(60),
+            resulted_at: ts(1),
+        }),
+        _ => Kind::OverrideEvent(pb::OverrideEvent {
+            event_id: id,
+            resident_id: "R-auth".into(),
+            authority_id: actor.into(),
+            color: pb::Color::Yellow as i32,
+            note: "close contact".into(),
+            issued_at: ts(1),
+            expires_at: Some(now.saturating_add(Duration::from_secs(3600)).to_timestamp()),
+        }),
+    };
+    pb::Event { kind: Some(kind) }
+}
+
+/// Makes `call` on `channel` with an optional bearer token; the code it got.
+async fn invoke(channel: &Channel, call: Call, token: Option<&str>, actor: &str, n: usize) -> Code {
+    fn req<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+        match token {
+            Some(t) => with_token(message, t),
+            None => tonic::Request::new(message),
+        }
+    }
+    use pb::event::Kind;
+    let mut ingest = IngestClient::new(channel.clone());
+    let mut lookup = LookupClient::new(channel.clone());
+    let e = event(call, actor, n);
+    let code = |r: Result<(), tonic::Status>| r.err().map(|s| s.code()).unwrap_or(Code::Ok);
+    match (call, e.kind.clone().unwrap()) {
+        (Call::SubmitScan, Kind::Scan(s)) => {
+            code(ingest.submit_scan(req(pb::SubmitScanRequest { event: Some(s) }, token)).await.map(drop))
+        }
+        (Call::SubmitTestResult, Kind::TestResult(t)) => {
+            code(ingest.submit_test_result(req(pb::SubmitTestResultRequest { event: Some(t) }, token)).await.map(drop))
+        }
+        (Call::SubmitOverride, Kind::OverrideEvent(o)) => {
+            code(ingest.submit_override(req(pb::SubmitOverrideRequest { event: Some(o) }, token)).await.map(drop))
+        }
+        (Call::BatchOfScans | Call::BatchOfResults | Call::BatchOfOverrides, _) => {
+            let batch = pb::SubmitBatchRequest { events: vec![e] };
+            match ingest.submit_batch(req(batch, token)).await {
+                // A refused event inside an accepted call would be a leak too.
+                Ok(reply) => {
+                    assert!(reply.get_ref().results.iter().all(|r| r.outcome != pb::Outcome::Rejected as i32));
+                    Code::Ok
+                }
+                Err(status) => status.code(),
+            }
+        }
+        (Call::GetStatus, _) => {
+            code(lookup.get_status(req(pb::GetStatusRequest { resident_id: "R-auth".into() }, token)).await.map(drop))
+        }
+        (Call::BatchGetStatus, _) => {
+            let request = pb::BatchGetStatusRequest { resident_id: vec!["R-auth".into()] };
+            code(lookup.batch_get_status(req(request, token)).await.map(drop))
+        }
+        (Call::ListOverrides, _) => {
+            let request = pb::ListOverridesRequest { resident_id: "R-auth".into() };
+            code(lookup.list_overrides(req(request, token)).await.map(drop))
+        }
+        (call, kind) => unreachable!("{call:?} with {kind:?}"),
+    }
+}
+
+struct Secured {
+    app: App,
+    creds: DevCredentials,
+    _dir: tempfile::TempDir,
+}
+
+impl Secured {
+    async fn start() -> Secured {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::ephemeral(dir.path());
+        let creds = DevCredentials::at(&settings.security.credentials_dir);
+        // The development credentials exist before the app reads them.
+        creds.ensure().unwrap();
+        settings.security.tls = Some(Tls {
+            cert_file: creds.server_cert(),
+            key_file: creds.server_key(),
+            client_ca_file: Some(creds.ca_cert()),
+        });
+        let app = App::start(Role::Up, settings).await.unwrap();
+        Secured { app, creds, _dir: dir }
+    }
+
+    /// A TLS channel, with the client certificate of `role` when given.
+    async fn channel(&self, cert_of: Option<Caller>) -> Channel {
+        let ca = std::fs::read(self.creds.ca_cert()).unwrap();
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
+        if let Some(role) = cert_of {
+            let cert = std::fs::read(self.creds.client_cert(role)).unwrap();
+            let key = std::fs::read(self.creds.client_key(role)).unwrap();
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        let port = self.app.grpc_addr.unwrap().port();
+        Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    fn token(&self, role: Caller) -> String {
+        self.creds.token(role).unwrap()
+    }
+}
+
+fn other_role(role: Caller) -> Caller {
+    match role {
+        Caller::Station => Caller::Lab,
+        _ => Caller::Station,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_admit_the_right_caller_only() {
+    let s = Secured::start().await;
+    let channel = s.channel(None).await;
+    for (n, call) in CALLS.into_iter().enumerate() {
+        let role = call.role();
+        let me = dev_name(role);
+        assert_eq!(invoke(&channel, call, None, &me, n).await, Code::Unauthenticated, "{call:?} without a credential");
+        let forged = "0".repeat(64);
+        assert_eq!(invoke(&channel, call, Some(&forged), &me, n).await, Code::Unauthenticated, "{call:?} unknown token");
+        let wrong = s.token(other_role(role));
+        assert_eq!(invoke(&channel, call, Some(&wrong), &me, n).await, Code::PermissionDenied, "{call:?} wrong role");
+        let ops = s.token(Caller::Ops);
+        assert_eq!(invoke(&channel, call, Some(&ops), &me, n).await, Code::PermissionDenied, "{call:?} as ops");
+        let right = s.token(role);
+        if call.names_its_caller() {
+            let code = invoke(&channel, call, Some(&right), "someone-else", n).await;
+            assert_eq!(code, Code::PermissionDenied, "{call:?} naming another {role}");
+        }
+        assert_eq!(invoke(&channel, call, Some(&right), &me, n).await, Code::Ok, "{call:?} as {me}");
+    }
+    s.app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_admit_the_right_caller_only() {
+    let s = Secured::start().await;
+    for (n, call) in CALLS.into_iter().enumerate() {
+        let role = call.role();
+        let me = dev_name(role);
+        let wrong = s.channel(Some(other_role(role))).await;
+        assert_eq!(invoke(&wrong, call, None, &me, n).await, Code::PermissionDenied, "{call:?} wrong role");
+        let right = s.channel(Some(role)).await;
+        if call.names_its_caller() {
+            let code = invoke(&right, call, None, "someone-else", n).await;
+            assert_eq!(code, Code::PermissionDenied, "{call:?} naming another {role}");
+        }
+        assert_eq!(invoke(&right, call, None, &me, n).await, Code::Ok, "{call:?} as {me} by certificate");
+    }
+    s.app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_stays_open_and_metrics_are_for_ops() {
+    let s = Secured::start().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel(None).await);
+    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+
+    let url = format!("http://{}/metrics", s.app.admin_addr);
+    let get = |token: Option<String>| {
+        let url = url.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(url.trim_start_matches("http://").split('/').next().unwrap())
+                .await
+                .unwrap();
+            let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+            let request = format!("GET /metrics HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n");
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).await.unwrap();
+            reply
+        }
+    };
+    assert!(get(None).await.starts_with("HTTP/1.1 401"));
+    assert!(get(Some(s.token(Caller::Station))).await.starts_with("HTTP/1.1 403"));
+    let ok = get(Some(s.token(Caller::Ops))).await;
+    assert!(ok.starts_with("HTTP/1.1 200") && ok.contains("healthcode_auth_refused_total"), "{ok}");
+    s.app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_shed_a_fast_caller_and_refuse_oversized_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::ephemeral(dir.path());
+    settings.security.rate_limit_per_principal = std::num::NonZeroU32::new(3).unwrap();
+    settings.security.max_message_bytes = 64 * 1024;
+    let app = App::start(Role::Up, settings).await.unwrap();
+    let token = DevCredentials::at(&dir.path().join("credentials")).token(Caller::Station).unwrap();
+    let channel = Endpoint::from_shared(format!("http://{}", app.grpc_addr.unwrap())).unwrap().connect().await.unwrap();
+    let mut lookup = LookupClient::new(channel);
+    let get = || with_token(pb::GetStatusRequest { resident_id: "R-1".into() }, &token);
+    let mut shed = None;
+    for _ in 0..10 {
+        if let Err(status) = lookup.get_status(get()).await {
+            shed = Some(status);
+            break;
+        }
+    }
+    let shed = shed.expect("a caller over its rate is shed");
+    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    let retry_after: u64 = shed.metadata().get(healthcode_rpc::RETRY_AFTER_MS).unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=1000).contains(&retry_after), "retry after {retry_after} ms");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let ids = (0..500).map(|i| format!("{i:0>200}")).collect();
+    let status = lookup.batch_get_status(with_token(pb::BatchGetStatusRequest { resident_id: ids }, &token)).await;
+    assert_eq!(status.unwrap_err().code(), Code::OutOfRange, "a 100 KB request over a 64 KiB limit");
+    app.stop().await.unwrap();
+}
