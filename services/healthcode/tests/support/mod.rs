@@ -43,9 +43,22 @@ impl Process {
     /// Starts `healthcode <args>` with a free admin port, stderr appended to
     /// `log_file`; waits until gRPC health answers when `grpc` is given.
     pub async fn start(args: &[String], grpc: Option<SocketAddr>, log_file: &Path) -> Process {
+        let mut args = args.to_vec();
+        args.extend(["--admin-addr".to_string(), free_addr().to_string()]);
+        Self::start_with_env(&args, grpc, log_file, &[]).await
+    }
+
+    /// [`Process::start`] with environment variables and the caller's own
+    /// `--admin-addr` among `args`.
+    pub async fn start_with_env(
+        args: &[String],
+        grpc: Option<SocketAddr>,
+        log_file: &Path,
+        env: &[(&str, &str)],
+    ) -> Process {
         let log = std::fs::File::options().create(true).append(true).open(log_file).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_healthcode"));
-        command.args(args).args(["--admin-addr", &free_addr().to_string()]);
+        command.args(args).envs(env.iter().copied());
         if let Some(grpc) = grpc {
             command.args(["--grpc-addr", &grpc.to_string()]);
         }
@@ -94,6 +107,18 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET /metrics` with an ops token; the body.
+pub async fn get_metrics(admin: SocketAddr, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{}", &reply[..reply.len().min(200)]);
+    reply
 }
 
 /// Reads statuses until `check` accepts all of them or the deadline passes;
