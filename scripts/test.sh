@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every crate's tests, including
-# the Kafka tests against a real tansu broker. scripts/setup.sh installs the
+# the Kafka tests against a real tansu broker, the load-test smoke round and a
+# short run of every fuzz target. scripts/setup.sh installs the
 # broker; the Rust toolchain is on the machine; protoc is not needed (protox);
 # everything else comes from crates.io.
 set -euo pipefail
@@ -17,3 +18,5 @@ echo "== cargo test"
 cargo test --workspace --locked
 echo "== loadtest smoke round"
 ./scripts/loadtest-smoke.sh
+echo "== fuzz (short run; scripts/fuzz.sh 10000000 for the long one)"
+./scripts/fuzz.sh "${FUZZ_RUNS:-300000}"

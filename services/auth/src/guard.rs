@@ -76,7 +76,7 @@ impl Guard {
     /// refused, never passed over for the certificate), else the verified
     /// client certificate.
     pub fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Principal, ServiceError> {
-        if let Some(principal) = self.from_metadata(request.metadata())? {
+        if let Some(principal) = self.token_principal(request.metadata())? {
             return Ok(principal);
         }
         let certs = request.peer_certs();
@@ -90,7 +90,7 @@ impl Guard {
         }
     }
 
-    fn from_metadata(&self, metadata: &MetadataMap) -> Result<Option<Principal>, ServiceError> {
+    fn token_principal(&self, metadata: &MetadataMap) -> Result<Option<Principal>, ServiceError> {
         let Some(value) = metadata.get("authorization") else { return Ok(None) };
         let token = bearer(value.to_str().ok())
             .ok_or_else(|| ServiceError::Unauthenticated("authorization must be `Bearer <token>`".into()))?;
@@ -203,7 +203,10 @@ mod tests {
         assert_eq!(code(guard.admit(&request(Some("Bearer nope")), Rpc::GetStatus)), Err(tonic::Code::Unauthenticated));
         assert_eq!(code(guard.admit(&request(Some(&token)), Rpc::GetStatus)), Err(tonic::Code::Unauthenticated));
         let bearer = format!("Bearer {token}");
-        assert_eq!(code(guard.admit(&request(Some(&bearer)), Rpc::SubmitTestResult)), Err(tonic::Code::PermissionDenied));
+        assert_eq!(
+            code(guard.admit(&request(Some(&bearer)), Rpc::SubmitTestResult)),
+            Err(tonic::Code::PermissionDenied)
+        );
         assert_eq!(code(guard.admit(&request(Some(&bearer)), Rpc::GetStatus)), Ok("st-1".to_string()));
     }
 

@@ -101,12 +101,15 @@ impl EdgeService {
         request: Request<T>,
         kind: impl FnOnce(T) -> Option<Kind>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        self.guard.serve(rpc, request, |caller, r| async move { self.submit_one(&caller, pb::Event { kind: kind(r) }).await }).await
+        self.guard
+            .serve(rpc, request, |caller, r| async move { self.submit_one(&caller, pb::Event { kind: kind(r) }).await })
+            .await
     }
 
     async fn submit_one(&self, caller: &Principal, wire: pb::Event) -> Result<pb::SubmitReply, ServiceError> {
         check_owner(caller, &wire, "event")?;
-        let event = self.validator.validate_single(&wire, "event", UnixMicros::now()).inspect_err(|_| count_rejected())?;
+        let event =
+            self.validator.validate_single(&wire, "event", UnixMicros::now()).inspect_err(|_| count_rejected())?;
         let event_id = event.event_id.clone();
         if self.recent.contains_key(&event_id) {
             duplicate(&event);
@@ -220,6 +223,8 @@ impl Ingest for EdgeService {
         &self,
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchReply>, Status> {
-        self.guard.serve(Rpc::SubmitBatch, request, |caller, r| async move { self.submit_batch(&caller, r).await }).await
+        self.guard
+            .serve(Rpc::SubmitBatch, request, |caller, r| async move { self.submit_batch(&caller, r).await })
+            .await
     }
 }

@@ -80,7 +80,8 @@ fn open_store(settings: &Settings, shared: bool) -> anyhow::Result<Arc<dyn Statu
         StoreBackend::Embedded => {
             let dir = settings.data_dir.join("store");
             let retention = settings.limits.retention;
-            let store = if shared { EmbeddedStore::open_shared(&dir, retention) } else { EmbeddedStore::open(&dir, retention) };
+            let store =
+                if shared { EmbeddedStore::open_shared(&dir, retention) } else { EmbeddedStore::open(&dir, retention) };
             Ok(Arc::new(store.with_context(|| format!("opening the store in {}", dir.display()))?))
         }
     }
@@ -204,8 +205,13 @@ impl App {
                         reporter.set_serving::<IngestServer<EdgeService>>().await;
                         let edge_config =
                             EdgeConfig { dedup_capacity: settings.dedup_capacity, ..EdgeConfig::default() };
-                        let edge =
-                            EdgeService::new(log.clone(), validator.clone(), &edge_config, guard.clone(), pseudonyms.clone());
+                        let edge = EdgeService::new(
+                            log.clone(),
+                            validator.clone(),
+                            &edge_config,
+                            guard.clone(),
+                            pseudonyms.clone(),
+                        );
                         Some(IngestServer::new(edge).max_decoding_message_size(max_message))
                     }
                     _ => None,
@@ -214,8 +220,13 @@ impl App {
                     Some(store) if role.lookup() => {
                         reporter.set_serving::<LookupServer<LookupService>>().await;
                         let config = LookupConfig { budget: settings.lookup_budget, ..LookupConfig::default() };
-                        let lookup =
-                            LookupService::new(store.clone(), settings.policy.clone(), config, guard.clone(), pseudonyms);
+                        let lookup = LookupService::new(
+                            store.clone(),
+                            settings.policy.clone(),
+                            config,
+                            guard.clone(),
+                            pseudonyms,
+                        );
                         Some(LookupServer::new(lookup).max_decoding_message_size(max_message))
                     }
                     _ => None,

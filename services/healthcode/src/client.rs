@@ -200,7 +200,10 @@ fn request<T>(target: &Target, role: Role, message: T) -> anyhow::Result<tonic::
         (Some(token), _) => Some(token.clone()),
         (None, Some(_)) => None,
         (None, None) => Some(DevCredentials::at(&target.credentials_dir).token(role).with_context(|| {
-            format!("no token: pass --token, or run `healthcode up` to create development credentials in {}", target.credentials_dir.display())
+            format!(
+                "no token: pass --token, or run `healthcode up` to create development credentials in {}",
+                target.credentials_dir.display()
+            )
         })?),
     };
     Ok(match token {

@@ -205,7 +205,11 @@ async fn bearer_tokens_admit_the_right_caller_only() {
         let me = dev_name(role);
         assert_eq!(invoke(&channel, call, None, &me, n).await, Code::Unauthenticated, "{call:?} without a credential");
         let forged = "0".repeat(64);
-        assert_eq!(invoke(&channel, call, Some(&forged), &me, n).await, Code::Unauthenticated, "{call:?} unknown token");
+        assert_eq!(
+            invoke(&channel, call, Some(&forged), &me, n).await,
+            Code::Unauthenticated,
+            "{call:?} unknown token"
+        );
         let wrong = s.token(other_role(role));
         assert_eq!(invoke(&channel, call, Some(&wrong), &me, n).await, Code::PermissionDenied, "{call:?} wrong role");
         let ops = s.token(Caller::Ops);
@@ -248,9 +252,10 @@ async fn health_stays_open_and_metrics_are_for_ops() {
     let get = |token: Option<String>| {
         let url = url.clone();
         async move {
-            let mut stream = tokio::net::TcpStream::connect(url.trim_start_matches("http://").split('/').next().unwrap())
-                .await
-                .unwrap();
+            let mut stream =
+                tokio::net::TcpStream::connect(url.trim_start_matches("http://").split('/').next().unwrap())
+                    .await
+                    .unwrap();
             let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
             let request = format!("GET /metrics HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n");
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -287,7 +292,8 @@ async fn limits_shed_a_fast_caller_and_refuse_oversized_messages() {
     }
     let shed = shed.expect("a caller over its rate is shed");
     assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
-    let retry_after: u64 = shed.metadata().get(healthcode_rpc::RETRY_AFTER_MS).unwrap().to_str().unwrap().parse().unwrap();
+    let retry_after: u64 =
+        shed.metadata().get(healthcode_rpc::RETRY_AFTER_MS).unwrap().to_str().unwrap().parse().unwrap();
     assert!((1..=1000).contains(&retry_after), "retry after {retry_after} ms");
 
     tokio::time::sleep(Duration::from_millis(1100)).await;

@@ -148,14 +148,10 @@ async fn a_poison_record_is_dead_lettered_and_the_partition_moves_on() {
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", broker.brokers()).create().unwrap();
     let garbage = [0xde, 0xad, 0xbe, 0xef, 0xff];
     // Records are keyed by the resident's pseudonym.
-    let key = healthcode_auth::Pseudonymizer::from_file(&settings.security.pseudonym_key_file)
-        .unwrap()
-        .pseudonym(&resident);
+    let key =
+        healthcode_auth::Pseudonymizer::from_file(&settings.security.pseudonym_key_file).unwrap().pseudonym(&resident);
     producer
-        .send(
-            FutureRecord::to(&settings.kafka.topic).key(key.as_bytes()).payload(&garbage[..]),
-            Duration::from_secs(5),
-        )
+        .send(FutureRecord::to(&settings.kafka.topic).key(key.as_bytes()).payload(&garbage[..]), Duration::from_secs(5))
         .await
         .unwrap();
     let channel = Channel::from_shared(format!("http://{}", app.grpc_addr.unwrap())).unwrap().connect().await.unwrap();

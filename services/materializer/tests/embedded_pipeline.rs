@@ -33,7 +33,8 @@ fn test_result(event_id: &str, resident: &str, outcome: pb::TestOutcome, hours_a
 async fn events_become_facts_and_a_poison_record_does_not_stall() {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(EmbeddedLog::open(&dir.path().join("log")).unwrap());
-    let store = Arc::new(EmbeddedStore::open(&dir.path().join("store"), healthcode_core::Limits::default().retention).unwrap());
+    let store =
+        Arc::new(EmbeddedStore::open(&dir.path().join("store"), healthcode_core::Limits::default().retention).unwrap());
     log.append(vec![
         test_result("e1", "alice", pb::TestOutcome::Positive, 30),
         Record { key: b"garbage".to_vec(), payload: vec![0xff, 0xff, 0xff] },
