@@ -52,9 +52,8 @@ struct Loaded {
     checked: Instant,
 }
 
-/// The tokens a server accepts, from a TOML file of [`TokenEntry`]s. A token
-/// not found makes the registry look at the file again (at most once a
-/// second), so credentials issued to a running server work without a restart.
+/// The tokens a server accepts, from a TOML file of [`TokenEntry`]s, reread
+/// when it changes.
 pub struct TokenRegistry {
     path: PathBuf,
     loaded: RwLock<Loaded>,
@@ -81,32 +80,33 @@ impl TokenRegistry {
     }
 
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
-        let hash = digest(token);
-        {
-            let loaded = self.loaded.read().expect("tokens lock");
-            if let Some(p) = loaded.by_hash.get(&hash) {
-                return Some(p.clone());
-            }
-            if loaded.checked.elapsed() < RECHECK {
-                return None;
-            }
+        self.refresh_if_due();
+        self.loaded.read().expect("tokens lock").by_hash.get(&digest(token)).cloned()
+    }
+
+    /// Rereads the file when it changed, looking at most once a second: new
+    /// tokens start working and removed ones stop without a restart.
+    fn refresh_if_due(&self) {
+        if self.loaded.read().expect("tokens lock").checked.elapsed() < RECHECK {
+            return;
         }
         let mut loaded = self.loaded.write().expect("tokens lock");
-        if loaded.checked.elapsed() >= RECHECK {
-            loaded.checked = Instant::now();
-            let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-            if modified != loaded.modified {
-                match load(&self.path) {
-                    Ok(fresh) => {
-                        tracing::info!(path = %self.path.display(), tokens = fresh.by_hash.len(), "tokens file reloaded");
-                        *loaded = fresh;
-                    }
-                    // Keep serving the tokens we had; a half-written file must not lock everyone out.
-                    Err(e) => tracing::warn!(error = %e, "tokens file unreadable, keeping the previous tokens"),
-                }
-            }
+        if loaded.checked.elapsed() < RECHECK {
+            return;
         }
-        loaded.by_hash.get(&hash).cloned()
+        loaded.checked = Instant::now();
+        let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        if modified == loaded.modified {
+            return;
+        }
+        match load(&self.path) {
+            Ok(fresh) => {
+                tracing::info!(path = %self.path.display(), tokens = fresh.by_hash.len(), "tokens file reloaded");
+                *loaded = fresh;
+            }
+            // Keep serving the tokens we had; a broken file must not lock everyone out.
+            Err(e) => tracing::warn!(error = %e, "tokens file unreadable, keeping the previous tokens"),
+        }
     }
 
     /// Adds entries to the file at `path`, creating it when missing.
@@ -182,6 +182,22 @@ mod tests {
         std::thread::sleep(RECHECK + Duration::from_millis(50));
         TokenRegistry::append(&path, &[entry]).unwrap();
         assert_eq!(registry.authenticate(&token).map(|p| p.name), Some("b".to_string()));
+    }
+
+    #[test]
+    fn a_token_removed_from_the_file_stops_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let (kept, kept_entry) = new_token("a", Role::Station);
+        let (revoked, revoked_entry) = new_token("b", Role::Station);
+        TokenRegistry::append(&path, &[kept_entry.clone(), revoked_entry]).unwrap();
+        let registry = TokenRegistry::open(&path).unwrap();
+        assert!(registry.authenticate(&revoked).is_some());
+        std::thread::sleep(RECHECK + Duration::from_millis(50));
+        std::fs::remove_file(&path).unwrap();
+        TokenRegistry::append(&path, &[kept_entry]).unwrap();
+        assert!(registry.authenticate(&revoked).is_none(), "revoked within a second");
+        assert!(registry.authenticate(&kept).is_some());
     }
 
     #[test]
