@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use healthcode_rpc::{ServiceError, observe};
+use healthcode_rpc::{ServiceError, grpc_timeout, observe};
 use tonic::metadata::MetadataMap;
 
 use crate::{Principal, Rpc, TokenRegistry, principal_from_cert};
@@ -34,6 +34,13 @@ pub fn bearer(value: Option<&str>) -> Option<&str> {
     let value = value?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// An admitted call: who makes it and how long the caller will wait.
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    pub caller: Principal,
+    pub client_timeout: Option<std::time::Duration>,
 }
 
 /// Client side: adds the bearer token to every call of a client
@@ -113,14 +120,17 @@ impl Guard {
         &self,
         rpc: Rpc,
         request: tonic::Request<T>,
-        handle: impl FnOnce(Principal, T) -> Fut,
+        handle: impl FnOnce(Admitted, T) -> Fut,
     ) -> Result<tonic::Response<R>, tonic::Status>
     where
         Fut: Future<Output = Result<R, ServiceError>>,
     {
         let started = std::time::Instant::now();
         let result = match self.admit(&request, rpc) {
-            Ok(caller) => handle(caller, request.into_inner()).await,
+            Ok(caller) => {
+                let admitted = Admitted { caller, client_timeout: grpc_timeout(request.metadata()) };
+                handle(admitted, request.into_inner()).await
+            }
             Err(e) => Err(e),
         };
         observe(rpc.name(), started, &result);

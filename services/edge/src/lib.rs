@@ -102,7 +102,11 @@ impl EdgeService {
         kind: impl FnOnce(T) -> Option<Kind>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
         self.guard
-            .serve(rpc, request, |caller, r| async move { self.submit_one(&caller, pb::Event { kind: kind(r) }).await })
+            .serve(
+                rpc,
+                request,
+                |call, r| async move { self.submit_one(&call.caller, pb::Event { kind: kind(r) }).await },
+            )
             .await
     }
 
@@ -224,7 +228,7 @@ impl Ingest for EdgeService {
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchReply>, Status> {
         self.guard
-            .serve(Rpc::SubmitBatch, request, |caller, r| async move { self.submit_batch(&caller, r).await })
+            .serve(Rpc::SubmitBatch, request, |call, r| async move { self.submit_batch(&call.caller, r).await })
             .await
     }
 }

@@ -11,7 +11,7 @@ use healthcode_core::Validator;
 use healthcode_edge::{EdgeConfig, EdgeService};
 use healthcode_log::{EmbeddedLog, EventLog};
 use healthcode_log_kafka::KafkaLog;
-use healthcode_lookup::{LookupConfig, LookupService};
+use healthcode_lookup::LookupService;
 use healthcode_materializer::{Materializer, MaterializerConfig};
 use healthcode_proto::v1::ingest_server::IngestServer;
 use healthcode_proto::v1::lookup_server::LookupServer;
@@ -168,12 +168,33 @@ impl App {
         let validator = Validator::new(settings.limits.clone());
         let guard = open_guard(&settings.security)?;
 
+        let pseudonyms = if role.edge() || role.lookup() {
+            Some(Pseudonymizer::from_file(&settings.security.pseudonym_key_file).context("reading the pseudonym key")?)
+        } else {
+            None
+        };
+        let lookup = match (&store, &pseudonyms) {
+            (Some(store), Some(pseudonyms)) if role.lookup() => Some(Arc::new(LookupService::new(
+                store.clone(),
+                settings.policy.clone(),
+                settings.lookup.clone(),
+                guard.clone(),
+                pseudonyms.clone(),
+            ))),
+            _ => None,
+        };
+
         let materializer = match (&log, &store) {
             (Some(log), Some(store)) if role.materializer() => {
                 let consumer = log.consumer(&settings.materializer_group).await?;
                 let config =
                     MaterializerConfig { batch_size: settings.materializer_batch, ..MaterializerConfig::default() };
-                let run = Materializer::new(consumer, store.clone(), validator.clone(), config).run(shutdown.clone());
+                let mut materializer = Materializer::new(consumer, store.clone(), validator.clone(), config);
+                if let Some(lookup) = &lookup {
+                    // One process: the lookup's cache sees every write as it lands.
+                    materializer = materializer.with_observer(lookup.cache());
+                }
+                let run = materializer.run(shutdown.clone());
                 // Its own thread and runtime: on the shared runtime its every
                 // await would queue behind thousands of ingest calls, and under
                 // a flood the materializer would starve while the log grows.
@@ -196,8 +217,6 @@ impl App {
 
         let grpc = match grpc_listener {
             Some(listener) => {
-                let pseudonyms = Pseudonymizer::from_file(&settings.security.pseudonym_key_file)
-                    .context("reading the pseudonym key")?;
                 let max_message = settings.security.max_message_bytes;
                 let (reporter, health) = tonic_health::server::health_reporter();
                 let ingest = match &log {
@@ -205,31 +224,19 @@ impl App {
                         reporter.set_serving::<IngestServer<EdgeService>>().await;
                         let edge_config =
                             EdgeConfig { dedup_capacity: settings.dedup_capacity, ..EdgeConfig::default() };
-                        let edge = EdgeService::new(
-                            log.clone(),
-                            validator.clone(),
-                            &edge_config,
-                            guard.clone(),
-                            pseudonyms.clone(),
-                        );
+                        let pseudonyms = pseudonyms.clone().expect("read for the edge role");
+                        let edge =
+                            EdgeService::new(log.clone(), validator.clone(), &edge_config, guard.clone(), pseudonyms);
                         Some(IngestServer::new(edge).max_decoding_message_size(max_message))
                     }
                     _ => None,
                 };
-                let lookup = match &store {
-                    Some(store) if role.lookup() => {
+                let lookup = match lookup {
+                    Some(lookup) => {
                         reporter.set_serving::<LookupServer<LookupService>>().await;
-                        let config = LookupConfig { budget: settings.lookup_budget, ..LookupConfig::default() };
-                        let lookup = LookupService::new(
-                            store.clone(),
-                            settings.policy.clone(),
-                            config,
-                            guard.clone(),
-                            pseudonyms,
-                        );
-                        Some(LookupServer::new(lookup).max_decoding_message_size(max_message))
+                        Some(LookupServer::from_arc(lookup).max_decoding_message_size(max_message))
                     }
-                    _ => None,
+                    None => None,
                 };
                 let reflection = tonic_reflection::server::Builder::configure()
                     .register_encoded_file_descriptor_set(healthcode_proto::FILE_DESCRIPTOR_SET)

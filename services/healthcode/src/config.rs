@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use healthcode_core::{Limits, Policy};
 use healthcode_log_kafka::KafkaConfig;
+use healthcode_lookup::LookupConfig;
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -112,6 +113,18 @@ pub struct ServeArgs {
     #[arg(long, env = "HEALTHCODE_LOOKUP_BUDGET", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub lookup_budget: Option<Duration>,
+    /// How long a store read answers later lookups of the resident without
+    /// asking the store again [default: 250ms]
+    #[arg(long, env = "HEALTHCODE_LOOKUP_CACHE_FRESH_FOR", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub lookup_cache_fresh_for: Option<Duration>,
+    /// How long last known facts may answer, flagged stale, while the store fails [default: 24h]
+    #[arg(long, env = "HEALTHCODE_LOOKUP_CACHE_STALE_FOR", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub lookup_cache_stale_for: Option<Duration>,
+    /// Residents the lookup cache holds [default: 500000]
+    #[arg(long, env = "HEALTHCODE_LOOKUP_CACHE_CAPACITY")]
+    pub lookup_cache_capacity: Option<u64>,
     /// Recent event ids the edge remembers for DUPLICATE answers [default: 500000]
     #[arg(long, env = "HEALTHCODE_DEDUP_CAPACITY")]
     pub dedup_capacity: Option<u64>,
@@ -187,7 +200,7 @@ pub struct Settings {
     pub store: StoreBackend,
     pub policy: Policy,
     pub limits: Limits,
-    pub lookup_budget: Duration,
+    pub lookup: LookupConfig,
     pub dedup_capacity: u64,
     pub materializer_batch: usize,
     /// Kafka settings; used when `log` is `Kafka`.
@@ -246,6 +259,7 @@ impl ServeArgs {
     fn resolve_with(self, file: ServeArgs) -> anyhow::Result<Settings> {
         let default_policy = Policy::default();
         let default_limits = Limits::default();
+        let default_lookup = LookupConfig::default();
         let policy = Policy::new(
             self.negative_validity.or(file.negative_validity).unwrap_or(default_policy.negative_validity),
             self.negatives_to_clear.or(file.negatives_to_clear).unwrap_or(default_policy.negatives_to_clear),
@@ -323,7 +337,22 @@ impl ServeArgs {
                     .unwrap_or(default_limits.max_future_skew),
                 retention,
             },
-            lookup_budget: self.lookup_budget.or(file.lookup_budget).unwrap_or(Duration::from_millis(50)),
+            lookup: LookupConfig {
+                budget: self.lookup_budget.or(file.lookup_budget).unwrap_or(default_lookup.budget),
+                cache_fresh_for: self
+                    .lookup_cache_fresh_for
+                    .or(file.lookup_cache_fresh_for)
+                    .unwrap_or(default_lookup.cache_fresh_for),
+                cache_stale_for: self
+                    .lookup_cache_stale_for
+                    .or(file.lookup_cache_stale_for)
+                    .unwrap_or(default_lookup.cache_stale_for),
+                cache_capacity: self
+                    .lookup_cache_capacity
+                    .or(file.lookup_cache_capacity)
+                    .unwrap_or(default_lookup.cache_capacity),
+                ..default_lookup
+            },
             dedup_capacity: self.dedup_capacity.or(file.dedup_capacity).unwrap_or(500_000),
             materializer_batch,
             kafka,

@@ -2,17 +2,26 @@
 //! An unknown resident is an answer (YELLOW, NO_RECORD), not an error.
 //! Residents are looked up by the same keyed pseudonym the edge stored them
 //! under; the reply carries back the id the caller asked with.
+//!
+//! Every lookup is bounded: the store gets at most the budget (50 ms) or the
+//! caller's own `grpc-timeout`, whichever is shorter. When it fails or is
+//! late, the last known facts answer with `stale = true`; only a resident
+//! never cached gets UNAVAILABLE with `retry-after-ms`.
+
+pub mod cache;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use healthcode_auth::{Guard, Pseudonymizer, Rpc};
+use healthcode_auth::{Admitted, Guard, Pseudonymizer, Rpc};
 use healthcode_core::validation::{MAX_LOOKUP_BATCH, check_id};
 use healthcode_core::wire::{color_to_wire, reason_to_wire};
 use healthcode_core::{Color, Facts, Policy, Status, UnixMicros, ValidationError};
 use healthcode_proto::v1::{self as pb, lookup_server::Lookup};
 use healthcode_rpc::ServiceError;
-use healthcode_store::{StatusStore, StoreError};
+use healthcode_store::StatusStore;
+
+use crate::cache::FactsCache;
 use tonic::{Request, Response};
 
 #[derive(Clone, Debug)]
@@ -21,11 +30,23 @@ pub struct LookupConfig {
     pub budget: Duration,
     /// What a caller is told to wait before retrying when the store is down.
     pub retry_after: Duration,
+    /// How long a store read answers later lookups without asking again.
+    pub cache_fresh_for: Duration,
+    /// How long the last known facts may answer, flagged stale, while the store fails.
+    pub cache_stale_for: Duration,
+    /// Residents kept in the cache.
+    pub cache_capacity: u64,
 }
 
 impl Default for LookupConfig {
     fn default() -> Self {
-        LookupConfig { budget: Duration::from_millis(50), retry_after: Duration::from_millis(200) }
+        LookupConfig {
+            budget: Duration::from_millis(50),
+            retry_after: Duration::from_millis(200),
+            cache_fresh_for: Duration::from_millis(250),
+            cache_stale_for: Duration::from_secs(24 * 3600),
+            cache_capacity: 500_000,
+        }
     }
 }
 
@@ -35,6 +56,7 @@ pub struct LookupService {
     config: LookupConfig,
     guard: Arc<Guard>,
     pseudonyms: Pseudonymizer,
+    cache: Arc<FactsCache>,
 }
 
 impl LookupService {
@@ -45,37 +67,58 @@ impl LookupService {
         guard: Arc<Guard>,
         pseudonyms: Pseudonymizer,
     ) -> Self {
-        LookupService { store, policy, config, guard, pseudonyms }
+        let cache = FactsCache::new(config.cache_capacity, config.cache_fresh_for, config.cache_stale_for);
+        LookupService { store, policy, config, guard, pseudonyms, cache: Arc::new(cache) }
     }
 
-    async fn read<T>(&self, read: impl Future<Output = Result<T, StoreError>>) -> Result<T, ServiceError> {
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(self.config.budget, read).await;
-        metrics::histogram!("healthcode_lookup_store_read_seconds").record(started.elapsed());
-        let detail = match outcome {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within the {} ms budget", self.config.budget.as_millis()),
-        };
-        tracing::warn!(detail, "status store read failed");
-        Err(ServiceError::Unavailable { what: "status store", detail, retry_after: self.config.retry_after })
+    /// The cache, for the materializer of the same process to fold its writes into.
+    pub fn cache(&self) -> Arc<FactsCache> {
+        self.cache.clone()
     }
 
-    fn status(&self, resident_id: String, facts: Option<Facts>, now: UnixMicros) -> pb::ResidentStatus {
+    /// The store's time for this call: the budget, or less when the caller waits less.
+    fn deadline(&self, call: &Admitted) -> Duration {
+        call.client_timeout.map_or(self.config.budget, |t| t.min(self.config.budget))
+    }
+
+    fn unavailable(&self, detail: String) -> ServiceError {
+        tracing::warn!(detail, "status store read failed and nothing is cached");
+        metrics::counter!("healthcode_lookup_reads_total", "source" => "unavailable").increment(1);
+        ServiceError::Unavailable { what: "status store", detail, retry_after: self.config.retry_after }
+    }
+
+    async fn read(&self, resident_id: &str, call: &Admitted) -> Result<(Option<Facts>, bool), ServiceError> {
+        let started = std::time::Instant::now();
+        let read = self.cache.read(&self.pseudonyms.pseudonym(resident_id), &*self.store, self.deadline(call)).await;
+        metrics::histogram!("healthcode_lookup_read_seconds").record(started.elapsed());
+        let read = read.map_err(|detail| self.unavailable(detail))?;
+        metrics::counter!("healthcode_lookup_reads_total", "source" => read.label()).increment(1);
+        Ok(read.facts())
+    }
+
+    fn status(&self, resident_id: String, facts: Option<Facts>, stale: bool, now: UnixMicros) -> pb::ResidentStatus {
         let status = self.policy.evaluate(&facts.unwrap_or_default(), now);
         metrics::counter!("healthcode_lookup_answers_total", "color" => color_label(status.color)).increment(1);
-        to_wire(resident_id, &status, false)
+        to_wire(resident_id, &status, stale)
     }
 
-    async fn get_status(&self, request: pb::GetStatusRequest) -> Result<pb::ResidentStatus, ServiceError> {
+    async fn get_status(
+        &self,
+        call: Admitted,
+        request: pb::GetStatusRequest,
+    ) -> Result<pb::ResidentStatus, ServiceError> {
         check_id(&request.resident_id, "resident_id")?;
-        let facts = self.read(self.store.get(&self.pseudonyms.pseudonym(&request.resident_id))).await?;
-        Ok(self.status(request.resident_id, facts, UnixMicros::now()))
+        let (facts, stale) = self.read(&request.resident_id, &call).await?;
+        Ok(self.status(request.resident_id, facts, stale, UnixMicros::now()))
     }
 
-    async fn list_overrides(&self, request: pb::ListOverridesRequest) -> Result<pb::ListOverridesReply, ServiceError> {
+    async fn list_overrides(
+        &self,
+        call: Admitted,
+        request: pb::ListOverridesRequest,
+    ) -> Result<pb::ListOverridesReply, ServiceError> {
         check_id(&request.resident_id, "resident_id")?;
-        let facts = self.read(self.store.get(&self.pseudonyms.pseudonym(&request.resident_id))).await?;
+        let (facts, _) = self.read(&request.resident_id, &call).await?;
         let ts = |t: UnixMicros| Some(t.to_timestamp());
         let overrides = facts
             .map(|f| f.overrides)
@@ -96,6 +139,7 @@ impl LookupService {
 
     async fn batch_get_status(
         &self,
+        call: Admitted,
         request: pb::BatchGetStatusRequest,
     ) -> Result<pb::BatchGetStatusReply, ServiceError> {
         let ids = request.resident_id;
@@ -106,9 +150,20 @@ impl LookupService {
             check_id(id, &format!("resident_id[{i}]"))?;
         }
         let keys: Vec<String> = ids.iter().map(|id| self.pseudonyms.pseudonym(id)).collect();
-        let facts = self.read(self.store.get_many(&keys)).await?;
+        let started = std::time::Instant::now();
+        let reads = self.cache.read_many(&keys, &*self.store, self.deadline(&call)).await;
+        metrics::histogram!("healthcode_lookup_read_seconds").record(started.elapsed());
+        let reads = reads.map_err(|detail| self.unavailable(detail))?;
         let now = UnixMicros::now();
-        let statuses = ids.into_iter().zip(facts).map(|(id, f)| self.status(id, f, now)).collect();
+        let statuses = ids
+            .into_iter()
+            .zip(reads)
+            .map(|(id, read)| {
+                metrics::counter!("healthcode_lookup_reads_total", "source" => read.label()).increment(1);
+                let (facts, stale) = read.facts();
+                self.status(id, facts, stale, now)
+            })
+            .collect();
         Ok(pb::BatchGetStatusReply { statuses })
     }
 }
@@ -143,20 +198,20 @@ impl Lookup for LookupService {
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::ResidentStatus>, tonic::Status> {
-        self.guard.serve(Rpc::GetStatus, request, |_, r| self.get_status(r)).await
+        self.guard.serve(Rpc::GetStatus, request, |call, r| self.get_status(call, r)).await
     }
 
     async fn batch_get_status(
         &self,
         request: Request<pb::BatchGetStatusRequest>,
     ) -> Result<Response<pb::BatchGetStatusReply>, tonic::Status> {
-        self.guard.serve(Rpc::BatchGetStatus, request, |_, r| self.batch_get_status(r)).await
+        self.guard.serve(Rpc::BatchGetStatus, request, |call, r| self.batch_get_status(call, r)).await
     }
 
     async fn list_overrides(
         &self,
         request: Request<pb::ListOverridesRequest>,
     ) -> Result<Response<pb::ListOverridesReply>, tonic::Status> {
-        self.guard.serve(Rpc::ListOverrides, request, |_, r| self.list_overrides(r)).await
+        self.guard.serve(Rpc::ListOverrides, request, |call, r| self.list_overrides(call, r)).await
     }
 }

@@ -12,7 +12,7 @@ use healthcode_core::{Facts, Validator};
 use healthcode_log::{Delivered, LogConsumer, LogError, Position};
 use healthcode_proto::Message;
 use healthcode_proto::v1 as pb;
-use healthcode_store::{FactsUpdate, StatusStore};
+use healthcode_store::{FactsUpdate, MergeObserver, StatusStore};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug)]
@@ -50,6 +50,7 @@ pub struct Materializer {
     store: Arc<dyn StatusStore>,
     validator: Validator,
     config: MaterializerConfig,
+    observer: Option<Arc<dyn MergeObserver>>,
 }
 
 /// What one batch folded into: updates per resident, and the records that
@@ -89,7 +90,13 @@ impl Materializer {
         validator: Validator,
         config: MaterializerConfig,
     ) -> Self {
-        Materializer { consumer, store, validator, config }
+        Materializer { consumer, store, validator, config, observer: None }
+    }
+
+    /// Tells `observer` every merge this materializer made durable.
+    pub fn with_observer(mut self, observer: Arc<dyn MergeObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Runs until `shutdown` is cancelled; the batch in hand is finished
@@ -196,6 +203,9 @@ impl Materializer {
             // Unreachable with unlimited retries; keep the batch for replay.
             tracing::error!(error = %e, "store merge gave up");
             return None;
+        }
+        if let Some(observer) = &self.observer {
+            observer.merged(&folded.updates).await;
         }
         metrics::counter!("healthcode_materializer_events_total", "result" => "applied")
             .increment(folded.events as u64);

@@ -64,6 +64,23 @@ impl From<ServiceError> for Status {
     }
 }
 
+/// The caller's deadline from the `grpc-timeout` header (digits and a unit:
+/// H, M, S, m, u, n), if it sent one.
+pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Records one finished RPC: `healthcode_grpc_requests_total{rpc, code}` and
 /// `healthcode_grpc_request_seconds{rpc}`. `rpc` must be a static method name.
 pub fn observe<T>(rpc: &'static str, started: Instant, result: &Result<T, ServiceError>) {
@@ -110,6 +127,25 @@ mod tests {
         let status = Status::from(err);
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.metadata().get(RETRY_AFTER_MS).unwrap(), "250");
+    }
+
+    #[test]
+    fn grpc_timeout_is_read_in_every_unit() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        assert_eq!(grpc_timeout(&metadata), None);
+        for (value, expected) in [
+            ("20m", Duration::from_millis(20)),
+            ("3S", Duration::from_secs(3)),
+            ("1500u", Duration::from_micros(1500)),
+            ("2M", Duration::from_secs(120)),
+            ("7n", Duration::from_nanos(7)),
+            ("1H", Duration::from_secs(3600)),
+        ] {
+            metadata.insert("grpc-timeout", value.parse().unwrap());
+            assert_eq!(grpc_timeout(&metadata), Some(expected), "{value}");
+        }
+        metadata.insert("grpc-timeout", "5x".parse().unwrap());
+        assert_eq!(grpc_timeout(&metadata), None);
     }
 
     #[test]

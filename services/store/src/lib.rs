@@ -9,8 +9,10 @@ use healthcode_core::{Facts, UnixMicros};
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
+pub mod faults;
 
 pub use embedded::EmbeddedStore;
+pub use faults::{FaultyStore, StoreFaults};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -52,4 +54,11 @@ pub trait StatusStore: Send + Sync + 'static {
 /// window: their latest event time is older than `now - retention`.
 pub fn expired(facts: &Facts, retention: Duration, now: UnixMicros) -> bool {
     facts.updated_at.is_some_and(|t| t.saturating_add(retention) < now)
+}
+
+/// Told what a merge wrote once it is durable: the lookup's cache in the
+/// same process keeps up with the materializer without rereading the store.
+#[async_trait]
+pub trait MergeObserver: Send + Sync {
+    async fn merged(&self, updates: &[FactsUpdate]);
 }

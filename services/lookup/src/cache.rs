@@ -1,0 +1,165 @@
+//! The lookup's cache of resident facts (moka). A read younger than
+//! `fresh_for` is answered without the store; concurrent lookups of one
+//! resident share one store read (moka serialises computations per key, and
+//! the later ones find the entry fresh). Entries are kept for `stale_for` as
+//! the last known facts: when the store fails or misses the deadline, they
+//! answer, flagged stale.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use healthcode_core::Facts;
+use healthcode_store::{FactsUpdate, MergeObserver, StatusStore, StoreError};
+use moka::ops::compute::{CompResult, Op};
+
+#[derive(Clone, Debug)]
+pub struct Known {
+    pub facts: Option<Facts>,
+    read_at: Instant,
+}
+
+/// Where an answer came from.
+#[derive(Clone, Debug)]
+pub enum Read {
+    /// Read from the store now.
+    Store(Option<Facts>),
+    /// From the cache, younger than `fresh_for`.
+    Cached(Option<Facts>),
+    /// From the cache, older: the store failed or was too slow.
+    Stale(Option<Facts>),
+}
+
+impl Read {
+    pub fn facts(self) -> (Option<Facts>, bool) {
+        match self {
+            Read::Store(f) | Read::Cached(f) => (f, false),
+            Read::Stale(f) => (f, true),
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Read::Store(_) => "store",
+            Read::Cached(_) => "cache",
+            Read::Stale(_) => "stale",
+        }
+    }
+}
+
+pub struct FactsCache {
+    entries: moka::future::Cache<String, Arc<Known>>,
+    fresh_for: Duration,
+}
+
+impl FactsCache {
+    pub fn new(capacity: u64, fresh_for: Duration, stale_for: Duration) -> FactsCache {
+        FactsCache {
+            entries: moka::future::Cache::builder().max_capacity(capacity).time_to_live(stale_for).build(),
+            fresh_for,
+        }
+    }
+
+    fn fresh(&self, known: &Known) -> bool {
+        known.read_at.elapsed() < self.fresh_for
+    }
+
+    /// One resident's facts within `deadline`; `Err` only when the store
+    /// failed and nothing is cached.
+    pub async fn read(&self, key: &str, store: &dyn StatusStore, deadline: Duration) -> Result<Read, String> {
+        let load = self.entries.entry_by_ref(key).and_try_compute_with(|entry| async move {
+            match entry {
+                Some(e) if self.fresh(e.value()) => Ok::<_, StoreError>(Op::Nop),
+                _ => {
+                    let facts = store.get(key).await?;
+                    Ok(Op::Put(Arc::new(Known { facts, read_at: Instant::now() })))
+                }
+            }
+        });
+        let failure = match tokio::time::timeout(deadline, load).await {
+            Ok(Ok(result)) => {
+                // Unchanged: the entry was fresh (another caller's read, or the window).
+                let hit = matches!(result, CompResult::Unchanged(_));
+                let facts = result.into_entry().expect("computed or fresh").value().facts.clone();
+                return Ok(if hit { Read::Cached(facts) } else { Read::Store(facts) });
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", deadline.as_millis()),
+        };
+        match self.entries.get(key).await {
+            Some(known) => Ok(Read::Stale(known.facts.clone())),
+            None => Err(failure),
+        }
+    }
+
+    /// Many residents' facts, in order: the fresh ones from the cache, the
+    /// rest in one store read within `deadline`. `Err` when the store failed
+    /// and one of them is not cached.
+    pub async fn read_many(
+        &self,
+        keys: &[String],
+        store: &dyn StatusStore,
+        deadline: Duration,
+    ) -> Result<Vec<Read>, String> {
+        let mut out: Vec<Option<Read>> = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match self.entries.get(key).await {
+                Some(known) if self.fresh(&known) => out.push(Some(Read::Cached(known.facts.clone()))),
+                _ => {
+                    out.push(None);
+                    missing.push(i);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out.into_iter().flatten().collect());
+        }
+        let wanted: Vec<String> = missing.iter().map(|i| keys[*i].clone()).collect();
+        match tokio::time::timeout(deadline, store.get_many(&wanted)).await {
+            Ok(Ok(read)) => {
+                for (i, facts) in missing.into_iter().zip(read) {
+                    let known = Arc::new(Known { facts: facts.clone(), read_at: Instant::now() });
+                    self.entries.insert(keys[i].clone(), known).await;
+                    out[i] = Some(Read::Store(facts));
+                }
+            }
+            failed => {
+                let failure = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {} ms", deadline.as_millis()),
+                };
+                for i in missing {
+                    match self.entries.get(&keys[i]).await {
+                        Some(known) => out[i] = Some(Read::Stale(known.facts.clone())),
+                        None => return Err(failure),
+                    }
+                }
+            }
+        }
+        Ok(out.into_iter().map(|r| r.expect("every slot filled")).collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl MergeObserver for FactsCache {
+    /// Folds updates the materializer of this process merged into the store
+    /// into the cached facts (a join, so it is safe in any order). Residents
+    /// not cached stay so.
+    async fn merged(&self, updates: &[FactsUpdate]) {
+        for update in updates {
+            self.entries
+                .entry_by_ref(&update.resident)
+                .and_compute_with(|entry| async move {
+                    match entry {
+                        Some(e) => {
+                            let known = e.into_value();
+                            let facts = Some(known.facts.clone().unwrap_or_default().merged(&update.facts));
+                            Op::Put(Arc::new(Known { facts, read_at: known.read_at }))
+                        }
+                        None => Op::Nop,
+                    }
+                })
+                .await;
+        }
+    }
+}
