@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use healthcode_rpc::{ServiceError, grpc_timeout, observe};
+use healthcode_rpc::{Lane, ServiceError, grpc_timeout, observe};
 use tonic::metadata::MetadataMap;
 
 use crate::{Principal, Rpc, TokenRegistry, principal_from_cert};
@@ -114,11 +114,13 @@ impl Guard {
         result
     }
 
-    /// Runs one gRPC call: admits it, hands the caller and the message to
+    /// Runs one gRPC call: admits the caller, then takes a slot in `lane`
+    /// (unknown callers never take one), hands the caller and the message to
     /// `handle`, records the call's metrics and maps the error to a status.
     pub async fn serve<T, R, Fut>(
         &self,
         rpc: Rpc,
+        lane: &Lane,
         request: tonic::Request<T>,
         handle: impl FnOnce(Admitted, T) -> Fut,
     ) -> Result<tonic::Response<R>, tonic::Status>
@@ -127,10 +129,13 @@ impl Guard {
     {
         let started = std::time::Instant::now();
         let result = match self.admit(&request, rpc) {
-            Ok(caller) => {
-                let admitted = Admitted { caller, client_timeout: grpc_timeout(request.metadata()) };
-                handle(admitted, request.into_inner()).await
-            }
+            Ok(caller) => match lane.enter().await {
+                Ok(_slot) => {
+                    let admitted = Admitted { caller, client_timeout: grpc_timeout(request.metadata()) };
+                    handle(admitted, request.into_inner()).await
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         observe(rpc.name(), started, &result);

@@ -16,7 +16,7 @@ use healthcode_core::{Event, EventBody, UnixMicros, ValidationError, Validator, 
 use healthcode_log::{EventLog, LogError, Record};
 use healthcode_proto::Message;
 use healthcode_proto::v1::{self as pb, event::Kind, ingest_server::Ingest};
-use healthcode_rpc::ServiceError;
+use healthcode_rpc::{Lane, LaneConfig, ServiceError};
 use tonic::{Request, Response, Status};
 
 #[derive(Clone, Debug)]
@@ -27,6 +27,8 @@ pub struct EdgeConfig {
     pub dedup_ttl: Duration,
     /// What a station is told to wait before retrying when the log is down.
     pub retry_after: Duration,
+    /// Concurrent submit calls and their queue.
+    pub lane: LaneConfig,
 }
 
 impl Default for EdgeConfig {
@@ -35,6 +37,12 @@ impl Default for EdgeConfig {
             dedup_capacity: 500_000,
             dedup_ttl: Duration::from_secs(24 * 3600),
             retry_after: Duration::from_millis(500),
+            lane: LaneConfig {
+                concurrency: 512,
+                queue: 4096,
+                max_wait: Duration::from_secs(1),
+                retry_after: Duration::from_millis(500),
+            },
         }
     }
 }
@@ -46,6 +54,7 @@ pub struct EdgeService {
     retry_after: Duration,
     guard: Arc<Guard>,
     pseudonyms: Pseudonymizer,
+    lane: Lane,
 }
 
 impl EdgeService {
@@ -58,7 +67,8 @@ impl EdgeService {
     ) -> Self {
         let recent =
             moka::sync::Cache::builder().max_capacity(config.dedup_capacity).time_to_live(config.dedup_ttl).build();
-        EdgeService { log, validator, recent, retry_after: config.retry_after, guard, pseudonyms }
+        let lane = Lane::new("ingest", config.lane.clone());
+        EdgeService { log, validator, recent, retry_after: config.retry_after, guard, pseudonyms, lane }
     }
 
     /// Validated events of the caller, with the resident id replaced by its pseudonym.
@@ -102,11 +112,9 @@ impl EdgeService {
         kind: impl FnOnce(T) -> Option<Kind>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
         self.guard
-            .serve(
-                rpc,
-                request,
-                |call, r| async move { self.submit_one(&call.caller, pb::Event { kind: kind(r) }).await },
-            )
+            .serve(rpc, &self.lane, request, |call, r| async move {
+                self.submit_one(&call.caller, pb::Event { kind: kind(r) }).await
+            })
             .await
     }
 
@@ -228,7 +236,12 @@ impl Ingest for EdgeService {
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchReply>, Status> {
         self.guard
-            .serve(Rpc::SubmitBatch, request, |call, r| async move { self.submit_batch(&call.caller, r).await })
+            .serve(
+                Rpc::SubmitBatch,
+                &self.lane,
+                request,
+                |call, r| async move { self.submit_batch(&call.caller, r).await },
+            )
             .await
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use healthcode_auth::{DevCredentials, Guard, GuardConfig, Pseudonymizer, TokenRegistry};
 use healthcode_core::Validator;
-use healthcode_edge::{EdgeConfig, EdgeService};
+use healthcode_edge::EdgeService;
 use healthcode_log::{EmbeddedLog, EventLog};
 use healthcode_log_kafka::KafkaLog;
 use healthcode_lookup::LookupService;
@@ -222,11 +222,9 @@ impl App {
                 let ingest = match &log {
                     Some(log) if role.edge() => {
                         reporter.set_serving::<IngestServer<EdgeService>>().await;
-                        let edge_config =
-                            EdgeConfig { dedup_capacity: settings.dedup_capacity, ..EdgeConfig::default() };
                         let pseudonyms = pseudonyms.clone().expect("read for the edge role");
                         let edge =
-                            EdgeService::new(log.clone(), validator.clone(), &edge_config, guard.clone(), pseudonyms);
+                            EdgeService::new(log.clone(), validator.clone(), &settings.edge, guard.clone(), pseudonyms);
                         Some(IngestServer::new(edge).max_decoding_message_size(max_message))
                     }
                     _ => None,

@@ -9,8 +9,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use healthcode_core::{Limits, Policy};
+use healthcode_edge::EdgeConfig;
 use healthcode_log_kafka::KafkaConfig;
 use healthcode_lookup::LookupConfig;
+use healthcode_rpc::LaneConfig;
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -125,6 +127,26 @@ pub struct ServeArgs {
     /// Residents the lookup cache holds [default: 500000]
     #[arg(long, env = "HEALTHCODE_LOOKUP_CACHE_CAPACITY")]
     pub lookup_cache_capacity: Option<u64>,
+    /// Lookups served at once [default: 256]
+    #[arg(long, env = "HEALTHCODE_LOOKUP_CONCURRENCY")]
+    pub lookup_concurrency: Option<usize>,
+    /// Lookups that may wait for a slot; more are shed (RESOURCE_EXHAUSTED) [default: 1024]
+    #[arg(long, env = "HEALTHCODE_LOOKUP_QUEUE")]
+    pub lookup_queue: Option<usize>,
+    /// Longest wait of a lookup for a slot [default: 20ms]
+    #[arg(long, env = "HEALTHCODE_LOOKUP_QUEUE_WAIT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub lookup_queue_wait: Option<Duration>,
+    /// Submit calls served at once [default: 512]
+    #[arg(long, env = "HEALTHCODE_INGEST_CONCURRENCY")]
+    pub ingest_concurrency: Option<usize>,
+    /// Submit calls that may wait for a slot; more are shed [default: 4096]
+    #[arg(long, env = "HEALTHCODE_INGEST_QUEUE")]
+    pub ingest_queue: Option<usize>,
+    /// Longest wait of a submit call for a slot [default: 1s]
+    #[arg(long, env = "HEALTHCODE_INGEST_QUEUE_WAIT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub ingest_queue_wait: Option<Duration>,
     /// Recent event ids the edge remembers for DUPLICATE answers [default: 500000]
     #[arg(long, env = "HEALTHCODE_DEDUP_CAPACITY")]
     pub dedup_capacity: Option<u64>,
@@ -201,7 +223,7 @@ pub struct Settings {
     pub policy: Policy,
     pub limits: Limits,
     pub lookup: LookupConfig,
-    pub dedup_capacity: u64,
+    pub edge: EdgeConfig,
     pub materializer_batch: usize,
     /// Kafka settings; used when `log` is `Kafka`.
     pub kafka: KafkaConfig,
@@ -260,6 +282,7 @@ impl ServeArgs {
         let default_policy = Policy::default();
         let default_limits = Limits::default();
         let default_lookup = LookupConfig::default();
+        let default_edge = EdgeConfig::default();
         let policy = Policy::new(
             self.negative_validity.or(file.negative_validity).unwrap_or(default_policy.negative_validity),
             self.negatives_to_clear.or(file.negatives_to_clear).unwrap_or(default_policy.negatives_to_clear),
@@ -351,9 +374,30 @@ impl ServeArgs {
                     .lookup_cache_capacity
                     .or(file.lookup_cache_capacity)
                     .unwrap_or(default_lookup.cache_capacity),
+                lane: LaneConfig {
+                    concurrency: self
+                        .lookup_concurrency
+                        .or(file.lookup_concurrency)
+                        .unwrap_or(default_lookup.lane.concurrency),
+                    queue: self.lookup_queue.or(file.lookup_queue).unwrap_or(default_lookup.lane.queue),
+                    max_wait: self.lookup_queue_wait.or(file.lookup_queue_wait).unwrap_or(default_lookup.lane.max_wait),
+                    ..default_lookup.lane.clone()
+                },
                 ..default_lookup
             },
-            dedup_capacity: self.dedup_capacity.or(file.dedup_capacity).unwrap_or(500_000),
+            edge: EdgeConfig {
+                dedup_capacity: self.dedup_capacity.or(file.dedup_capacity).unwrap_or(default_edge.dedup_capacity),
+                lane: LaneConfig {
+                    concurrency: self
+                        .ingest_concurrency
+                        .or(file.ingest_concurrency)
+                        .unwrap_or(default_edge.lane.concurrency),
+                    queue: self.ingest_queue.or(file.ingest_queue).unwrap_or(default_edge.lane.queue),
+                    max_wait: self.ingest_queue_wait.or(file.ingest_queue_wait).unwrap_or(default_edge.lane.max_wait),
+                    ..default_edge.lane.clone()
+                },
+                ..default_edge
+            },
             materializer_batch,
             kafka,
             materializer_group: self

@@ -18,7 +18,7 @@ use healthcode_core::validation::{MAX_LOOKUP_BATCH, check_id};
 use healthcode_core::wire::{color_to_wire, reason_to_wire};
 use healthcode_core::{Color, Facts, Policy, Status, UnixMicros, ValidationError};
 use healthcode_proto::v1::{self as pb, lookup_server::Lookup};
-use healthcode_rpc::ServiceError;
+use healthcode_rpc::{Lane, LaneConfig, ServiceError};
 use healthcode_store::StatusStore;
 
 use crate::cache::FactsCache;
@@ -36,6 +36,9 @@ pub struct LookupConfig {
     pub cache_stale_for: Duration,
     /// Residents kept in the cache.
     pub cache_capacity: u64,
+    /// Concurrent lookups and their queue; the wait counts against no budget,
+    /// so it is kept short.
+    pub lane: LaneConfig,
 }
 
 impl Default for LookupConfig {
@@ -46,6 +49,12 @@ impl Default for LookupConfig {
             cache_fresh_for: Duration::from_millis(250),
             cache_stale_for: Duration::from_secs(24 * 3600),
             cache_capacity: 500_000,
+            lane: LaneConfig {
+                concurrency: 256,
+                queue: 1024,
+                max_wait: Duration::from_millis(20),
+                retry_after: Duration::from_millis(100),
+            },
         }
     }
 }
@@ -57,6 +66,7 @@ pub struct LookupService {
     guard: Arc<Guard>,
     pseudonyms: Pseudonymizer,
     cache: Arc<FactsCache>,
+    lane: Lane,
 }
 
 impl LookupService {
@@ -68,7 +78,8 @@ impl LookupService {
         pseudonyms: Pseudonymizer,
     ) -> Self {
         let cache = FactsCache::new(config.cache_capacity, config.cache_fresh_for, config.cache_stale_for);
-        LookupService { store, policy, config, guard, pseudonyms, cache: Arc::new(cache) }
+        let lane = Lane::new("lookup", config.lane.clone());
+        LookupService { store, policy, config, guard, pseudonyms, cache: Arc::new(cache), lane }
     }
 
     /// The cache, for the materializer of the same process to fold its writes into.
@@ -198,20 +209,20 @@ impl Lookup for LookupService {
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::ResidentStatus>, tonic::Status> {
-        self.guard.serve(Rpc::GetStatus, request, |call, r| self.get_status(call, r)).await
+        self.guard.serve(Rpc::GetStatus, &self.lane, request, |call, r| self.get_status(call, r)).await
     }
 
     async fn batch_get_status(
         &self,
         request: Request<pb::BatchGetStatusRequest>,
     ) -> Result<Response<pb::BatchGetStatusReply>, tonic::Status> {
-        self.guard.serve(Rpc::BatchGetStatus, request, |call, r| self.batch_get_status(call, r)).await
+        self.guard.serve(Rpc::BatchGetStatus, &self.lane, request, |call, r| self.batch_get_status(call, r)).await
     }
 
     async fn list_overrides(
         &self,
         request: Request<pb::ListOverridesRequest>,
     ) -> Result<Response<pb::ListOverridesReply>, tonic::Status> {
-        self.guard.serve(Rpc::ListOverrides, request, |call, r| self.list_overrides(call, r)).await
+        self.guard.serve(Rpc::ListOverrides, &self.lane, request, |call, r| self.list_overrides(call, r)).await
     }
 }

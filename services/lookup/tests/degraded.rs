@@ -146,3 +146,34 @@ async fn merges_reported_by_the_materializer_reach_the_cache() {
     assert_eq!(f.get("erin").await.unwrap().color, pb::Color::Red as i32, "the cache saw the write");
     assert_eq!(f.faults.reads(), reads, "answered from the cache");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_beyond_the_lane_and_its_queue_are_shed_with_retry_after() {
+    let lane = healthcode_rpc::LaneConfig {
+        concurrency: 2,
+        queue: 0,
+        max_wait: Duration::from_millis(5),
+        retry_after: Duration::from_millis(100),
+    };
+    let f = Arc::new(fixture(LookupConfig { lane, budget: Duration::from_secs(1), ..no_cache_window() }));
+    f.faults.set_delay(Duration::from_millis(200));
+    let lookups: Vec<_> = (0..6)
+        .map(|i| {
+            let f = f.clone();
+            tokio::spawn(async move { f.get(&format!("r{i}")).await })
+        })
+        .collect();
+    let mut served = 0;
+    let mut shed = 0;
+    for lookup in lookups {
+        match lookup.await.unwrap() {
+            Ok(_) => served += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert_eq!(status.metadata().get(healthcode_rpc::RETRY_AFTER_MS).unwrap(), "100");
+                shed += 1;
+            }
+        }
+    }
+    assert_eq!((served, shed), (2, 4), "two slots, no queue");
+}

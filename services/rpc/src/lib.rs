@@ -1,4 +1,9 @@
-//! The single place where service errors become gRPC status codes.
+//! The single place where service errors become gRPC status codes, RPC
+//! metrics, and admission lanes.
+
+pub mod admission;
+
+pub use admission::{Lane, LaneConfig};
 
 use std::time::{Duration, Instant};
 
