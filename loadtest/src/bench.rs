@@ -38,6 +38,7 @@ fn canned_status(resident_id: String) -> pb::ResidentStatus {
         as_of: now,
         stale: false,
         override_expires_at: None,
+        status_token: String::new(),
     }
 }
 

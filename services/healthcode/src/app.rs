@@ -15,6 +15,7 @@ use healthcode_lookup::LookupService;
 use healthcode_materializer::{Materializer, MaterializerConfig};
 use healthcode_proto::v1::ingest_server::IngestServer;
 use healthcode_proto::v1::lookup_server::LookupServer;
+use healthcode_status_token::Signer;
 use healthcode_store::{EmbeddedStore, StatusStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -101,10 +102,26 @@ fn open_guard(security: &Security) -> anyhow::Result<Arc<Guard>> {
             );
         }
     }
+    if security.dev_credentials && !security.status_signing_key_file.exists() {
+        let keyring = security.credentials_dir.join("status-keys.toml");
+        Signer::generate(&security.status_signing_key_file, &keyring, "dev-1")
+            .context("creating the development status signing key")?;
+        tracing::info!(keyring = %keyring.display(), "created a status signing key; stations verify tokens with the keyring");
+    }
     let tokens = TokenRegistry::open(&security.tokens_file).context("reading the tokens file")?;
     tracing::info!(path = %security.tokens_file.display(), tokens = tokens.len(), "tokens loaded");
     let config = GuardConfig { rate_per_principal: security.rate_limit_per_principal };
     Ok(Arc::new(Guard::new(Arc::new(tokens), &config)))
+}
+
+/// The status token signer, when a signing key is there.
+fn open_signer(security: &Security) -> anyhow::Result<Option<Signer>> {
+    let path = &security.status_signing_key_file;
+    if !path.exists() {
+        tracing::warn!(path = %path.display(), "no status signing key: answers carry no status token");
+        return Ok(None);
+    }
+    Ok(Some(Signer::from_file(path, security.status_token_ttl).context("reading the status signing key")?))
 }
 
 fn tls_config(security: &Security) -> anyhow::Result<Option<ServerTlsConfig>> {
@@ -174,13 +191,19 @@ impl App {
             None
         };
         let lookup = match (&store, &pseudonyms) {
-            (Some(store), Some(pseudonyms)) if role.lookup() => Some(Arc::new(LookupService::new(
-                store.clone(),
-                settings.policy.clone(),
-                settings.lookup.clone(),
-                guard.clone(),
-                pseudonyms.clone(),
-            ))),
+            (Some(store), Some(pseudonyms)) if role.lookup() => {
+                let lookup = LookupService::new(
+                    store.clone(),
+                    settings.policy.clone(),
+                    settings.lookup.clone(),
+                    guard.clone(),
+                    pseudonyms.clone(),
+                );
+                Some(Arc::new(match open_signer(&settings.security)? {
+                    Some(signer) => lookup.with_signer(Arc::new(signer)),
+                    None => lookup,
+                }))
+            }
             _ => None,
         };
 

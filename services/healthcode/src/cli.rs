@@ -18,6 +18,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Override(args) => client::override_event(args).await,
         Command::Status(args) => client::status(args).await,
         Command::Overrides(args) => client::overrides(args).await,
+        Command::VerifyToken(args) => client::verify_token(args),
         Command::Credentials(command) => client::credentials(command),
     };
     match outcome {

@@ -10,6 +10,7 @@ use healthcode_auth::{DEV_PRINCIPALS, DevCredentials, Issuer, Role, TokenRegistr
 use healthcode_core::UnixMicros;
 use healthcode_proto::Timestamp;
 use healthcode_proto::v1::{self as pb, ingest_client::IngestClient, lookup_client::LookupClient};
+use healthcode_status_token::Keyring;
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -146,6 +147,17 @@ pub struct OverridesArgs {
     pub resident: String,
     #[command(flatten)]
     pub target: Target,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyTokenArgs {
+    /// The token (the `status_token` of an answer), or `-` to read it from stdin.
+    pub token: String,
+    /// Public keys of the signing service, by key id.
+    #[arg(long, env = "HEALTHCODE_STATUS_KEYS", default_value = "./data/credentials/status-keys.toml")]
+    pub keys: PathBuf,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -331,6 +343,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                     "updated_at": rfc3339(&s.updated_at),
                     "as_of": rfc3339(&s.as_of),
                     "stale": s.stale,
+                    "status_token": s.status_token,
                 })
             );
         } else {
@@ -378,6 +391,36 @@ pub async fn overrides(args: OverridesArgs) -> anyhow::Result<()> {
                 o.note
             );
         }
+    }
+    Ok(())
+}
+
+/// Verifies a token offline; an invalid token is an error (exit 1) saying why.
+pub fn verify_token(args: VerifyTokenArgs) -> anyhow::Result<()> {
+    let keyring = Keyring::from_file(&args.keys)?;
+    let token = if args.token == "-" { std::io::read_to_string(std::io::stdin())? } else { args.token };
+    let claims = keyring.verify(&token, UnixMicros::now()).context("token refused")?;
+    let time = |t: UnixMicros| humantime::format_rfc3339_seconds(t.to_system_time()).to_string();
+    let (color, reason) = (claims.color.as_str_name(), claims.reason.as_str_name());
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "resident_id": claims.resident_id, "color": color, "reason": reason,
+                "valid_until": time(claims.valid_until), "issued_at": time(claims.issued_at),
+                "key_id": claims.key_id, "stale": claims.stale,
+            })
+        );
+    } else {
+        let stale = if claims.stale { ", from the service's cache while its store was unreachable" } else { "" };
+        println!(
+            "valid: {} is {color} ({}) until {}; issued {} with key {}{stale}",
+            claims.resident_id,
+            reason.to_lowercase().replace('_', " "),
+            time(claims.valid_until),
+            time(claims.issued_at),
+            claims.key_id
+        );
     }
     Ok(())
 }

@@ -49,6 +49,8 @@ pub enum Command {
     Override(crate::client::OverrideArgs),
     /// Shows residents' current health codes.
     Status(crate::client::StatusArgs),
+    /// Checks a status token offline, with the public keys only.
+    VerifyToken(crate::client::VerifyTokenArgs),
     /// Lists the overrides on record for a resident (authority role).
     Overrides(crate::client::OverridesArgs),
     /// Issues bearer tokens and client certificates.
@@ -199,6 +201,14 @@ pub struct ServeArgs {
     /// names the principal, OU its role (mutual TLS; tokens keep working)
     #[arg(long, env = "HEALTHCODE_TLS_CLIENT_CA_FILE")]
     pub tls_client_ca_file: Option<PathBuf>,
+    /// Ed25519 key that signs the status token of every lookup answer
+    /// [default: <credentials_dir>/status-signing.toml]
+    #[arg(long, env = "HEALTHCODE_STATUS_SIGNING_KEY_FILE")]
+    pub status_signing_key_file: Option<PathBuf>,
+    /// Longest life of a status token [default: 4h]
+    #[arg(long, env = "HEALTHCODE_STATUS_TOKEN_TTL", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub status_token_ttl: Option<Duration>,
     /// Calls per second one principal may make before RESOURCE_EXHAUSTED [default: 5000]
     #[arg(long, env = "HEALTHCODE_RATE_LIMIT_PER_PRINCIPAL")]
     pub rate_limit_per_principal: Option<u32>,
@@ -239,6 +249,8 @@ pub struct Security {
     pub tokens_file: PathBuf,
     pub pseudonym_key_file: PathBuf,
     pub tls: Option<Tls>,
+    pub status_signing_key_file: PathBuf,
+    pub status_token_ttl: Duration,
     pub rate_limit_per_principal: NonZeroU32,
     pub max_message_bytes: usize,
 }
@@ -260,6 +272,7 @@ impl Settings {
         s.security.credentials_dir = data_dir.join("credentials");
         s.security.tokens_file = s.security.credentials_dir.join("tokens.toml");
         s.security.pseudonym_key_file = s.security.credentials_dir.join("pseudonym.key");
+        s.security.status_signing_key_file = s.security.credentials_dir.join("status-signing.toml");
         s
     }
 }
@@ -337,6 +350,11 @@ impl ServeArgs {
                 .pseudonym_key_file
                 .or(file.pseudonym_key_file)
                 .unwrap_or_else(|| credentials_dir.join("pseudonym.key")),
+            status_signing_key_file: self
+                .status_signing_key_file
+                .or(file.status_signing_key_file)
+                .unwrap_or_else(|| credentials_dir.join("status-signing.toml")),
+            status_token_ttl: self.status_token_ttl.or(file.status_token_ttl).unwrap_or(Duration::from_secs(4 * 3600)),
             credentials_dir,
             tls,
             rate_limit_per_principal: NonZeroU32::new(rate)

@@ -303,6 +303,11 @@ async fn statuses_follow_the_policy_and_retries_are_duplicates() {
     assert!(statuses.iter().all(|s| s.as_of.is_some() && !s.stale));
     let single = t.lookup().get_status(pb::GetStatusRequest { resident_id: "red".into() }).await.unwrap().into_inner();
     assert_eq!((single.resident_id.as_str(), single.color), ("red", pb::Color::Red as i32));
+    // The answer carries a token a station can check offline with the public keys.
+    let keyring =
+        healthcode_status_token::Keyring::from_file(&t.dir.path().join("credentials/status-keys.toml")).unwrap();
+    let claims = keyring.verify(&single.status_token, UnixMicros::now()).unwrap();
+    assert_eq!((claims.resident_id.as_str(), claims.color, claims.stale), ("red", pb::Color::Red, false));
     t.app.stop().await.unwrap();
 }
 

@@ -19,6 +19,7 @@ use healthcode_core::wire::{color_to_wire, reason_to_wire};
 use healthcode_core::{Color, Facts, Policy, Status, UnixMicros, ValidationError};
 use healthcode_proto::v1::{self as pb, lookup_server::Lookup};
 use healthcode_rpc::{Lane, LaneConfig, ServiceError};
+use healthcode_status_token::Signer;
 use healthcode_store::StatusStore;
 
 use crate::cache::FactsCache;
@@ -67,6 +68,7 @@ pub struct LookupService {
     pseudonyms: Pseudonymizer,
     cache: Arc<FactsCache>,
     lane: Lane,
+    signer: Option<Arc<Signer>>,
 }
 
 impl LookupService {
@@ -79,7 +81,13 @@ impl LookupService {
     ) -> Self {
         let cache = FactsCache::new(config.cache_capacity, config.cache_fresh_for, config.cache_stale_for);
         let lane = Lane::new("lookup", config.lane.clone());
-        LookupService { store, policy, config, guard, pseudonyms, cache: Arc::new(cache), lane }
+        LookupService { store, policy, config, guard, pseudonyms, cache: Arc::new(cache), lane, signer: None }
+    }
+
+    /// Every answer carries a status token signed by `signer`.
+    pub fn with_signer(mut self, signer: Arc<Signer>) -> Self {
+        self.signer = Some(signer);
+        self
     }
 
     /// The cache, for the materializer of the same process to fold its writes into.
@@ -110,7 +118,11 @@ impl LookupService {
     fn status(&self, resident_id: String, facts: Option<Facts>, stale: bool, now: UnixMicros) -> pb::ResidentStatus {
         let status = self.policy.evaluate(&facts.unwrap_or_default(), now);
         metrics::counter!("healthcode_lookup_answers_total", "color" => color_label(status.color)).increment(1);
-        to_wire(resident_id, &status, stale)
+        let mut wire = to_wire(resident_id, &status, stale);
+        if let Some(signer) = &self.signer {
+            wire.status_token = signer.sign(&wire, now);
+        }
+        wire
     }
 
     async fn get_status(
@@ -200,6 +212,7 @@ pub fn to_wire(resident_id: String, status: &Status, stale: bool) -> pb::Residen
         as_of: Some(status.as_of.to_timestamp()),
         stale,
         override_expires_at: ts(status.override_expires_at),
+        status_token: String::new(),
     }
 }
 
