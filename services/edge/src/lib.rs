@@ -6,6 +6,8 @@
 //! its caller. Resident ids are replaced by their pseudonyms here, before the
 //! event reaches the log.
 
+pub mod spool;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,8 @@ use healthcode_log::{EventLog, LogError, Record};
 use healthcode_proto::Message;
 use healthcode_proto::v1::{self as pb, event::Kind, ingest_server::Ingest};
 use healthcode_rpc::{Lane, LaneConfig, ServiceError};
+
+use crate::spool::Spool;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone, Debug)]
@@ -29,6 +33,8 @@ pub struct EdgeConfig {
     pub retry_after: Duration,
     /// Concurrent submit calls and their queue.
     pub lane: LaneConfig,
+    /// How long an append may take before the events go to the spool instead.
+    pub spool_after: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -43,6 +49,7 @@ impl Default for EdgeConfig {
                 max_wait: Duration::from_secs(1),
                 retry_after: Duration::from_millis(500),
             },
+            spool_after: Duration::from_secs(2),
         }
     }
 }
@@ -55,6 +62,8 @@ pub struct EdgeService {
     guard: Arc<Guard>,
     pseudonyms: Pseudonymizer,
     lane: Lane,
+    spool: Option<Arc<Spool>>,
+    spool_after: Duration,
 }
 
 impl EdgeService {
@@ -68,7 +77,24 @@ impl EdgeService {
         let recent =
             moka::sync::Cache::builder().max_capacity(config.dedup_capacity).time_to_live(config.dedup_ttl).build();
         let lane = Lane::new("ingest", config.lane.clone());
-        EdgeService { log, validator, recent, retry_after: config.retry_after, guard, pseudonyms, lane }
+        EdgeService {
+            log,
+            validator,
+            recent,
+            retry_after: config.retry_after,
+            guard,
+            pseudonyms,
+            lane,
+            spool: None,
+            spool_after: config.spool_after,
+        }
+    }
+
+    /// Events the log cannot take (unreachable, or slower than `spool_after`)
+    /// go to `spool` and are still acknowledged.
+    pub fn with_spool(mut self, spool: Arc<Spool>) -> Self {
+        self.spool = Some(spool);
+        self
     }
 
     /// Validated events of the caller, with the resident id replaced by its pseudonym.
@@ -89,7 +115,7 @@ impl EdgeService {
                 payload: event_to_wire(event).encode_to_vec(),
             })
             .collect();
-        self.log.append(records).await.map_err(|e| self.log_error(e))?;
+        self.durably(records).await?;
         for event in &events {
             self.recent.insert(event.event_id.clone(), ());
             metrics::counter!("healthcode_ingest_events_total", "kind" => event.kind_label(), "outcome" => "accepted")
@@ -97,6 +123,20 @@ impl EdgeService {
             audit(event, caller);
         }
         Ok(())
+    }
+
+    /// On the log, or else in the spool: either way on disk before ACCEPTED.
+    async fn durably(&self, records: Vec<Record>) -> Result<(), ServiceError> {
+        let Some(spool) = &self.spool else {
+            return self.log.append(records).await.map_err(|e| self.log_error(e));
+        };
+        let why = match tokio::time::timeout(self.spool_after, self.log.append(records.clone())).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no acknowledgement within {} ms", self.spool_after.as_millis()),
+        };
+        tracing::warn!(reason = %why, records = records.len(), "event log unavailable, spooling locally");
+        spool.append(records).await
     }
 
     fn log_error(&self, e: LogError) -> ServiceError {

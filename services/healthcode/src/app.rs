@@ -9,6 +9,7 @@ use anyhow::Context;
 use healthcode_auth::{DevCredentials, Guard, GuardConfig, Pseudonymizer, TokenRegistry};
 use healthcode_core::Validator;
 use healthcode_edge::EdgeService;
+use healthcode_edge::spool::Spool;
 use healthcode_log::{EmbeddedLog, EventLog};
 use healthcode_log_kafka::KafkaLog;
 use healthcode_lookup::LookupService;
@@ -238,6 +239,22 @@ impl App {
             _ => None,
         };
 
+        // The edge's spool, and its drainer into the log.
+        let (spool, drainer) = match (&log, settings.edge_spool) {
+            (Some(log), Some(capacity)) if role.edge() => {
+                let dir = settings.data_dir.join("spool");
+                let (spool, drainer) = Spool::open(&dir, capacity, settings.edge.retry_after)
+                    .await
+                    .with_context(|| format!("opening the edge spool in {}", dir.display()))?;
+                if spool.depth() > 0 {
+                    tracing::info!(records = spool.depth(), "the edge spool holds events from before; draining");
+                }
+                let run = drainer.run(log.clone(), std::time::Duration::from_secs(10), shutdown.clone());
+                (Some(Arc::new(spool)), Some(tokio::spawn(run)))
+            }
+            _ => (None, None),
+        };
+
         let grpc = match grpc_listener {
             Some(listener) => {
                 let max_message = settings.security.max_message_bytes;
@@ -246,8 +263,11 @@ impl App {
                     Some(log) if role.edge() => {
                         reporter.set_serving::<IngestServer<EdgeService>>().await;
                         let pseudonyms = pseudonyms.clone().expect("read for the edge role");
-                        let edge =
+                        let mut edge =
                             EdgeService::new(log.clone(), validator.clone(), &settings.edge, guard.clone(), pseudonyms);
+                        if let Some(spool) = &spool {
+                            edge = edge.with_spool(spool.clone());
+                        }
                         Some(IngestServer::new(edge).max_decoding_message_size(max_message))
                     }
                     _ => None,
@@ -300,12 +320,18 @@ impl App {
             if let Some(grpc) = grpc {
                 result = result.and(grpc.await?);
             }
+            if let Some(drainer) = drainer {
+                drainer.await?;
+            }
             if let Some(materializer) = materializer {
                 result =
                     result.and(materializer.await.unwrap_or_else(|_| Err(anyhow::anyhow!("materializer thread died"))));
             }
             if let Some(log) = log {
                 log.close().await.context("closing the event log")?;
+            }
+            if let Some(spool) = spool {
+                spool.close().await.context("closing the edge spool")?;
             }
             admin.await?.context("admin server failed")?;
             tracing::info!("shutdown complete");

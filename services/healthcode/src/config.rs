@@ -149,6 +149,17 @@ pub struct ServeArgs {
     #[arg(long, env = "HEALTHCODE_INGEST_QUEUE_WAIT", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub ingest_queue_wait: Option<Duration>,
+    /// Spool accepted events on local disk when the log is unreachable or
+    /// slow, and forward them later [default: true]
+    #[arg(long, env = "HEALTHCODE_EDGE_SPOOL")]
+    pub edge_spool: Option<bool>,
+    /// An append slower than this goes to the spool [default: 2s]
+    #[arg(long, env = "HEALTHCODE_EDGE_SPOOL_AFTER", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub edge_spool_after: Option<Duration>,
+    /// Events the spool may hold; beyond, submits get RESOURCE_EXHAUSTED [default: 5000000]
+    #[arg(long, env = "HEALTHCODE_EDGE_SPOOL_CAPACITY")]
+    pub edge_spool_capacity: Option<u64>,
     /// Recent event ids the edge remembers for DUPLICATE answers [default: 500000]
     #[arg(long, env = "HEALTHCODE_DEDUP_CAPACITY")]
     pub dedup_capacity: Option<u64>,
@@ -234,6 +245,8 @@ pub struct Settings {
     pub limits: Limits,
     pub lookup: LookupConfig,
     pub edge: EdgeConfig,
+    /// Spool capacity in events; `None` turns the spool off.
+    pub edge_spool: Option<u64>,
     pub materializer_batch: usize,
     /// Kafka settings; used when `log` is `Kafka`.
     pub kafka: KafkaConfig,
@@ -414,8 +427,14 @@ impl ServeArgs {
                     max_wait: self.ingest_queue_wait.or(file.ingest_queue_wait).unwrap_or(default_edge.lane.max_wait),
                     ..default_edge.lane.clone()
                 },
+                spool_after: self.edge_spool_after.or(file.edge_spool_after).unwrap_or(default_edge.spool_after),
                 ..default_edge
             },
+            edge_spool: self
+                .edge_spool
+                .or(file.edge_spool)
+                .unwrap_or(true)
+                .then(|| self.edge_spool_capacity.or(file.edge_spool_capacity).unwrap_or(5_000_000)),
             materializer_batch,
             kafka,
             materializer_group: self

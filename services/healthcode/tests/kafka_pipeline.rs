@@ -174,6 +174,7 @@ async fn a_poison_record_is_dead_lettered_and_the_partition_moves_on() {
     app.stop().await.unwrap();
 }
 
+/// Without its spool the edge never acknowledges what the log did not take.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_answers_unavailable_while_the_broker_is_down_and_recovers() {
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
@@ -182,6 +183,7 @@ async fn the_edge_answers_unavailable_while_the_broker_is_down_and_recovers() {
     settings.kafka.options = vec![("producer.message.timeout.ms".into(), "2000".into())];
     // The mock cluster does not serve CreateTopics; create them directly.
     settings.kafka.create_topics = false;
+    settings.edge_spool = None;
     cluster.create_topic(&settings.kafka.topic, 2, 1).unwrap();
     let app = App::start(Role::Edge, settings).await.unwrap();
     let channel = Channel::from_shared(format!("http://{}", app.grpc_addr.unwrap())).unwrap().connect().await.unwrap();
@@ -216,6 +218,47 @@ async fn the_edge_answers_unavailable_while_the_broker_is_down_and_recovers() {
                 assert!(tokio::time::Instant::now() < deadline, "the edge did not recover after the broker came back");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+        }
+    }
+    app.stop().await.unwrap();
+}
+
+/// With its spool the edge acknowledges while the broker is down, and every
+/// spooled event reaches the topic once the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_spools_while_the_broker_is_down_and_drains_after() {
+    use healthcode_proto::Message;
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = kafka_settings(dir.path(), &cluster.bootstrap_servers());
+    settings.kafka.options = vec![("producer.message.timeout.ms".into(), "2000".into())];
+    settings.kafka.create_topics = false;
+    settings.edge.spool_after = Duration::from_millis(300);
+    cluster.create_topic(&settings.kafka.topic, 2, 1).unwrap();
+    let app = App::start(Role::Edge, settings.clone()).await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", app.grpc_addr.unwrap())).unwrap().connect().await.unwrap();
+    let mut ingest = lab(channel, dir.path());
+    let base = UnixMicros::now();
+
+    cluster.broker_down(1).unwrap();
+    let mut spooled = Vec::new();
+    for n in 0..20 {
+        let (_, event) = negative_test("spooled", n, base);
+        spooled.push(event.event_id.clone());
+        let reply = ingest.submit_test_result(pb::SubmitTestResultRequest { event: Some(event) }).await.unwrap();
+        assert_eq!(reply.into_inner().outcome, pb::Outcome::Accepted as i32, "acknowledged from the spool");
+    }
+    cluster.broker_up(1).unwrap();
+
+    let reader = KafkaLog::connect(settings.kafka.clone()).await.unwrap();
+    let mut consumer = reader.consumer("spool-check").await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !spooled.iter().all(|id| seen.contains(id)) {
+        assert!(tokio::time::Instant::now() < deadline, "spooled events never reached the topic: {} of 20", seen.len());
+        for delivered in consumer.poll(100, Duration::from_millis(500)).await.unwrap() {
+            let event = pb::Event::decode(delivered.record.payload.as_slice()).unwrap();
+            seen.insert(healthcode_core::wire::event_id(&event).to_owned());
         }
     }
     app.stop().await.unwrap();
