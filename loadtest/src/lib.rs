@@ -3,6 +3,7 @@
 //! (bench).
 
 pub mod bench;
+pub mod chaos;
 pub mod credentials;
 pub mod replay;
 pub mod report;
@@ -37,6 +38,10 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Reads every resident's status back and compares it with the expected one.
     Verify(VerifyArgs),
+    /// Fault-injection drills: replays a round against separate role processes
+    /// on a tansu broker while killing processes, freezing the broker or
+    /// failing the store, then verifies every resident.
+    Chaos(ChaosArgs),
     /// Drives a bare tonic server and the target side by side.
     Bench(BenchArgs),
 }
@@ -87,6 +92,9 @@ pub struct ReplayArgs {
     pub dir: PathBuf,
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub target: String,
+    /// The Lookup service, when it is not at --target (separate role processes).
+    #[arg(long)]
+    pub lookup_target: Option<String>,
     /// Round time runs this many times faster than the wall clock.
     #[arg(long, default_value_t = 60.0)]
     pub compression: f64,
@@ -117,6 +125,33 @@ pub struct VerifyArgs {
     /// BatchGetStatus calls in flight.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ChaosArgs {
+    /// A directory written by `generate` (a few thousand residents is plenty).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The healthcode binary to run the roles with.
+    #[arg(long, default_value = "target/release/healthcode")]
+    pub healthcode: PathBuf,
+    /// The tansu broker [default: HEALTHCODE_TANSU_BIN or the one scripts/setup.sh installed]
+    #[arg(long)]
+    pub tansu: Option<PathBuf>,
+    /// Scratch space for the drills' data and process logs [default: DIR/chaos]
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+    #[arg(long, default_value_t = 2000.0)]
+    pub compression: f64,
+    /// How long the broker stays frozen.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub broker_pause: Duration,
+    /// How long the store fails.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub store_outage: Duration,
+    /// Which drills, in order [default: all]
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub scenario: Vec<chaos::Scenario>,
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +190,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }),
         Command::Replay(args) => replay(args).await,
         Command::Verify(args) => verify(args).await,
+        Command::Chaos(args) => run_chaos(args).await,
         Command::Bench(args) => bench(args).await,
     };
     match result {
@@ -208,6 +244,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.compression > 0.0, "compression must be positive");
     let options = replay::ReplayOptions {
         target: args.target,
+        lookup_target: args.lookup_target,
         compression: args.compression,
         connections: args.connections,
         max_in_flight: args.max_in_flight,
@@ -261,6 +298,50 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         println!("{} residents left out: one of their events was never acknowledged", o.unacknowledged);
     }
     Ok(if o.mismatches == 0 && o.checked > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn run_chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
+    let tansu = match args.tansu.or_else(healthcode_log_kafka::testing::TansuBroker::binary) {
+        Some(tansu) => tansu,
+        None => anyhow::bail!("no tansu broker: pass --tansu or run scripts/setup.sh"),
+    };
+    let options = chaos::ChaosOptions {
+        healthcode: args.healthcode,
+        tansu,
+        work: args.work.unwrap_or_else(|| args.dir.join("chaos")),
+        round: args.dir,
+        compression: args.compression,
+        broker_pause: args.broker_pause,
+        store_outage: args.store_outage,
+    };
+    let scenarios = if args.scenario.is_empty() {
+        vec![chaos::Scenario::Kills, chaos::Scenario::Broker, chaos::Scenario::Store]
+    } else {
+        args.scenario
+    };
+    let mut failed = 0;
+    for scenario in scenarios {
+        let r = chaos::drill(&options, scenario).await?;
+        println!(
+            "{:<7} {}: {} events acknowledged, {} requests not; {} residents checked, {} mismatches; converged {:.1} s after the replay",
+            r.scenario,
+            if r.passed { "PASSED" } else { "FAILED" },
+            r.events_acknowledged,
+            r.requests_not_acknowledged,
+            r.residents_checked,
+            r.mismatches,
+            r.converged_after_s
+        );
+        for fault in &r.faults {
+            println!("          {fault}");
+        }
+        for line in &r.first_mismatches {
+            println!("          {line}");
+        }
+        failed += usize::from(!r.passed);
+    }
+    println!("reports: {}/<drill>/drill.json", options.work.display());
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {

@@ -31,6 +31,8 @@ pub const UNACKNOWLEDGED_FILE: &str = "unacknowledged.txt";
 #[derive(Clone, Debug)]
 pub struct ReplayOptions {
     pub target: String,
+    /// Where lookups go when the Lookup service is not at `target`.
+    pub lookup_target: Option<String>,
     /// Round time runs this many times faster than the wall clock.
     pub compression: f64,
     /// HTTP/2 connections to spread requests over.
@@ -202,7 +204,11 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
     let credentials = Arc::new(Credentials::load(dir)?);
     let probe_token: Arc<str> = credentials.token(&gate(0))?.into();
     let channels = connect(&options.target, options.connections).await?;
-    let probe_channel = channels[0].clone();
+    let lookup_channels = match &options.lookup_target {
+        Some(target) => connect(target, options.connections).await?,
+        None => channels.clone(),
+    };
+    let probe_channel = lookup_channels[0].clone();
     let started_wall = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
     let anchor_ms = anchor_for(started_wall, manifest.end_ms, options.compression);
     let record =
@@ -227,7 +233,10 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
     let attempts = options.attempts.max(1);
     let mut next = 0usize;
     let send = |entry: Entry| {
-        let channel = channels[next % channels.len()].clone();
+        let channel = match entry.kind {
+            Kind::SubmitBatch => channels[next % channels.len()].clone(),
+            Kind::GetStatus => lookup_channels[next % lookup_channels.len()].clone(),
+        };
         let gate = gate(next);
         next += 1;
         let credentials = credentials.clone();

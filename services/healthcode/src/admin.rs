@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use healthcode_auth::{Guard, Rpc};
 use healthcode_rpc::ServiceError;
+use healthcode_store::StoreFaults;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -34,21 +35,46 @@ impl Readiness {
 struct AdminState {
     metrics: PrometheusHandle,
     guard: Arc<Guard>,
+    store_faults: Option<Arc<StoreFaults>>,
     readiness: Readiness,
 }
 
-async fn render_metrics(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+/// The ops role's check for an admin endpoint; the refusal as a response.
+fn ops_only(s: &AdminState, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match s.guard.admit_http(authorization, Rpc::Metrics) {
-        Ok(_) => s.metrics.render().into_response(),
-        Err(e) => {
-            let status = match &e {
-                ServiceError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-                ServiceError::ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
-                _ => StatusCode::FORBIDDEN,
-            };
-            (status, format!("{e}\n")).into_response()
+    s.guard.admit_http(authorization, Rpc::Metrics).map(drop).map_err(|e| {
+        let status = match &e {
+            ServiceError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ServiceError::ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::FORBIDDEN,
+        };
+        (status, format!("{e}\n"))
+    })
+}
+
+async fn render_metrics(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    match ops_only(&s, &headers) {
+        Ok(()) => s.metrics.render().into_response(),
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// `POST /faults/store/down` or `/up`, with --fault-injection only.
+async fn store_fault(State(s): State<AdminState>, Path(state): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(refused) = ops_only(&s, &headers) {
+        return refused.into_response();
+    }
+    let Some(faults) = &s.store_faults else {
+        return (StatusCode::NOT_FOUND, "this process has no store or runs without --fault-injection\n")
+            .into_response();
+    };
+    match state.as_str() {
+        "down" | "up" => {
+            faults.set_down(state == "down");
+            tracing::warn!(store = %state, "fault injected");
+            (StatusCode::OK, format!("store {state}\n")).into_response()
         }
+        _ => (StatusCode::BAD_REQUEST, "state must be down or up\n").into_response(),
     }
 }
 
@@ -56,6 +82,7 @@ pub async fn serve(
     listener: TcpListener,
     metrics: PrometheusHandle,
     guard: Arc<Guard>,
+    store_faults: Option<Arc<StoreFaults>>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -73,6 +100,7 @@ pub async fn serve(
     });
     let router = Router::new()
         .route("/metrics", get(render_metrics))
+        .route("/faults/store/{state}", post(store_fault))
         .route("/live", get(|| async { "live\n" }))
         .route(
             "/ready",
@@ -84,6 +112,6 @@ pub async fn serve(
                 }
             }),
         )
-        .with_state(AdminState { metrics, guard, readiness });
+        .with_state(AdminState { metrics, guard, store_faults, readiness });
     axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }

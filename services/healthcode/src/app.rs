@@ -17,7 +17,7 @@ use healthcode_materializer::{Materializer, MaterializerConfig};
 use healthcode_proto::v1::ingest_server::IngestServer;
 use healthcode_proto::v1::lookup_server::LookupServer;
 use healthcode_status_token::Signer;
-use healthcode_store::{EmbeddedStore, StatusStore};
+use healthcode_store::{EmbeddedStore, FaultyStore, StatusStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -181,8 +181,17 @@ impl App {
         let grpc_addr = grpc_listener.as_ref().map(TcpListener::local_addr).transpose()?;
 
         let log = if role.edge() || role.materializer() { Some(open_log(&settings).await?) } else { None };
-        let store =
+        let mut store =
             if role.materializer() || role.lookup() { Some(open_store(&settings, role != Role::Up)?) } else { None };
+        let mut store_faults = None;
+        if settings.fault_injection
+            && let Some(inner) = store.take()
+        {
+            tracing::warn!("fault injection is on: POST /faults/store/down makes the store fail");
+            let (faulty, faults) = FaultyStore::new(inner);
+            store = Some(Arc::new(faulty));
+            store_faults = Some(faults);
+        }
         let validator = Validator::new(settings.limits.clone());
         let guard = open_guard(&settings.security)?;
 
@@ -308,7 +317,14 @@ impl App {
             None => None,
         };
 
-        let admin = tokio::spawn(admin::serve(admin_listener, metrics, guard, readiness.clone(), shutdown.clone()));
+        let admin = tokio::spawn(admin::serve(
+            admin_listener,
+            metrics,
+            guard,
+            store_faults,
+            readiness.clone(),
+            shutdown.clone(),
+        ));
         readiness.set(true);
 
         let stop = shutdown.clone();

@@ -160,6 +160,11 @@ pub struct ServeArgs {
     /// Events the spool may hold; beyond, submits get RESOURCE_EXHAUSTED [default: 5000000]
     #[arg(long, env = "HEALTHCODE_EDGE_SPOOL_CAPACITY")]
     pub edge_spool_capacity: Option<u64>,
+    /// Serve POST /faults/store/down and /faults/store/up on the admin port
+    /// (ops role) to make this process's store fail on purpose: for
+    /// fault-injection drills, never in production [default: false]
+    #[arg(long, env = "HEALTHCODE_FAULT_INJECTION")]
+    pub fault_injection: Option<bool>,
     /// Recent event ids the edge remembers for DUPLICATE answers [default: 500000]
     #[arg(long, env = "HEALTHCODE_DEDUP_CAPACITY")]
     pub dedup_capacity: Option<u64>,
@@ -247,6 +252,7 @@ pub struct Settings {
     pub edge: EdgeConfig,
     /// Spool capacity in events; `None` turns the spool off.
     pub edge_spool: Option<u64>,
+    pub fault_injection: bool,
     pub materializer_batch: usize,
     /// Kafka settings; used when `log` is `Kafka`.
     pub kafka: KafkaConfig,
@@ -430,6 +436,7 @@ impl ServeArgs {
                 spool_after: self.edge_spool_after.or(file.edge_spool_after).unwrap_or(default_edge.spool_after),
                 ..default_edge
             },
+            fault_injection: self.fault_injection.or(file.fault_injection).unwrap_or(false),
             edge_spool: self
                 .edge_spool
                 .or(file.edge_spool)

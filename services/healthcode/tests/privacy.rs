@@ -53,6 +53,7 @@ async fn no_raw_resident_id_reaches_the_log_the_store_the_logs_or_metrics() {
     let target = format!("http://{grpc}");
     let options = ReplayOptions {
         target: target.clone(),
+        lookup_target: None,
         compression: 8000.0,
         connections: 2,
         max_in_flight: 256,

@@ -7,8 +7,8 @@
 //! with the reason in a header.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -134,20 +134,61 @@ impl ClientContext for ProducerContext {
 
 pub struct KafkaLog {
     config: KafkaConfig,
-    producer: FutureProducer<ProducerContext>,
+    /// Replaced when librdkafka declares it dead (a fatal error, such as an
+    /// idempotent producer fenced after its messages timed out while the
+    /// broker hung): a fatal producer never sends again.
+    producer: RwLock<FutureProducer<ProducerContext>>,
     closed: AtomicBool,
 }
 
 impl KafkaLog {
     /// Connects and creates the events and dead-letter topics when missing.
     pub async fn connect(config: KafkaConfig) -> Result<KafkaLog, LogError> {
-        let producer: FutureProducer<ProducerContext> =
-            config.producer_config().create_with_context(ProducerContext).map_err(unavailable)?;
+        let producer = RwLock::new(Self::new_producer(&config)?);
         let log = KafkaLog { config, producer, closed: AtomicBool::new(false) };
         if log.config.create_topics {
             log.create_topics().await?;
         }
         Ok(log)
+    }
+
+    fn new_producer(config: &KafkaConfig) -> Result<FutureProducer<ProducerContext>, LogError> {
+        config.producer_config().create_with_context(ProducerContext).map_err(unavailable)
+    }
+
+    fn producer(&self) -> FutureProducer<ProducerContext> {
+        self.producer.read().expect("producer lock").clone()
+    }
+
+    /// Replaces `failed` when it can never send again: librdkafka declared
+    /// it dead, or the broker fenced its producer id (as tansu does after
+    /// the producer's messages timed out). The next append then gets a fresh
+    /// producer id and succeeds once the broker is back.
+    fn renew_if_dead(&self, failed: &FutureProducer<ProducerContext>, errors: &[KafkaError]) {
+        let fenced = errors.iter().any(|e| {
+            matches!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+            )
+        });
+        let fatal = failed.client().fatal_error();
+        if !fenced && fatal.is_none() {
+            return;
+        }
+        let mut current = self.producer.write().expect("producer lock");
+        // Another append may have renewed it already.
+        if !std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
+            return;
+        }
+        match Self::new_producer(&self.config) {
+            Ok(fresh) => {
+                let reason = fatal.map(|(_, r)| r).unwrap_or_else(|| "producer fenced by the broker".into());
+                tracing::warn!(reason, "the Kafka producer can no longer send; replaced it");
+                metrics::counter!("healthcode_kafka_producer_renewals_total").increment(1);
+                *current = fresh;
+            }
+            Err(e) => tracing::error!(error = %e, "replacing the failed Kafka producer failed"),
+        }
     }
 
     async fn create_topics(&self) -> Result<(), LogError> {
@@ -181,17 +222,19 @@ impl EventLog for KafkaLog {
         }
         let started = Instant::now();
         let count = records.len();
+        let producer = self.producer();
         // All sends are in flight together; the call is acknowledged when all are.
         let sends = records.iter().map(|r| {
             let headers = OwnedHeaders::new().insert(Header { key: SCHEMA_HEADER, value: Some(SCHEMA_V1) });
             let record = FutureRecord::to(&self.config.topic).key(&r.key).payload(&r.payload).headers(headers);
-            self.producer.send(record, Duration::from_secs(1))
+            producer.send(record, Duration::from_secs(1))
         });
         let results = join_all(sends).await;
         metrics::histogram!("healthcode_log_append_seconds", "log" => "kafka").record(started.elapsed());
         let failed: Vec<KafkaError> = results.into_iter().filter_map(|r| r.err().map(|(e, _)| e)).collect();
         if let Some(first) = failed.first() {
             metrics::counter!("healthcode_kafka_produce_failures_total").increment(failed.len() as u64);
+            self.renew_if_dead(&producer, &failed);
             return Err(LogError::Unavailable(format!(
                 "{} of {count} records not acknowledged: {first}",
                 failed.len()
@@ -210,7 +253,7 @@ impl EventLog for KafkaLog {
             consumer,
             topic: self.config.topic.clone(),
             dead_letter_topic: self.config.dead_letter_topic.clone(),
-            producer: self.producer.clone(),
+            producer: self.producer(),
             paused: false,
             held: Default::default(),
         }))
@@ -218,7 +261,7 @@ impl EventLog for KafkaLog {
 
     async fn close(&self) -> Result<(), LogError> {
         self.closed.store(true, Ordering::SeqCst);
-        let producer = self.producer.clone();
+        let producer = self.producer();
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
             .await
             .map_err(|e| LogError::Storage(e.to_string()))?

@@ -36,10 +36,33 @@ impl TansuBroker {
             eprintln!("SKIPPED {test}: no tansu broker; run scripts/setup.sh or set HEALTHCODE_TANSU_BIN");
             return None;
         };
+        Some(Self::start_binary(binary))
+    }
+
+    /// Starts the broker at `binary` on a free port.
+    pub fn start_binary(binary: PathBuf) -> TansuBroker {
         let addr = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port");
         let mut broker = TansuBroker { child: None, addr, binary };
         broker.spawn();
-        Some(broker)
+        broker
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open and nothing
+    /// answers, as with a hung or partitioned broker; its data stays.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused broker (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill");
+            assert!(status.success(), "kill {signal} tansu");
+        }
     }
 
     fn spawn(&mut self) {
@@ -67,6 +90,8 @@ impl TansuBroker {
     /// Stops the broker (SIGKILL); its in-memory data is gone.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused process would not die until continued.
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
             let _ = child.kill();
             let _ = child.wait();
         }
