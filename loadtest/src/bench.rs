@@ -170,6 +170,48 @@ fn scan(run: u64, n: u64, residents: u64, station: &str) -> pb::ScanEvent {
     }
 }
 
+/// The requests of one workload against one server.
+#[derive(Clone)]
+struct Workload {
+    channel: Channel,
+    bearer: Bearer,
+    station: Arc<str>,
+    run: u64,
+    residents: u64,
+    batch: u64,
+}
+
+impl Workload {
+    fn lookups(&self) -> impl Fn(u64) -> futures_util::future::BoxFuture<'static, Result<(), Status>> + use<> {
+        let w = self.clone();
+        move |n| {
+            let mut c = LookupClient::with_interceptor(w.channel.clone(), w.bearer.clone());
+            let id = resident_id(mix(w.run, n, 2) % w.residents);
+            Box::pin(async move { c.get_status(pb::GetStatusRequest { resident_id: id }).await.map(drop) })
+        }
+    }
+
+    fn unary_scans(&self) -> impl Fn(u64) -> futures_util::future::BoxFuture<'static, Result<(), Status>> + use<> {
+        let w = self.clone();
+        move |n| {
+            let mut c = IngestClient::with_interceptor(w.channel.clone(), w.bearer.clone());
+            let event = scan(w.run, n, w.residents, &w.station);
+            Box::pin(async move { c.submit_scan(pb::SubmitScanRequest { event: Some(event) }).await.map(drop) })
+        }
+    }
+
+    fn batches(&self) -> impl Fn(u64) -> futures_util::future::BoxFuture<'static, Result<(), Status>> + use<> {
+        let w = self.clone();
+        move |n| {
+            let mut c = IngestClient::with_interceptor(w.channel.clone(), w.bearer.clone());
+            let events = (n * w.batch..(n + 1) * w.batch)
+                .map(|m| pb::Event { kind: Some(pb::event::Kind::Scan(scan(w.run, m, w.residents, &w.station))) })
+                .collect();
+            Box::pin(async move { c.submit_batch(pb::SubmitBatchRequest { events }).await.map(drop) })
+        }
+    }
+}
+
 pub struct BenchOptions {
     pub target: String,
     pub concurrency: usize,
@@ -188,38 +230,31 @@ pub async fn bench(options: &BenchOptions) -> anyhow::Result<Vec<Measured>> {
     let bearer = Bearer::new(&options.token)?;
     let station: Arc<str> = options.station.as_str().into();
     let mut out = Vec::new();
-    for workload in ["lookup", "ingest-unary", "ingest-batch"] {
+    for workload in ["lookup", "ingest-unary", "ingest-batch", "lookup-under-ingest"] {
         for (server, url) in [("bare", bare.as_str()), ("target", options.target.as_str())] {
             let channel: Channel = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?;
-            let residents = options.residents.max(1);
-            let batch = options.batch.max(1) as u64;
-            let (bearer, station) = (bearer.clone(), station.clone());
+            let w = Workload {
+                channel,
+                bearer: bearer.clone(),
+                station: station.clone(),
+                run,
+                residents: options.residents.max(1),
+                batch: options.batch.max(1) as u64,
+            };
+            let (c, d) = (options.concurrency, options.duration);
             let (requests, errors, latency) = match workload {
-                "lookup" => {
-                    drive(options.concurrency, options.duration, move |n| {
-                        let mut c = LookupClient::with_interceptor(channel.clone(), bearer.clone());
-                        let id = resident_id(mix(run, n, 2) % residents);
-                        async move { c.get_status(pb::GetStatusRequest { resident_id: id }).await.map(drop) }
-                    })
-                    .await
-                }
-                "ingest-unary" => {
-                    drive(options.concurrency, options.duration, move |n| {
-                        let mut c = IngestClient::with_interceptor(channel.clone(), bearer.clone());
-                        let event = scan(run, n, residents, &station);
-                        async move { c.submit_scan(pb::SubmitScanRequest { event: Some(event) }).await.map(drop) }
-                    })
-                    .await
-                }
+                "lookup" => drive(c, d, w.lookups()).await,
+                "ingest-unary" => drive(c, d, w.unary_scans()).await,
+                "ingest-batch" => drive(c, d, w.batches()).await,
                 _ => {
-                    drive(options.concurrency, options.duration, move |n| {
-                        let mut c = IngestClient::with_interceptor(channel.clone(), bearer.clone());
-                        let events = (n * batch..(n + 1) * batch)
-                            .map(|m| pb::Event { kind: Some(pb::event::Kind::Scan(scan(run, m, residents, &station))) })
-                            .collect();
-                        async move { c.submit_batch(pb::SubmitBatchRequest { events }).await.map(drop) }
-                    })
-                    .await
+                    // Lookups measured while a batch-ingest flood of the same
+                    // concurrency runs on its own connection.
+                    let flood_channel = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?;
+                    let flood = Workload { channel: flood_channel, run: run ^ 1, ..w.clone() };
+                    let flooding = tokio::spawn(drive(c, d, flood.batches()));
+                    let measured = drive(c, d, w.lookups()).await;
+                    flooding.await?;
+                    measured
                 }
             };
             out.push(Measured {

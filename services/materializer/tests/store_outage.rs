@@ -3,43 +3,17 @@
 //! the store is back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use healthcode_core::{Facts, UnixMicros, Validator};
+use healthcode_core::{UnixMicros, Validator};
 use healthcode_log::{Delivered, EmbeddedLog, EventLog, LogConsumer, LogError, Position, Record};
 use healthcode_materializer::{Materializer, MaterializerConfig};
 use healthcode_proto::Message;
 use healthcode_proto::v1 as pb;
-use healthcode_store::{EmbeddedStore, FactsUpdate, StatusStore, StoreError};
+use healthcode_store::{EmbeddedStore, FaultyStore, StatusStore};
 use tokio_util::sync::CancellationToken;
-
-struct FlakyStore {
-    inner: EmbeddedStore,
-    down: AtomicBool,
-    refused: AtomicUsize,
-}
-
-#[async_trait]
-impl StatusStore for FlakyStore {
-    async fn merge(&self, updates: Vec<FactsUpdate>) -> Result<(), StoreError> {
-        if self.down.load(Ordering::SeqCst) {
-            self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::Unavailable("injected outage".into()));
-        }
-        self.inner.merge(updates).await
-    }
-    async fn get(&self, resident: &str) -> Result<Option<Facts>, StoreError> {
-        self.inner.get(resident).await
-    }
-    async fn get_many(&self, residents: &[String]) -> Result<Vec<Option<Facts>>, StoreError> {
-        self.inner.get_many(residents).await
-    }
-    async fn purge_expired(&self) -> Result<u64, StoreError> {
-        self.inner.purge_expired().await
-    }
-}
 
 /// Counts pause and resume calls of the consumer it wraps.
 struct Watched {
@@ -93,11 +67,11 @@ fn negative(n: usize) -> Record {
 async fn a_store_outage_pauses_the_consumer_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(EmbeddedLog::open(&dir.path().join("log")).unwrap());
-    let store = Arc::new(FlakyStore {
-        inner: EmbeddedStore::open(&dir.path().join("store"), healthcode_core::Limits::default().retention).unwrap(),
-        down: AtomicBool::new(true),
-        refused: AtomicUsize::new(0),
-    });
+    let embedded =
+        EmbeddedStore::open(&dir.path().join("store"), healthcode_core::Limits::default().retention).unwrap();
+    let (store, faults) = FaultyStore::new(Arc::new(embedded));
+    let store = Arc::new(store);
+    faults.set_down(true);
     let (pauses, resumes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let consumer =
         Watched { inner: log.consumer("m").await.unwrap(), pauses: pauses.clone(), resumes: resumes.clone() };
@@ -115,10 +89,10 @@ async fn a_store_outage_pauses_the_consumer_and_loses_nothing() {
     }
     log.append((50..100).map(negative).collect()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(store.refused.load(Ordering::SeqCst) >= 2, "the batch is retried");
+    assert!(faults.refusals() >= 2, "the batch is retried");
     assert_eq!(resumes.load(Ordering::SeqCst), 0);
 
-    store.down.store(false, Ordering::SeqCst);
+    faults.set_down(false);
     let residents: Vec<String> = (0..100).map(|n| format!("r{n}")).collect();
     loop {
         let facts = store.get_many(&residents).await.unwrap();

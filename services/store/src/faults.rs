@@ -18,6 +18,7 @@ pub struct StoreFaults {
     /// Added to every call, in microseconds.
     delay_us: AtomicU64,
     reads: AtomicU64,
+    refusals: AtomicU64,
 }
 
 impl StoreFaults {
@@ -35,6 +36,11 @@ impl StoreFaults {
         self.delay_us.store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 
+    /// Calls failed on purpose so far.
+    pub fn refusals(&self) -> u64 {
+        self.refusals.load(Ordering::SeqCst)
+    }
+
     /// Read calls (`get`, `get_many`) that reached the store.
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::SeqCst)
@@ -46,6 +52,7 @@ impl StoreFaults {
             tokio::time::sleep(Duration::from_micros(delay)).await;
         }
         if self.is_down() {
+            self.refusals.fetch_add(1, Ordering::SeqCst);
             return Err(StoreError::Unavailable("fault injected: store down".into()));
         }
         Ok(())
