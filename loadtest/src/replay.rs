@@ -181,12 +181,17 @@ async fn connect(target: &str, connections: usize) -> anyhow::Result<Vec<Channel
     Ok(channels)
 }
 
+/// What a station retries: the server asked for it (UNAVAILABLE,
+/// RESOURCE_EXHAUSTED), or the call broke off without an answer (a process
+/// killed mid-call: UNKNOWN, CANCELLED) or ran out of time. Submits are
+/// idempotent by event id and lookups read-only, so a retry is always safe.
 fn retryable(status: &tonic::Status) -> bool {
-    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::ResourceExhausted)
+    use tonic::Code::*;
+    matches!(status.code(), Unavailable | ResourceExhausted | Unknown | Cancelled | DeadlineExceeded)
 }
 
-/// Calls as a station does: retries UNAVAILABLE and RESOURCE_EXHAUSTED with
-/// jittered backoff (100 ms to 2 s), `attempts` times in all.
+/// Calls as a station does: retries what [`retryable`] allows with jittered
+/// backoff (100 ms to 2 s), `attempts` times in all.
 async fn as_station<T, Fut>(attempts: usize, call: impl FnMut() -> Fut) -> Result<T, tonic::Status>
 where
     Fut: Future<Output = Result<T, tonic::Status>>,
@@ -359,6 +364,9 @@ fn code_name(code: tonic::Code) -> &'static str {
         Unauthenticated => "UNAUTHENTICATED",
         PermissionDenied => "PERMISSION_DENIED",
         Internal => "INTERNAL",
+        Unknown => "UNKNOWN",
+        Cancelled => "CANCELLED",
+        OutOfRange => "OUT_OF_RANGE",
         _ => "OTHER",
     }
 }
