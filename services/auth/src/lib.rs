@@ -43,15 +43,11 @@ impl AuthError {
 
 /// Lowercase hex, for token hashes, keys and pseudonyms.
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ::hex::encode(bytes)
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim();
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+    ::hex::decode(text.trim()).ok()
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
