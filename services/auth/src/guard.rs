@@ -72,6 +72,8 @@ pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
 
 impl Guard {
     pub fn new(tokens: Arc<TokenRegistry>, config: &GuardConfig) -> Guard {
+        metrics::gauge!("healthcode_admission_limit", "lane" => "per_principal", "limit" => "calls_per_second")
+            .set(f64::from(config.rate_per_principal.get()));
         Guard {
             tokens,
             limiter: RateLimiter::keyed(Quota::per_second(config.rate_per_principal)),

@@ -34,6 +34,7 @@ impl Spool {
         let consumer = log.consumer(DRAINER).await?;
         let depth = Arc::new(AtomicU64::new(consumer.lag().unwrap_or(0)));
         metrics::gauge!("healthcode_edge_spool_records").set(depth.load(Ordering::SeqCst) as f64);
+        metrics::gauge!("healthcode_edge_spool_capacity_records").set(capacity as f64);
         let drainer = SpoolDrainer { consumer, depth: depth.clone() };
         Ok((Spool { log, depth, capacity, retry_after }, drainer))
     }
