@@ -93,22 +93,25 @@ async fn a_store_outage_answers_cached_residents_stale_and_others_unavailable() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_store_is_cut_off_at_the_budget_or_the_callers_deadline() {
-    let f = fixture(LookupConfig { budget: Duration::from_millis(50), ..no_cache_window() });
+    // The store takes 3 s; the budget is 1.5 s; wide margins keep the test
+    // about which deadline applies, not about this machine's speed.
+    let f = fixture(LookupConfig { budget: Duration::from_millis(1500), ..no_cache_window() });
     f.negative("carol").await;
     f.get("carol").await.unwrap();
-    f.faults.set_delay(Duration::from_secs(2));
+    f.faults.set_delay(Duration::from_secs(3));
 
     let started = Instant::now();
     let status = f.get("carol").await.unwrap();
     assert!(status.stale);
-    assert!(started.elapsed() < Duration::from_millis(500), "took {:?}", started.elapsed());
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(1400) && elapsed < Duration::from_millis(2900), "took {elapsed:?}");
 
-    // A caller that waits 10 ms gets its answer in about 10 ms.
+    // A caller that waits 100 ms gets its answer long before the budget.
     let mut request = with_token(pb::GetStatusRequest { resident_id: "carol".into() }, &f.token);
-    request.metadata_mut().insert("grpc-timeout", "10m".parse().unwrap());
+    request.metadata_mut().insert("grpc-timeout", "100m".parse().unwrap());
     let started = Instant::now();
     assert!(f.lookup.get_status(request).await.unwrap().into_inner().stale);
-    assert!(started.elapsed() < Duration::from_millis(40), "took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_millis(1000), "took {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
