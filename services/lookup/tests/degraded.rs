@@ -158,8 +158,9 @@ async fn lookups_beyond_the_lane_and_its_queue_are_shed_with_retry_after() {
         max_wait: Duration::from_millis(5),
         retry_after: Duration::from_millis(100),
     };
-    let f = Arc::new(fixture(LookupConfig { lane, budget: Duration::from_secs(1), ..no_cache_window() }));
-    f.faults.set_delay(Duration::from_millis(200));
+    let f = Arc::new(fixture(LookupConfig { lane, budget: Duration::from_secs(3), ..no_cache_window() }));
+    // Slow enough that all six are in flight together even on a busy machine.
+    f.faults.set_delay(Duration::from_secs(1));
     let lookups: Vec<_> = (0..6)
         .map(|i| {
             let f = f.clone();

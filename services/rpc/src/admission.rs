@@ -110,7 +110,7 @@ mod tests {
         let started = std::time::Instant::now();
         let shed = lane.enter().await.err().expect("shed");
         assert_eq!(shed.code(), tonic::Code::ResourceExhausted);
-        assert!(started.elapsed() < Duration::from_millis(100), "no wait with a full queue");
+        assert!(started.elapsed() < Duration::from_millis(500), "no wait with a full queue");
         drop(held);
         assert!(lane.enter().await.is_ok(), "the slot is back");
     }
