@@ -192,7 +192,7 @@ fn retryable(status: &tonic::Status) -> bool {
 
 /// Calls as a station does: retries what [`retryable`] allows with jittered
 /// backoff (100 ms to 2 s), `attempts` times in all.
-async fn as_station<T, Fut>(attempts: usize, call: impl FnMut() -> Fut) -> Result<T, tonic::Status>
+pub async fn as_station<T, Fut>(attempts: usize, call: impl FnMut() -> Fut) -> Result<T, tonic::Status>
 where
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
@@ -395,6 +395,9 @@ impl Probe {
     async fn wait_visible(self, channel: Channel, token: &str) -> Option<Duration> {
         let mut client = LookupClient::new(channel);
         let deadline = self.acked + Duration::from_secs(120);
+        // Start at 10 ms, back off to 250 ms: hundreds of probes polling
+        // every 10 ms while statuses lag would themselves become the load.
+        let mut pause = Duration::from_millis(10);
         while Instant::now() < deadline {
             let request = with_token(pb::GetStatusRequest { resident_id: self.resident.clone() }, token);
             if let Ok(status) = client.get_status(request).await {
@@ -404,7 +407,8 @@ impl Probe {
                     return Some(self.acked.elapsed());
                 }
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
         }
         None
     }

@@ -108,11 +108,17 @@ pub async fn verify(dir: &Path, target: &str, show: usize, concurrency: usize) -
     });
     let mut results = stream::iter(chunks)
         .map(|chunk| {
-            let mut client = LookupClient::with_interceptor(channel.clone(), bearer.clone());
+            let client = LookupClient::with_interceptor(channel.clone(), bearer.clone());
             async move {
                 let chunk: Vec<Expected> = chunk.into_iter().collect::<anyhow::Result<_>>()?;
                 let ids = chunk.iter().map(|e| e.resident_id.clone()).collect();
-                let reply = client.batch_get_status(pb::BatchGetStatusRequest { resident_id: ids }).await?;
+                // As a station would: a busy or briefly failing lookup is retried.
+                let request = pb::BatchGetStatusRequest { resident_id: ids };
+                let reply = crate::replay::as_station(5, || {
+                    let (mut client, request) = (client.clone(), request.clone());
+                    async move { client.batch_get_status(request).await }
+                })
+                .await?;
                 anyhow::Ok((chunk, reply.into_inner().statuses))
             }
         })

@@ -117,6 +117,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HEALTHCODE_LOOKUP_BUDGET", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub lookup_budget: Option<Duration>,
+    /// Server-side time budget of one BatchGetStatus (up to 500 residents) [default: 500ms]
+    #[arg(long, env = "HEALTHCODE_LOOKUP_BATCH_BUDGET", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub lookup_batch_budget: Option<Duration>,
     /// How long a store read answers later lookups of the resident without
     /// asking the store again [default: 250ms]
     #[arg(long, env = "HEALTHCODE_LOOKUP_CACHE_FRESH_FOR", value_parser = humantime::parse_duration)]
@@ -399,6 +403,10 @@ impl ServeArgs {
             },
             lookup: LookupConfig {
                 budget: self.lookup_budget.or(file.lookup_budget).unwrap_or(default_lookup.budget),
+                batch_budget: self
+                    .lookup_batch_budget
+                    .or(file.lookup_batch_budget)
+                    .unwrap_or(default_lookup.batch_budget),
                 cache_fresh_for: self
                     .lookup_cache_fresh_for
                     .or(file.lookup_cache_fresh_for)

@@ -29,6 +29,8 @@ use tonic::{Request, Response};
 pub struct LookupConfig {
     /// Server-side time budget for one lookup's store read.
     pub budget: Duration,
+    /// The same for a BatchGetStatus (up to 500 residents in one read).
+    pub batch_budget: Duration,
     /// What a caller is told to wait before retrying when the store is down.
     pub retry_after: Duration,
     /// How long a store read answers later lookups without asking again.
@@ -46,6 +48,7 @@ impl Default for LookupConfig {
     fn default() -> Self {
         LookupConfig {
             budget: Duration::from_millis(50),
+            batch_budget: Duration::from_millis(500),
             retry_after: Duration::from_millis(200),
             cache_fresh_for: Duration::from_millis(250),
             cache_stale_for: Duration::from_secs(24 * 3600),
@@ -96,8 +99,8 @@ impl LookupService {
     }
 
     /// The store's time for this call: the budget, or less when the caller waits less.
-    fn deadline(&self, call: &Admitted) -> Duration {
-        call.client_timeout.map_or(self.config.budget, |t| t.min(self.config.budget))
+    fn deadline(&self, call: &Admitted, budget: Duration) -> Duration {
+        call.client_timeout.map_or(budget, |t| t.min(budget))
     }
 
     fn unavailable(&self, detail: String) -> ServiceError {
@@ -108,7 +111,10 @@ impl LookupService {
 
     async fn read(&self, resident_id: &str, call: &Admitted) -> Result<(Option<Facts>, bool), ServiceError> {
         let started = std::time::Instant::now();
-        let read = self.cache.read(&self.pseudonyms.pseudonym(resident_id), &*self.store, self.deadline(call)).await;
+        let read = self
+            .cache
+            .read(&self.pseudonyms.pseudonym(resident_id), &*self.store, self.deadline(call, self.config.budget))
+            .await;
         metrics::histogram!("healthcode_lookup_read_seconds").record(started.elapsed());
         let read = read.map_err(|detail| self.unavailable(detail))?;
         metrics::counter!("healthcode_lookup_reads_total", "source" => read.label()).increment(1);
@@ -174,7 +180,7 @@ impl LookupService {
         }
         let keys: Vec<String> = ids.iter().map(|id| self.pseudonyms.pseudonym(id)).collect();
         let started = std::time::Instant::now();
-        let reads = self.cache.read_many(&keys, &*self.store, self.deadline(&call)).await;
+        let reads = self.cache.read_many(&keys, &*self.store, self.deadline(&call, self.config.batch_budget)).await;
         metrics::histogram!("healthcode_lookup_read_seconds").record(started.elapsed());
         let reads = reads.map_err(|detail| self.unavailable(detail))?;
         let now = UnixMicros::now();
