@@ -23,9 +23,9 @@ use healthcode_auth::Bearer;
 use healthcode_log_kafka::testing::TansuBroker;
 use healthcode_proto::v1::{self as pb, lookup_client::LookupClient};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Endpoint;
 
+use crate::admin::http;
 use crate::credentials::{Credentials, gate};
 use crate::replay::{self, ReplayOptions};
 use crate::round::resident_id;
@@ -135,19 +135,6 @@ impl Drop for Role {
     fn drop(&mut self) {
         self.kill_9();
     }
-}
-
-/// A minimal HTTP/1.1 call to an admin port: status code and body.
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await??;
-    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut reply = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut reply)).await??;
-    let code = reply.get(9..12).and_then(|c| c.parse().ok()).context("not an HTTP reply")?;
-    Ok((code, reply.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()))
 }
 
 struct Deployment {

@@ -2,6 +2,7 @@
 //! deployment (generate, replay, verify) and measure the machine's ceiling
 //! (bench).
 
+pub mod admin;
 pub mod bench;
 pub mod chaos;
 pub mod credentials;

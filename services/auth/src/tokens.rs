@@ -67,10 +67,6 @@ impl TokenRegistry {
         Ok(TokenRegistry { path: path.to_owned(), loaded: RwLock::new(loaded) })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn len(&self) -> usize {
         self.loaded.read().expect("tokens lock").by_hash.len()
     }

@@ -248,27 +248,13 @@ async fn health_stays_open_and_metrics_are_for_ops() {
     let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel(None).await);
     health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
 
-    let url = format!("http://{}/metrics", s.app.admin_addr);
-    let get = |token: Option<String>| {
-        let url = url.clone();
-        async move {
-            let mut stream =
-                tokio::net::TcpStream::connect(url.trim_start_matches("http://").split('/').next().unwrap())
-                    .await
-                    .unwrap();
-            let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
-            let request = format!("GET /metrics HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n");
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let mut reply = String::new();
-            stream.read_to_string(&mut reply).await.unwrap();
-            reply
-        }
+    let get = |token: Option<String>| async move {
+        healthcode_loadtest::admin::http(s.app.admin_addr, "GET", "/metrics", token.as_deref()).await.unwrap()
     };
-    assert!(get(None).await.starts_with("HTTP/1.1 401"));
-    assert!(get(Some(s.token(Caller::Station))).await.starts_with("HTTP/1.1 403"));
-    let ok = get(Some(s.token(Caller::Ops))).await;
-    assert!(ok.starts_with("HTTP/1.1 200") && ok.contains("healthcode_auth_refused_total"), "{ok}");
+    assert_eq!(get(None).await.0, 401);
+    assert_eq!(get(Some(s.token(Caller::Station))).await.0, 403);
+    let (code, body) = get(Some(s.token(Caller::Ops))).await;
+    assert!(code == 200 && body.contains("healthcode_auth_refused_total"), "{code} {body}");
     s.app.stop().await.unwrap();
 }
 

@@ -174,17 +174,26 @@ async fn a_poison_record_is_dead_lettered_and_the_partition_moves_on() {
     app.stop().await.unwrap();
 }
 
+/// Edge settings on librdkafka's mock cluster, with its topic made there:
+/// the mock does not serve CreateTopics. Sends time out after 2 s.
+fn mock_cluster_settings(
+    data_dir: &Path,
+    cluster: &rdkafka::mocking::MockCluster<'_, impl rdkafka::ClientContext>,
+) -> Settings {
+    let mut settings = kafka_settings(data_dir, &cluster.bootstrap_servers());
+    settings.kafka.options = vec![("producer.message.timeout.ms".into(), "2000".into())];
+    settings.kafka.create_topics = false;
+    cluster.create_topic(&settings.kafka.topic, 2, 1).unwrap();
+    settings
+}
+
 /// Without its spool the edge never acknowledges what the log did not take.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_answers_unavailable_while_the_broker_is_down_and_recovers() {
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = kafka_settings(dir.path(), &cluster.bootstrap_servers());
-    settings.kafka.options = vec![("producer.message.timeout.ms".into(), "2000".into())];
-    // The mock cluster does not serve CreateTopics; create them directly.
-    settings.kafka.create_topics = false;
+    let mut settings = mock_cluster_settings(dir.path(), &cluster);
     settings.edge_spool = None;
-    cluster.create_topic(&settings.kafka.topic, 2, 1).unwrap();
     let app = App::start(Role::Edge, settings).await.unwrap();
     let channel = Channel::from_shared(format!("http://{}", app.grpc_addr.unwrap())).unwrap().connect().await.unwrap();
     let ingest = lab(channel, dir.path());
@@ -230,11 +239,8 @@ async fn the_edge_spools_while_the_broker_is_down_and_drains_after() {
     use healthcode_proto::Message;
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = kafka_settings(dir.path(), &cluster.bootstrap_servers());
-    settings.kafka.options = vec![("producer.message.timeout.ms".into(), "2000".into())];
-    settings.kafka.create_topics = false;
+    let mut settings = mock_cluster_settings(dir.path(), &cluster);
     settings.edge.spool_after = Duration::from_millis(300);
-    cluster.create_topic(&settings.kafka.topic, 2, 1).unwrap();
     let app = App::start(Role::Edge, settings.clone()).await.unwrap();
     let channel = Channel::from_shared(format!("http://{}", app.grpc_addr.unwrap())).unwrap().connect().await.unwrap();
     let mut ingest = lab(channel, dir.path());

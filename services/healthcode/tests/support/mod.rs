@@ -111,15 +111,9 @@ impl Drop for Process {
 
 /// `GET /metrics` with an ops token; the body.
 pub async fn get_metrics(admin: SocketAddr, token: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let request =
-        format!("GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).await.unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{}", &reply[..reply.len().min(200)]);
-    reply
+    let (code, body) = healthcode_loadtest::admin::http(admin, "GET", "/metrics", Some(token)).await.unwrap();
+    assert_eq!(code, 200, "{}", &body[..body.len().min(200)]);
+    body
 }
 
 /// Reads statuses until `check` accepts all of them or the deadline passes;
