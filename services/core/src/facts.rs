@@ -123,6 +123,32 @@ impl Facts {
     pub fn latest_negative(&self) -> Option<UnixMicros> {
         self.latest_negatives[0]
     }
+
+    /// These facts without those older than `cutoff`, each judged by its own
+    /// time (sample, issue, scan or event time): what retention keeps. A
+    /// store that expires each written cell on its own (TTL) keeps exactly
+    /// this, and no store can refresh an old fact's life without reading it
+    /// first, so this is the one rule every store follows.
+    pub fn retained(&self, cutoff: UnixMicros) -> Facts {
+        let keep = |t: &Option<UnixMicros>| t.filter(|t| *t >= cutoff);
+        let mut negatives = [None; NEGATIVES_KEPT];
+        for (slot, t) in negatives.iter_mut().zip(self.latest_negatives.iter().filter_map(keep)) {
+            *slot = Some(t);
+        }
+        Facts {
+            latest_positive: keep(&self.latest_positive),
+            latest_negatives: negatives,
+            latest_test: keep(&self.latest_test),
+            overrides: self.overrides.iter().filter(|o| o.issued_at >= cutoff).cloned().collect(),
+            latest_scan: self.latest_scan.clone().filter(|s| s.scanned_at >= cutoff),
+            updated_at: keep(&self.updated_at),
+        }
+    }
+
+    /// Nothing is known: the identity of merge.
+    pub fn is_empty(&self) -> bool {
+        *self == Facts::default()
+    }
 }
 
 fn max_register<T: Ord + Clone>(mine: &mut Option<T>, theirs: &Option<T>) {
@@ -177,6 +203,33 @@ mod tests {
         let merged = latest_union(&[1, 3, 5], &[2, 3, 6], 4);
         assert_eq!(merged, vec![2, 3, 5, 6]);
         assert_eq!(latest_union(&[1, 2], &[], 8), vec![1, 2]);
+    }
+
+    #[test]
+    fn retention_drops_each_fact_older_than_the_cutoff_on_its_own() {
+        let facts = Facts {
+            latest_positive: t(10),
+            latest_negatives: [t(30), t(20)],
+            latest_test: t(30),
+            updated_at: t(31),
+            ..Facts::default()
+        };
+        let kept = facts.retained(UnixMicros(25 * 1_000_000));
+        assert_eq!(kept.latest_positive, None);
+        assert_eq!(kept.latest_negatives, [t(30), None]);
+        assert_eq!((kept.latest_test, kept.updated_at), (t(30), t(31)));
+        assert_eq!(facts.retained(UnixMicros(0)), facts);
+        assert!(facts.retained(UnixMicros(32 * 1_000_000)).is_empty());
+    }
+
+    #[test]
+    fn retention_and_merge_commute() {
+        // Dropping old facts before or after a merge gives the same facts:
+        // what makes a per-cell TTL agree with the embedded store.
+        let a = Facts { latest_negatives: [t(9), t(3)], latest_positive: t(2), ..Facts::default() };
+        let b = Facts { latest_negatives: [t(7), t(5)], updated_at: t(9), ..Facts::default() };
+        let cutoff = UnixMicros(4 * 1_000_000);
+        assert_eq!(a.clone().merged(&b).retained(cutoff), a.retained(cutoff).merged(&b.retained(cutoff)));
     }
 
     #[test]

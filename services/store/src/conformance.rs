@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use healthcode_core::{Color, Facts, OverrideFact, UnixMicros};
+use healthcode_core::{Color, Facts, OverrideFact, ScanFact, ScanKind, UnixMicros};
 
 use crate::{FactsUpdate, StatusStore};
 
@@ -35,6 +35,8 @@ macro_rules! status_store_conformance {
             many_residents_in_one_merge,
             facts_survive_reopen,
             expired_facts_are_neither_read_nor_kept,
+            each_fact_expires_on_its_own,
+            scans_at_the_same_instant_resolve_by_event_id,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -161,6 +163,56 @@ pub async fn expired_facts_are_neither_read_nor_kept(factory: &impl StoreFactory
     assert!(store.get(&recent).await.unwrap().is_some());
     store.purge_expired().await.unwrap();
     assert_eq!(store.get_many(&[old, recent]).await.unwrap().iter().filter(|f| f.is_some()).count(), 1);
+}
+
+pub async fn each_fact_expires_on_its_own(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let now = UnixMicros::now();
+    let ago = |days: u64| UnixMicros(now.0 - std::time::Duration::from_secs(days * 24 * 3600).as_micros() as i64);
+    let old_positive = Facts {
+        latest_positive: Some(ago(40)),
+        latest_test: Some(ago(40)),
+        updated_at: Some(ago(39)),
+        ..Facts::default()
+    };
+    let recent_negative = Facts {
+        latest_negatives: [Some(ago(2)), None],
+        latest_test: Some(ago(2)),
+        updated_at: Some(ago(1)),
+        ..Facts::default()
+    };
+    let r = factory.resident("mixed-ages");
+    store.merge(vec![update(&r, old_positive), update(&r, recent_negative.clone())]).await.unwrap();
+    assert_eq!(
+        store.get(&r).await.unwrap(),
+        Some(recent_negative),
+        "a positive sampled past retention is forgotten even though the resident has recent facts"
+    );
+}
+
+pub async fn scans_at_the_same_instant_resolve_by_event_id(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let scan = |id: &str, site: &str| Facts {
+        latest_scan: Some(ScanFact {
+            scanned_at: at(70),
+            event_id: id.into(),
+            site_id: site.into(),
+            station_id: format!("station-{site}"),
+            kind: ScanKind::VenueEntry,
+        }),
+        updated_at: Some(at(70)),
+        ..Facts::default()
+    };
+    let (one, other) = (factory.resident("scan-tie-a"), factory.resident("scan-tie-b"));
+    for (r, order) in [(&one, ["scan-b", "scan-a"]), (&other, ["scan-a", "scan-b"])] {
+        for id in order {
+            store.merge(vec![update(r, scan(id, &format!("site-of-{id}")))]).await.unwrap();
+        }
+    }
+    for r in [one, other] {
+        let got = store.get(&r).await.unwrap().unwrap().latest_scan.unwrap();
+        assert_eq!((got.event_id.as_str(), got.site_id.as_str()), ("scan-b", "site-of-scan-b"));
+    }
 }
 
 pub async fn many_residents_in_one_merge(factory: &impl StoreFactory) {

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use healthcode_core::{Facts, UnixMicros};
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::{FactsUpdate, StatusStore, StoreError, expired};
+use crate::{FactsUpdate, StatusStore, StoreError, retained};
 
 const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
 /// Version 2 added the override audit trail (and notes) to the facts.
@@ -93,15 +93,19 @@ impl StatusStore for EmbeddedStore {
             {
                 let mut table = txn.open_table(FACTS).map_err(storage)?;
                 for update in updates {
-                    // Expired facts are gone even before the purge deletes them.
                     let stored = match table.get(update.resident.as_str()).map_err(storage)? {
-                        Some(v) => Some(decode_facts(v.value())?),
-                        None => None,
+                        Some(v) => decode_facts(v.value())?,
+                        None => Facts::default(),
+                    };
+                    // Facts past retention are gone even before the purge deletes them.
+                    match retained(&stored.merged(&update.facts), retention, now) {
+                        Some(merged) => {
+                            table.insert(update.resident.as_str(), encode_facts(&merged).as_slice()).map_err(storage)?;
+                        }
+                        None => {
+                            table.remove(update.resident.as_str()).map_err(storage)?;
+                        }
                     }
-                    .filter(|f| !expired(f, retention, now))
-                    .unwrap_or_default();
-                    let merged = stored.merged(&update.facts);
-                    table.insert(update.resident.as_str(), encode_facts(&merged).as_slice()).map_err(storage)?;
                 }
             }
             txn.commit().map_err(storage)
@@ -127,7 +131,7 @@ impl StatusStore for EmbeddedStore {
             residents
                 .iter()
                 .map(|r| match table.get(r.as_str()).map_err(storage)? {
-                    Some(v) => Ok(Some(decode_facts(v.value())?).filter(|f| !expired(f, retention, now))),
+                    Some(v) => Ok(retained(&decode_facts(v.value())?, retention, now)),
                     None => Ok(None),
                 })
                 .collect()
@@ -143,16 +147,25 @@ impl StatusStore for EmbeddedStore {
                 let txn = db.begin_write().map_err(storage)?;
                 let purged = {
                     let mut table = txn.open_table(FACTS).map_err(storage)?;
+                    // Residents whose facts shrink: None when nothing is left.
                     // Undecodable rows are kept: deleting them would hide the fault.
-                    let mut purged = 0u64;
-                    table
-                        .retain(|_, v| {
-                            let keep = decode_facts(v).map(|f| !expired(&f, retention, now)).unwrap_or(true);
-                            purged += u64::from(!keep);
-                            keep
-                        })
+                    let mut changed: Vec<(String, Option<Facts>)> = Vec::new();
+                    for entry in table.iter().map_err(storage)? {
+                        let (key, value) = entry.map_err(storage)?;
+                        let Ok(stored) = decode_facts(value.value()) else { continue };
+                        let kept = retained(&stored, retention, now);
+                        if kept.as_ref() != Some(&stored) {
+                            changed.push((key.value().to_owned(), kept));
+                        }
+                    }
+                    for (resident, kept) in &changed {
+                        match kept {
+                            Some(facts) => table.insert(resident.as_str(), encode_facts(facts).as_slice()),
+                            None => table.remove(resident.as_str()),
+                        }
                         .map_err(storage)?;
-                    purged
+                    }
+                    changed.len() as u64
                 };
                 txn.commit().map_err(storage)?;
                 Ok(purged)

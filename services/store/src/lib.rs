@@ -44,16 +44,18 @@ pub trait StatusStore: Send + Sync + 'static {
     /// The facts of many residents, in the order asked.
     async fn get_many(&self, residents: &[String]) -> Result<Vec<Option<Facts>>, StoreError>;
 
-    /// Deletes the facts past retention (see [`expired`]); how many it deleted.
+    /// Deletes the facts past retention (see [`retained`]); how many
+    /// residents' facts it deleted or shrank.
     /// Reads never return such facts, purged or not. Stores that expire data
     /// by themselves (TTL) have nothing to do here.
     async fn purge_expired(&self) -> Result<u64, StoreError>;
 }
 
-/// Facts expire when nothing happened to the resident for the retention
-/// window: their latest event time is older than `now - retention`.
-pub fn expired(facts: &Facts, retention: Duration, now: UnixMicros) -> bool {
-    facts.updated_at.is_some_and(|t| t.saturating_add(retention) < now)
+/// What retention keeps of stored facts at `now`: each fact lives for the
+/// retention window after its own time ([`Facts::retained`]); `None` when
+/// nothing is left.
+pub fn retained(facts: &Facts, retention: Duration, now: UnixMicros) -> Option<Facts> {
+    Some(facts.retained(now.saturating_sub(retention))).filter(|f| !f.is_empty())
 }
 
 /// Told what a merge wrote once it is durable: the lookup's cache in the
