@@ -100,7 +100,9 @@ impl StatusStore for EmbeddedStore {
                     // Facts past retention are gone even before the purge deletes them.
                     match retained(&stored.merged(&update.facts), retention, now) {
                         Some(merged) => {
-                            table.insert(update.resident.as_str(), encode_facts(&merged).as_slice()).map_err(storage)?;
+                            table
+                                .insert(update.resident.as_str(), encode_facts(&merged).as_slice())
+                                .map_err(storage)?;
                         }
                         None => {
                             table.remove(update.resident.as_str()).map_err(storage)?;

@@ -1,0 +1,365 @@
+//! How facts become cells and cells become facts again. Pure: no session.
+//!
+//! Why the stored facts are order-insensitive with no read-before-write:
+//! - A register (latest positive, latest test, updated_at) is written with its
+//!   value as the cell's write timestamp. ScyllaDB keeps the cell with the
+//!   greatest write timestamp, on every replica and at every compaction, so
+//!   the cell holds the maximum of everything ever written to it.
+//! - The latest scan is last-writer-wins on (scanned_at, event_id). Its write
+//!   timestamp is scanned_at; for equal timestamps ScyllaDB keeps the greater
+//!   value, compared as unsigned bytes, and the value starts with the
+//!   event_id followed by a 0 byte (ids never contain one), so the greater
+//!   event_id wins, as in `Facts::merge`.
+//! - Negatives and overrides are clustering rows keyed by their time (and
+//!   event_id): writing one adds it to a set, writing it again changes
+//!   nothing, and a set union does not care about order. "The two latest
+//!   negatives" and "the latest 64 overrides" are picked from the set when
+//!   read, by the domain's own merge, so no write needs to know what is
+//!   already stored.
+//! - Each cell's TTL ends retention after the fact's own time
+//!   (`Facts::retained`). Expiry removes the oldest members of a set first,
+//!   so the top two of what is left are the top two of what is within retention.
+
+use std::time::Duration;
+
+use healthcode_core::{Color, Facts, OverrideFact, ScanFact, ScanKind, UnixMicros};
+use serde::{Deserialize, Serialize};
+
+use crate::cql::{Register, RowKind};
+
+/// The longest TTL ScyllaDB accepts: 20 years, in seconds.
+pub const MAX_TTL_SECONDS: i32 = 630_720_000;
+
+/// Version byte in front of the postcard part of blob values.
+const PAYLOAD_VERSION: u8 = 1;
+
+/// One cell or row to write for a resident, with its write timestamp
+/// (microseconds, the CQL `USING TIMESTAMP` unit) and TTL in seconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    Register { register: Register, value: RegisterValue, timestamp: i64, ttl: i32 },
+    Row { kind: RowKind, at: i64, event_id: String, payload: Vec<u8>, timestamp: i64, ttl: i32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegisterValue {
+    Micros(i64),
+    Blob(Vec<u8>),
+}
+
+/// The TTL of a fact that happened at `at`, written at `now`: the rest of its
+/// retention, rounded up to whole seconds. `None` when it has already
+/// expired, so it is not written at all.
+pub fn ttl_seconds(at: UnixMicros, retention: Duration, now: UnixMicros) -> Option<i32> {
+    let ends = at.saturating_add(retention);
+    let left = ends.0.checked_sub(now.0).filter(|m| *m > 0)?;
+    let seconds = (left as u64).div_ceil(1_000_000);
+    Some(seconds.min(MAX_TTL_SECONDS as u64) as i32)
+}
+
+/// The cells and rows that merge `facts` into a resident's partition.
+pub fn writes(facts: &Facts, retention: Duration, now: UnixMicros) -> Vec<Write> {
+    let mut out = Vec::new();
+    let mut register = |register: Register, at: UnixMicros, value: RegisterValue| {
+        if let Some(ttl) = ttl_seconds(at, retention, now) {
+            out.push(Write::Register { register, value, timestamp: at.0, ttl });
+        }
+    };
+    for (reg, at) in [
+        (Register::LatestPositive, facts.latest_positive),
+        (Register::LatestTest, facts.latest_test),
+        (Register::UpdatedAt, facts.updated_at),
+    ] {
+        if let Some(at) = at {
+            register(reg, at, RegisterValue::Micros(at.0));
+        }
+    }
+    if let Some(scan) = &facts.latest_scan {
+        register(Register::LatestScan, scan.scanned_at, RegisterValue::Blob(encode_scan(scan)));
+    }
+    let mut row = |kind: RowKind, at: UnixMicros, event_id: &str, payload: Vec<u8>| {
+        if let Some(ttl) = ttl_seconds(at, retention, now) {
+            out.push(Write::Row { kind, at: at.0, event_id: event_id.to_owned(), payload, timestamp: at.0, ttl });
+        }
+    };
+    for at in facts.latest_negatives.iter().flatten() {
+        row(RowKind::Negative, *at, "", Vec::new());
+    }
+    for o in &facts.overrides {
+        row(RowKind::Override, o.issued_at, &o.event_id, encode_override(o));
+    }
+    out
+}
+
+#[derive(Serialize, Deserialize)]
+struct ScanRest {
+    scanned_at: UnixMicros,
+    site_id: String,
+    station_id: String,
+    kind: ScanKind,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OverrideRest {
+    expires_at: UnixMicros,
+    color: Color,
+    authority_id: String,
+    note: String,
+}
+
+fn postcard_part<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![PAYLOAD_VERSION];
+    out.extend(postcard::to_allocvec(value).expect("plain structs always serialize"));
+    out
+}
+
+fn from_postcard_part<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, String> {
+    match bytes.split_first() {
+        Some((&PAYLOAD_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| format!("undecodable {what}: {e}")),
+        Some((v, _)) => Err(format!("{what} encoded with unknown version {v}")),
+        None => Err(format!("empty {what}")),
+    }
+}
+
+/// `scanned_at` is the cell's timestamp; the value starts with the event_id
+/// so that ties order by it (see the module comment).
+pub fn encode_scan(scan: &ScanFact) -> Vec<u8> {
+    let mut out = scan.event_id.as_bytes().to_vec();
+    out.push(0);
+    out.extend(postcard_part(&ScanRest {
+        scanned_at: scan.scanned_at,
+        site_id: scan.site_id.clone(),
+        station_id: scan.station_id.clone(),
+        kind: scan.kind,
+    }));
+    out
+}
+
+pub fn decode_scan(bytes: &[u8]) -> Result<ScanFact, String> {
+    let split = bytes.iter().position(|b| *b == 0).ok_or("scan value has no event_id separator")?;
+    let event_id = std::str::from_utf8(&bytes[..split]).map_err(|_| "scan event_id is not UTF-8")?.to_owned();
+    let rest: ScanRest = from_postcard_part(&bytes[split + 1..], "scan")?;
+    Ok(ScanFact {
+        scanned_at: rest.scanned_at,
+        event_id,
+        site_id: rest.site_id,
+        station_id: rest.station_id,
+        kind: rest.kind,
+    })
+}
+
+pub fn encode_override(o: &OverrideFact) -> Vec<u8> {
+    postcard_part(&OverrideRest {
+        expires_at: o.expires_at,
+        color: o.color,
+        authority_id: o.authority_id.clone(),
+        note: o.note.clone(),
+    })
+}
+
+pub fn decode_override(issued_at: UnixMicros, event_id: String, bytes: &[u8]) -> Result<OverrideFact, String> {
+    let rest: OverrideRest = from_postcard_part(bytes, "override")?;
+    Ok(OverrideFact {
+        issued_at,
+        event_id,
+        expires_at: rest.expires_at,
+        color: rest.color,
+        authority_id: rest.authority_id,
+        note: rest.note,
+    })
+}
+
+/// One row of the partition read: the static cells repeat on every row;
+/// the clustering part is empty on a partition with registers only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredRow {
+    pub latest_positive: Option<i64>,
+    pub latest_test: Option<i64>,
+    pub updated_at: Option<i64>,
+    pub latest_scan: Option<Vec<u8>>,
+    pub kind: Option<i8>,
+    pub at: Option<i64>,
+    pub event_id: Option<String>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// The facts of a partition's rows, joined with the domain's merge; `None`
+/// when the partition holds nothing.
+pub fn facts_from_rows(rows: &[StoredRow]) -> Result<Option<Facts>, String> {
+    let Some(first) = rows.first() else { return Ok(None) };
+    let mut facts = Facts {
+        latest_positive: first.latest_positive.map(UnixMicros),
+        latest_test: first.latest_test.map(UnixMicros),
+        updated_at: first.updated_at.map(UnixMicros),
+        latest_scan: match &first.latest_scan {
+            Some(bytes) => Some(decode_scan(bytes)?),
+            None => None,
+        },
+        ..Facts::default()
+    };
+    for row in rows {
+        let (Some(code), Some(at)) = (row.kind, row.at) else { continue };
+        let at = UnixMicros(at);
+        let part = match RowKind::from_code(code) {
+            Some(RowKind::Negative) => Facts { latest_negatives: [Some(at), None], ..Facts::default() },
+            Some(RowKind::Override) => {
+                let event_id = row.event_id.clone().unwrap_or_default();
+                let payload = row.payload.as_deref().unwrap_or_default();
+                Facts { overrides: vec![decode_override(at, event_id, payload)?], ..Facts::default() }
+            }
+            None => return Err(format!("row of unknown kind {code}")),
+        };
+        facts.merge(&part);
+    }
+    Ok(Some(facts).filter(|f| !f.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use healthcode_core::Color;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    const SECOND: i64 = 1_000_000;
+
+    fn at(s: i64) -> UnixMicros {
+        UnixMicros(1_800_000_000 * SECOND + s * SECOND)
+    }
+
+    #[test]
+    fn ttl_is_the_rest_of_retention_rounded_up() {
+        let now = at(0);
+        assert_eq!(ttl_seconds(now, 30 * DAY, now), Some(30 * 86_400));
+        assert_eq!(ttl_seconds(UnixMicros(now.0 - 86_400 * SECOND), 30 * DAY, now), Some(29 * 86_400));
+        assert_eq!(ttl_seconds(UnixMicros(now.0 - 30 * 86_400 * SECOND + 1), 30 * DAY, now), Some(1));
+        assert_eq!(ttl_seconds(UnixMicros(now.0 - 30 * 86_400 * SECOND), 30 * DAY, now), None, "expired now");
+        assert_eq!(ttl_seconds(UnixMicros(now.0 - 40 * 86_400 * SECOND), 30 * DAY, now), None);
+        assert_eq!(ttl_seconds(at(100 * 365 * 86_400), 30 * DAY, now), Some(MAX_TTL_SECONDS), "capped");
+    }
+
+    #[test]
+    fn registers_are_written_at_their_own_time_in_microseconds() {
+        let facts = Facts {
+            latest_positive: Some(at(5)),
+            latest_test: Some(at(7)),
+            updated_at: Some(at(9)),
+            ..Facts::default()
+        };
+        let w = writes(&facts, 30 * DAY, at(10));
+        assert_eq!(
+            w,
+            vec![
+                Write::Register {
+                    register: Register::LatestPositive,
+                    value: RegisterValue::Micros(at(5).0),
+                    timestamp: 1_800_000_005_000_000,
+                    ttl: 30 * 86_400 - 5,
+                },
+                Write::Register {
+                    register: Register::LatestTest,
+                    value: RegisterValue::Micros(at(7).0),
+                    timestamp: 1_800_000_007_000_000,
+                    ttl: 30 * 86_400 - 3,
+                },
+                Write::Register {
+                    register: Register::UpdatedAt,
+                    value: RegisterValue::Micros(at(9).0),
+                    timestamp: 1_800_000_009_000_000,
+                    ttl: 30 * 86_400 - 1,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn negatives_and_overrides_are_rows_and_expired_facts_are_not_written() {
+        let o = OverrideFact {
+            issued_at: at(3),
+            event_id: "o-1".into(),
+            expires_at: at(3600),
+            color: Color::Red,
+            authority_id: "a-1".into(),
+            note: "household contact".into(),
+        };
+        let facts = Facts {
+            latest_negatives: [Some(at(8)), Some(at(-40 * 86_400))],
+            overrides: vec![o.clone()],
+            ..Facts::default()
+        };
+        let w = writes(&facts, 30 * DAY, at(10));
+        assert_eq!(w.len(), 2, "the negative sampled 40 days ago is past retention: {w:?}");
+        assert!(
+            matches!(&w[0], Write::Row { kind: RowKind::Negative, at: a, timestamp: t, .. } if *a == at(8).0 && *t == at(8).0)
+        );
+        let Write::Row { kind: RowKind::Override, at: a, event_id, payload, .. } = &w[1] else { panic!("{w:?}") };
+        assert_eq!(decode_override(UnixMicros(*a), event_id.clone(), payload).unwrap(), o);
+    }
+
+    fn scan(id: &str) -> ScanFact {
+        ScanFact {
+            scanned_at: at(1),
+            event_id: id.into(),
+            site_id: format!("site-{id}"),
+            station_id: "st-1".into(),
+            kind: ScanKind::Checkpoint,
+        }
+    }
+
+    #[test]
+    fn scan_values_order_like_their_event_ids_as_scylla_compares_ties() {
+        // ScyllaDB keeps the greater value, as unsigned bytes, when two cells
+        // have the same timestamp; the domain keeps the greater event_id.
+        for (a, b) in [("e-1", "e-2"), ("e", "e-"), ("A", "a"), ("e-9", "e-10")] {
+            let domain = scan(a).cmp(&scan(b));
+            let bytes = encode_scan(&scan(a)).cmp(&encode_scan(&scan(b)));
+            assert_eq!(domain, bytes, "{a} vs {b}");
+        }
+        assert_eq!(decode_scan(&encode_scan(&scan("e-7"))).unwrap(), scan("e-7"));
+        assert!(decode_scan(b"no-separator").is_err());
+    }
+
+    #[test]
+    fn rows_read_back_are_joined_into_the_facts_written() {
+        let o = |id: &str, s: i64| OverrideFact {
+            issued_at: at(s),
+            event_id: id.into(),
+            expires_at: at(s + 60),
+            color: Color::Yellow,
+            authority_id: "a".into(),
+            note: String::new(),
+        };
+        let facts = Facts {
+            latest_positive: Some(at(2)),
+            latest_test: Some(at(9)),
+            updated_at: Some(at(9)),
+            latest_scan: Some(scan("s-1")),
+            latest_negatives: [Some(at(9)), Some(at(6))],
+            overrides: vec![o("o-1", 4), o("o-2", 5)],
+        };
+        let statics = StoredRow {
+            latest_positive: Some(at(2).0),
+            latest_test: Some(at(9).0),
+            updated_at: Some(at(9).0),
+            latest_scan: Some(encode_scan(&scan("s-1"))),
+            ..StoredRow::default()
+        };
+        // As ScyllaDB returns them: kind ascending, then newest first, with an
+        // older negative still within retention.
+        let mut rows = Vec::new();
+        for (kind, s, id) in [(1, 9, ""), (1, 6, ""), (1, 3, ""), (2, 5, "o-2"), (2, 4, "o-1")] {
+            let payload = if kind == 2 { encode_override(&o(id, s)) } else { Vec::new() };
+            rows.push(StoredRow {
+                kind: Some(kind),
+                at: Some(at(s).0),
+                event_id: Some(id.into()),
+                payload: Some(payload),
+                ..statics.clone()
+            });
+        }
+        assert_eq!(facts_from_rows(&rows).unwrap(), Some(facts));
+        assert_eq!(facts_from_rows(&[]).unwrap(), None);
+        assert_eq!(facts_from_rows(&[StoredRow::default()]).unwrap(), None);
+        let unknown = StoredRow { kind: Some(9), at: Some(1), ..StoredRow::default() };
+        assert!(facts_from_rows(&[unknown]).is_err());
+    }
+}

@@ -1,0 +1,289 @@
+//! The CQL this adapter sends: schema, and the statements it prepares. Pure
+//! text building, so it is tested without a server.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// The schema version this build writes and reads. Recorded in
+/// `schema_version`; a keyspace with a newer one is refused at start.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Schema components tracked in `schema_version`.
+pub const FACTS_COMPONENT: &str = "resident_facts";
+
+/// Rows that may come back for one resident: the static row plus its
+/// negatives and overrides within retention. Far above any real resident
+/// (tests are at most a few a day); a bound so that no partition can make a
+/// lookup read without limit.
+pub const ROWS_PER_RESIDENT: i32 = 1000;
+
+/// Keyspace replication: NetworkTopologyStrategy with a replication factor
+/// per datacenter, written `dc1=3,dc2=3`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replication(pub BTreeMap<String, u32>);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReplicationError {
+    #[error("scylla_replication must list at least one datacenter as dc=factor")]
+    Empty,
+    #[error("scylla_replication entry {0:?} must look like datacenter=factor")]
+    Malformed(String),
+    #[error("scylla_replication datacenter {0:?} must only contain letters, digits, '-' and '_'")]
+    BadName(String),
+    #[error("scylla_replication factor of {0:?} must be a whole number from 1 to 15")]
+    BadFactor(String),
+}
+
+impl FromStr for Replication {
+    type Err = ReplicationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut map = BTreeMap::new();
+        for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (dc, factor) = entry.split_once('=').ok_or_else(|| ReplicationError::Malformed(entry.to_owned()))?;
+            let dc = dc.trim();
+            // The name goes into DDL text: keep it to characters that need no quoting.
+            if dc.is_empty() || !dc.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(ReplicationError::BadName(dc.to_owned()));
+            }
+            let factor: u32 = factor.trim().parse().map_err(|_| ReplicationError::BadFactor(dc.to_owned()))?;
+            if !(1..=15).contains(&factor) {
+                return Err(ReplicationError::BadFactor(dc.to_owned()));
+            }
+            map.insert(dc.to_owned(), factor);
+        }
+        if map.is_empty() {
+            return Err(ReplicationError::Empty);
+        }
+        Ok(Replication(map))
+    }
+}
+
+impl fmt::Display for Replication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let entries: Vec<String> = self.0.iter().map(|(dc, rf)| format!("{dc}={rf}")).collect();
+        f.write_str(&entries.join(","))
+    }
+}
+
+/// A keyspace name: goes into every statement's text, so it is checked.
+pub fn check_keyspace(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 48
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && name.as_bytes()[0].is_ascii_lowercase();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("scylla_keyspace {name:?} must be 1 to 48 characters from [a-z0-9_], starting with a letter"))
+    }
+}
+
+/// The four single-value facts, kept as static cells of the resident's
+/// partition. Each is a max (or last-writer-wins) register.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Register {
+    LatestPositive,
+    LatestTest,
+    UpdatedAt,
+    LatestScan,
+}
+
+impl Register {
+    pub const ALL: [Register; 4] =
+        [Register::LatestPositive, Register::LatestTest, Register::UpdatedAt, Register::LatestScan];
+
+    pub fn column(self) -> &'static str {
+        match self {
+            Register::LatestPositive => "latest_positive",
+            Register::LatestTest => "latest_test",
+            Register::UpdatedAt => "updated_at",
+            Register::LatestScan => "latest_scan",
+        }
+    }
+}
+
+/// Clustering rows of a resident's partition: a grow-only set of facts,
+/// read back whole and joined by the domain's own merge.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RowKind {
+    Negative = 1,
+    Override = 2,
+}
+
+impl RowKind {
+    pub fn from_code(code: i8) -> Option<RowKind> {
+        match code {
+            1 => Some(RowKind::Negative),
+            2 => Some(RowKind::Override),
+            _ => None,
+        }
+    }
+}
+
+/// The statements of one keyspace.
+#[derive(Clone, Debug)]
+pub struct Cql {
+    keyspace: String,
+}
+
+impl Cql {
+    pub fn new(keyspace: &str) -> Result<Cql, String> {
+        check_keyspace(keyspace)?;
+        Ok(Cql { keyspace: keyspace.to_owned() })
+    }
+
+    pub fn create_keyspace(&self, replication: &Replication) -> String {
+        let factors: Vec<String> = replication.0.iter().map(|(dc, rf)| format!("'{dc}': {rf}")).collect();
+        format!(
+            "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {{'class': 'NetworkTopologyStrategy', {}}} \
+             AND durable_writes = true",
+            self.keyspace,
+            factors.join(", ")
+        )
+    }
+
+    /// One partition per resident. Static cells hold the registers; rows
+    /// keyed (kind, at, event_id) hold negatives and overrides. Every cell
+    /// carries a TTL, and nothing is ever deleted, so expired cells cannot be
+    /// resurrected and a short gc_grace_seconds is safe: it lets compaction
+    /// drop expired data a day after it expires instead of ten.
+    pub fn create_facts_table(&self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {}.resident_facts (\
+             resident text, kind tinyint, at bigint, event_id text, payload blob, \
+             latest_positive bigint STATIC, latest_test bigint STATIC, updated_at bigint STATIC, \
+             latest_scan blob STATIC, \
+             PRIMARY KEY ((resident), kind, at, event_id)) \
+             WITH CLUSTERING ORDER BY (kind ASC, at DESC, event_id DESC) \
+             AND compaction = {{'class': 'LeveledCompactionStrategy'}} \
+             AND gc_grace_seconds = 86400",
+            self.keyspace
+        )
+    }
+
+    pub fn create_schema_version_table(&self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {}.schema_version (component text PRIMARY KEY, version int, applied_at_micros bigint)",
+            self.keyspace
+        )
+    }
+
+    pub fn select_schema_version(&self) -> String {
+        format!("SELECT version FROM {}.schema_version WHERE component = ?", self.keyspace)
+    }
+
+    /// Binds: component, version, applied_at_micros, write timestamp. The
+    /// write timestamp is the version itself, so the highest version ever
+    /// recorded stays, whatever order processes of two builds start in.
+    pub fn record_schema_version(&self) -> String {
+        format!(
+            "INSERT INTO {}.schema_version (component, version, applied_at_micros) VALUES (?, ?, ?) USING TIMESTAMP ?",
+            self.keyspace
+        )
+    }
+
+    /// Binds: write timestamp, TTL, value, resident. The cell's write
+    /// timestamp is the fact's own time, so ScyllaDB's rule "the greater
+    /// timestamp wins" is the register's max.
+    pub fn write_register(&self, register: Register) -> String {
+        format!(
+            "UPDATE {}.resident_facts USING TIMESTAMP ? AND TTL ? SET {} = ? WHERE resident = ?",
+            self.keyspace,
+            register.column()
+        )
+    }
+
+    /// Binds: resident, kind, at, event_id, payload, write timestamp, TTL.
+    pub fn write_row(&self) -> String {
+        format!(
+            "INSERT INTO {}.resident_facts (resident, kind, at, event_id, payload) VALUES (?, ?, ?, ?, ?) \
+             USING TIMESTAMP ? AND TTL ?",
+            self.keyspace
+        )
+    }
+
+    /// Binds: resident. One single-partition read per resident.
+    pub fn read_facts(&self) -> String {
+        format!(
+            "SELECT latest_positive, latest_test, updated_at, latest_scan, kind, at, event_id, payload \
+             FROM {}.resident_facts WHERE resident = ? LIMIT {ROWS_PER_RESIDENT}",
+            self.keyspace
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_parses_datacenters_and_refuses_bad_entries() {
+        let r: Replication = "dc1=3, dc2 = 2".parse().unwrap();
+        assert_eq!(r.0.get("dc1"), Some(&3));
+        assert_eq!(r.0.get("dc2"), Some(&2));
+        assert_eq!(r.to_string(), "dc1=3,dc2=2");
+        assert_eq!("".parse::<Replication>(), Err(ReplicationError::Empty));
+        assert_eq!("dc1".parse::<Replication>(), Err(ReplicationError::Malformed("dc1".into())));
+        assert_eq!("dc1=0".parse::<Replication>(), Err(ReplicationError::BadFactor("dc1".into())));
+        assert_eq!("dc1=x".parse::<Replication>(), Err(ReplicationError::BadFactor("dc1".into())));
+        assert!(matches!("d'c=3".parse::<Replication>(), Err(ReplicationError::BadName(_))));
+    }
+
+    #[test]
+    fn keyspace_names_that_could_break_statements_are_refused() {
+        assert!(Cql::new("healthcode").is_ok());
+        for bad in ["", "Healthcode", "hc; DROP", "1hc", "hc.facts", &"a".repeat(49)] {
+            let err = Cql::new(bad).unwrap_err();
+            assert!(err.contains("scylla_keyspace"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn keyspace_uses_network_topology_with_every_datacenter() {
+        let cql = Cql::new("hc").unwrap();
+        let ddl = cql.create_keyspace(&"east=3,west=2".parse().unwrap());
+        assert!(ddl.starts_with("CREATE KEYSPACE IF NOT EXISTS hc WITH replication = {"), "{ddl}");
+        assert!(ddl.contains("'class': 'NetworkTopologyStrategy', 'east': 3, 'west': 2}"), "{ddl}");
+    }
+
+    #[test]
+    fn writes_carry_their_own_timestamp_and_ttl_and_never_read_first() {
+        let cql = Cql::new("hc").unwrap();
+        for register in Register::ALL {
+            let stmt = cql.write_register(register);
+            assert_eq!(
+                stmt,
+                format!(
+                    "UPDATE hc.resident_facts USING TIMESTAMP ? AND TTL ? SET {} = ? WHERE resident = ?",
+                    register.column()
+                )
+            );
+        }
+        let row = cql.write_row();
+        assert!(row.ends_with("USING TIMESTAMP ? AND TTL ?"), "{row}");
+        for stmt in Register::ALL.map(|r| cql.write_register(r)).iter().chain([&row]) {
+            assert!(!stmt.contains(" IF "), "no lightweight transaction: {stmt}");
+            assert_eq!(stmt.matches('?').count(), if stmt == &row { 7 } else { 4 });
+        }
+    }
+
+    #[test]
+    fn the_read_is_one_partition_and_bounded() {
+        let read = Cql::new("hc").unwrap().read_facts();
+        assert!(read.contains("WHERE resident = ? LIMIT 1000"), "{read}");
+        assert!(!read.contains(" IN "), "{read}");
+    }
+
+    #[test]
+    fn the_facts_table_keeps_registers_static_and_sets_ordered_newest_first() {
+        let ddl = Cql::new("hc").unwrap().create_facts_table();
+        for register in Register::ALL {
+            assert!(ddl.contains(&format!("{} ", register.column())), "{ddl}");
+        }
+        assert_eq!(ddl.matches(" STATIC").count(), 4, "{ddl}");
+        assert!(ddl.contains("PRIMARY KEY ((resident), kind, at, event_id)"), "{ddl}");
+        assert!(ddl.contains("CLUSTERING ORDER BY (kind ASC, at DESC, event_id DESC)"), "{ddl}");
+    }
+}

@@ -1,0 +1,294 @@
+//! The StatusStore on ScyllaDB (the `scylla` driver).
+//!
+//! One partition per resident. A merge writes each fact as a cell or row
+//! whose write timestamp is the fact's own time and whose TTL ends its
+//! retention, in one unlogged single-partition batch per resident: no read
+//! before the write, no lightweight transaction (see [`cells`] for why the
+//! result does not depend on order). A lookup is one prepared,
+//! token-aware, single-partition read; many lookups are many concurrent
+//! reads, never `IN` over partitions.
+
+pub mod cells;
+pub mod config;
+pub mod cql;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::{StreamExt, TryStreamExt, stream};
+use healthcode_core::{Facts, UnixMicros};
+use healthcode_store::{FactsUpdate, StatusStore, StoreError, retained};
+use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlValue;
+
+use crate::cells::{RegisterValue, StoredRow, Write};
+pub use crate::config::{Consistency, ScyllaConfig};
+use crate::cql::{Cql, FACTS_COMPONENT, Register, SCHEMA_VERSION};
+
+/// The row type of [`Cql::read_facts`].
+type ReadRow =
+    (Option<i64>, Option<i64>, Option<i64>, Option<Vec<u8>>, Option<i8>, Option<i64>, Option<String>, Option<Vec<u8>>);
+
+pub struct ScyllaStore {
+    session: Session,
+    read: PreparedStatement,
+    registers: [PreparedStatement; 4],
+    row: PreparedStatement,
+    write_profile: ExecutionProfileHandle,
+    config: ScyllaConfig,
+}
+
+impl ScyllaStore {
+    /// Connects, creates the keyspace and tables when missing, checks the
+    /// schema version and prepares every statement.
+    pub async fn connect(config: ScyllaConfig) -> Result<ScyllaStore, StoreError> {
+        let cql = Cql::new(&config.keyspace).map_err(StoreError::Storage)?;
+        let mut policy = DefaultPolicy::builder().token_aware(true);
+        if let Some(dc) = &config.local_datacenter {
+            // LOCAL_* consistency means "in this datacenter": stay in it.
+            policy = policy.prefer_datacenter(dc.clone()).permit_dc_failover(false);
+        }
+        let policy = policy.build();
+        let read_profile = ExecutionProfile::builder()
+            .consistency(config.read_consistency.into())
+            .request_timeout(Some(config.read_timeout))
+            .load_balancing_policy(policy.clone())
+            .speculative_execution_policy(config.speculative_after.map(|after| {
+                Arc::new(SimpleSpeculativeExecutionPolicy { max_retry_count: 2, retry_interval: after }) as _
+            }))
+            .build()
+            .into_handle();
+        let write_profile = ExecutionProfile::builder()
+            .consistency(config.write_consistency.into())
+            .request_timeout(Some(config.write_timeout))
+            .load_balancing_policy(policy)
+            .build()
+            .into_handle();
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&config.nodes)
+            .connection_timeout(config.connect_timeout)
+            .default_execution_profile_handle(write_profile.clone());
+        if let Some((user, password)) = &config.credentials {
+            builder = builder.user(user.clone(), password.clone());
+        }
+        let session =
+            builder.build().await.map_err(|e| StoreError::Unavailable(format!("connecting to ScyllaDB: {e}")))?;
+        create_schema(&session, &cql, &config).await?;
+
+        let prepare = |text: String, profile: &ExecutionProfileHandle| {
+            let session = &session;
+            let profile = profile.clone();
+            async move {
+                let mut stmt =
+                    session.prepare(text).await.map_err(|e| StoreError::Storage(format!("preparing: {e}")))?;
+                // Every statement here may run twice with the same effect:
+                // writes carry their own timestamps.
+                stmt.set_is_idempotent(true);
+                stmt.set_execution_profile_handle(Some(profile));
+                Ok::<_, StoreError>(stmt)
+            }
+        };
+        let read = prepare(cql.read_facts(), &read_profile).await?;
+        let mut registers = Vec::with_capacity(Register::ALL.len());
+        for register in Register::ALL {
+            registers.push(prepare(cql.write_register(register), &write_profile).await?);
+        }
+        let row = prepare(cql.write_row(), &write_profile).await?;
+        tracing::info!(
+            nodes = config.nodes.join(","),
+            keyspace = %config.keyspace,
+            read_consistency = ?config.read_consistency,
+            write_consistency = ?config.write_consistency,
+            "ScyllaDB store ready"
+        );
+        Ok(ScyllaStore {
+            session,
+            read,
+            registers: registers.try_into().expect("one statement per register"),
+            row,
+            write_profile,
+            config,
+        })
+    }
+
+    fn register_statement(&self, register: Register) -> &PreparedStatement {
+        let index = Register::ALL.iter().position(|r| *r == register).expect("every register is in ALL");
+        &self.registers[index]
+    }
+
+    /// One unlogged batch per resident: a single partition, so ScyllaDB
+    /// applies it as one mutation.
+    async fn write_resident(&self, update: FactsUpdate, now: UnixMicros) -> Result<(), StoreError> {
+        let writes = cells::writes(&update.facts, self.config.retention, now);
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_is_idempotent(true);
+        batch.set_execution_profile_handle(Some(self.write_profile.clone()));
+        let mut values: Vec<Vec<CqlValue>> = Vec::with_capacity(writes.len());
+        let resident = CqlValue::Text(update.resident);
+        for write in writes {
+            match write {
+                Write::Register { register, value, timestamp, ttl } => {
+                    batch.append_statement(self.register_statement(register).clone());
+                    let value = match value {
+                        RegisterValue::Micros(m) => CqlValue::BigInt(m),
+                        RegisterValue::Blob(b) => CqlValue::Blob(b),
+                    };
+                    values.push(vec![CqlValue::BigInt(timestamp), CqlValue::Int(ttl), value, resident.clone()]);
+                }
+                Write::Row { kind, at, event_id, payload, timestamp, ttl } => {
+                    batch.append_statement(self.row.clone());
+                    values.push(vec![
+                        resident.clone(),
+                        CqlValue::TinyInt(kind as i8),
+                        CqlValue::BigInt(at),
+                        CqlValue::Text(event_id),
+                        CqlValue::Blob(payload),
+                        CqlValue::BigInt(timestamp),
+                        CqlValue::Int(ttl),
+                    ]);
+                }
+            }
+        }
+        self.session.batch(&batch, values).await.map_err(|e| store_error("write", &e))?;
+        Ok(())
+    }
+
+    async fn read_resident(&self, resident: &str, now: UnixMicros) -> Result<Option<Facts>, StoreError> {
+        let result =
+            self.session.execute_unpaged(&self.read, (resident,)).await.map_err(|e| store_error("read", &e))?;
+        let rows = result.into_rows_result().map_err(|e| StoreError::Storage(format!("reading facts: {e}")))?;
+        let rows: Vec<StoredRow> = rows
+            .rows::<ReadRow>()
+            .map_err(|e| StoreError::Storage(format!("facts table has unexpected columns: {e}")))?
+            .map(|row| {
+                row.map(|(latest_positive, latest_test, updated_at, latest_scan, kind, at, event_id, payload)| {
+                    StoredRow { latest_positive, latest_test, updated_at, latest_scan, kind, at, event_id, payload }
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Storage(format!("undecodable facts row: {e}")))?;
+        let facts = cells::facts_from_rows(&rows).map_err(StoreError::Storage)?;
+        // TTLs count whole seconds from the server's clock: cut exactly here.
+        Ok(facts.and_then(|f| retained(&f, self.config.retention, now)))
+    }
+}
+
+async fn create_schema(session: &Session, cql: &Cql, config: &ScyllaConfig) -> Result<(), StoreError> {
+    let ddl = [cql.create_keyspace(&config.replication), cql.create_facts_table(), cql.create_schema_version_table()];
+    for statement in ddl {
+        // DDL waits for schema agreement (the driver's default) before the next step.
+        session
+            .query_unpaged(statement, ())
+            .await
+            .map_err(|e| StoreError::Storage(format!("creating the schema in {}: {e}", config.keyspace)))?;
+    }
+    let select = session
+        .prepare(cql.select_schema_version())
+        .await
+        .map_err(|e| StoreError::Storage(format!("preparing: {e}")))?;
+    let found = session
+        .execute_unpaged(&select, (FACTS_COMPONENT,))
+        .await
+        .map_err(|e| store_error("read", &e))?
+        .into_rows_result()
+        .map_err(|e| StoreError::Storage(e.to_string()))?
+        .maybe_first_row::<(Option<i32>,)>()
+        .map_err(|e| StoreError::Storage(e.to_string()))?
+        .and_then(|(v,)| v);
+    if let Some(version) = found
+        && version > SCHEMA_VERSION
+    {
+        return Err(StoreError::Storage(format!(
+            "keyspace {} has schema version {version}; this build knows version {SCHEMA_VERSION} only",
+            config.keyspace
+        )));
+    }
+    let record = session
+        .prepare(cql.record_schema_version())
+        .await
+        .map_err(|e| StoreError::Storage(format!("preparing: {e}")))?;
+    session
+        .execute_unpaged(&record, (FACTS_COMPONENT, SCHEMA_VERSION, UnixMicros::now().0, i64::from(SCHEMA_VERSION)))
+        .await
+        .map_err(|e| store_error("write", &e))?;
+    Ok(())
+}
+
+/// Transient failures (timeouts, unavailable replicas, overload, lost
+/// connections) are `Unavailable`, so the lookup answers stale and the
+/// materializer retries; a refused statement is `Storage`.
+fn store_error(op: &'static str, e: &ExecutionError) -> StoreError {
+    let refused = match e {
+        ExecutionError::BadQuery(_) | ExecutionError::PrepareError(_) => true,
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, _)) => matches!(
+            db,
+            DbError::SyntaxError
+                | DbError::Invalid
+                | DbError::AlreadyExists { .. }
+                | DbError::FunctionFailure { .. }
+                | DbError::AuthenticationError
+                | DbError::Unauthorized
+                | DbError::ConfigError
+        ),
+        _ => false,
+    };
+    let kind = if refused { "refused" } else { "unavailable" };
+    metrics::counter!("healthcode_store_errors_total", "store" => "scylla", "op" => op, "kind" => kind).increment(1);
+    if refused {
+        StoreError::Storage(format!("ScyllaDB {op}: {e}"))
+    } else {
+        StoreError::Unavailable(format!("ScyllaDB {op}: {e}"))
+    }
+}
+
+#[async_trait]
+impl StatusStore for ScyllaStore {
+    async fn merge(&self, updates: Vec<FactsUpdate>) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let count = updates.len() as u64;
+        let now = UnixMicros::now();
+        stream::iter(updates)
+            .map(|update| self.write_resident(update, now))
+            .buffer_unordered(self.config.write_concurrency)
+            .try_collect::<()>()
+            .await?;
+        metrics::histogram!("healthcode_store_merge_seconds", "store" => "scylla").record(started.elapsed());
+        metrics::counter!("healthcode_store_merged_residents_total", "store" => "scylla").increment(count);
+        Ok(())
+    }
+
+    async fn get(&self, resident: &str) -> Result<Option<Facts>, StoreError> {
+        let started = Instant::now();
+        let facts = self.read_resident(resident, UnixMicros::now()).await;
+        metrics::histogram!("healthcode_store_read_seconds", "store" => "scylla").record(started.elapsed());
+        facts
+    }
+
+    async fn get_many(&self, residents: &[String]) -> Result<Vec<Option<Facts>>, StoreError> {
+        let started = Instant::now();
+        let now = UnixMicros::now();
+        let reads: Vec<_> = residents.iter().map(|r| self.read_resident(r, now)).collect();
+        let facts = stream::iter(reads).buffered(self.config.read_concurrency).try_collect().await;
+        metrics::histogram!("healthcode_store_read_seconds", "store" => "scylla").record(started.elapsed());
+        facts
+    }
+
+    /// Every cell carries its TTL: ScyllaDB expires facts by itself.
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
+/// How long connecting may take before the process reports the store down.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,61 @@
+//! The StatusStore conformance suite against a real ScyllaDB cluster, when
+//! `HEALTHCODE_SCYLLA_NODES` names one (host:port,...). Each run writes under
+//! its own resident prefix in the keyspace `HEALTHCODE_SCYLLA_KEYSPACE`
+//! (default `healthcode_conformance`, replication
+//! `HEALTHCODE_SCYLLA_REPLICATION`, default `datacenter1=1`).
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use healthcode_store::StatusStore;
+use healthcode_store::conformance::{RETENTION, StoreFactory};
+use healthcode_store_scylla::config::parse_nodes;
+use healthcode_store_scylla::{ScyllaConfig, ScyllaStore};
+
+struct ScyllaFactory {
+    config: ScyllaConfig,
+    prefix: String,
+}
+
+fn factory() -> Option<ScyllaFactory> {
+    let nodes = std::env::var("HEALTHCODE_SCYLLA_NODES").ok().filter(|n| !n.trim().is_empty())?;
+    let mut config = ScyllaConfig::new(parse_nodes(&nodes).expect("HEALTHCODE_SCYLLA_NODES"));
+    config.keyspace = std::env::var("HEALTHCODE_SCYLLA_KEYSPACE").unwrap_or_else(|_| "healthcode_conformance".into());
+    config.replication = std::env::var("HEALTHCODE_SCYLLA_REPLICATION")
+        .unwrap_or_else(|_| "datacenter1=1".into())
+        .parse()
+        .expect("HEALTHCODE_SCYLLA_REPLICATION");
+    // A test cluster on a laptop is slower than the production budget.
+    config.read_timeout = std::time::Duration::from_secs(2);
+    config.retention = RETENTION;
+    // One prefix per test process, so reruns and parallel cases never meet.
+    static RUN: OnceLock<String> = OnceLock::new();
+    let run = RUN.get_or_init(|| format!("run-{}-{}", std::process::id(), healthcode_core::UnixMicros::now().0));
+    Some(ScyllaFactory { config, prefix: run.clone() })
+}
+
+#[async_trait]
+impl StoreFactory for ScyllaFactory {
+    async fn open(&self) -> Arc<dyn StatusStore> {
+        Arc::new(ScyllaStore::connect(self.config.clone()).await.expect("connect to ScyllaDB"))
+    }
+
+    fn resident(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+}
+
+healthcode_store::status_store_conformance!(factory());
+
+/// Runs without a server: an unreachable cluster is a store that is
+/// unavailable (the lookup answers stale, the materializer retries), not a
+/// panic or a hang.
+#[tokio::test]
+async fn an_unreachable_cluster_is_unavailable_within_the_connect_timeout() {
+    let mut config = ScyllaConfig::new(vec!["127.0.0.1:1".into()]);
+    config.connect_timeout = std::time::Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let err = ScyllaStore::connect(config).await.err().expect("nothing listens on port 1");
+    assert!(matches!(err, healthcode_store::StoreError::Unavailable(_)), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
+}
