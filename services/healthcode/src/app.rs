@@ -18,6 +18,7 @@ use healthcode_proto::v1::ingest_server::IngestServer;
 use healthcode_proto::v1::lookup_server::LookupServer;
 use healthcode_status_token::Signer;
 use healthcode_store::{EmbeddedStore, FaultyStore, StatusStore};
+use healthcode_store_scylla::ScyllaStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -77,7 +78,7 @@ async fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
 
 /// `shared`: other processes of this machine (separate materializer and
 /// lookup roles) may open the embedded store too.
-fn open_store(settings: &Settings, shared: bool) -> anyhow::Result<Arc<dyn StatusStore>> {
+async fn open_store(settings: &Settings, shared: bool) -> anyhow::Result<Arc<dyn StatusStore>> {
     match settings.store {
         StoreBackend::Embedded => {
             let dir = settings.data_dir.join("store");
@@ -86,6 +87,11 @@ fn open_store(settings: &Settings, shared: bool) -> anyhow::Result<Arc<dyn Statu
                 if shared { EmbeddedStore::open_shared(&dir, retention) } else { EmbeddedStore::open(&dir, retention) };
             Ok(Arc::new(store.with_context(|| format!("opening the store in {}", dir.display()))?))
         }
+        StoreBackend::Scylla => Ok(Arc::new(
+            ScyllaStore::connect(settings.scylla.clone())
+                .await
+                .with_context(|| format!("opening the ScyllaDB store at {}", settings.scylla.nodes.join(",")))?,
+        )),
     }
 }
 
@@ -181,8 +187,11 @@ impl App {
         let grpc_addr = grpc_listener.as_ref().map(TcpListener::local_addr).transpose()?;
 
         let log = if role.edge() || role.materializer() { Some(open_log(&settings).await?) } else { None };
-        let mut store =
-            if role.materializer() || role.lookup() { Some(open_store(&settings, role != Role::Up)?) } else { None };
+        let mut store = if role.materializer() || role.lookup() {
+            Some(open_store(&settings, role != Role::Up).await?)
+        } else {
+            None
+        };
         let mut store_faults = None;
         if settings.fault_injection
             && let Some(inner) = store.take()

@@ -13,6 +13,7 @@ use healthcode_edge::EdgeConfig;
 use healthcode_log_kafka::KafkaConfig;
 use healthcode_lookup::LookupConfig;
 use healthcode_rpc::LaneConfig;
+use healthcode_store_scylla::{Consistency, ScyllaConfig};
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -33,7 +34,7 @@ pub enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Runs edge, materializer and lookup in one process on the embedded log and store.
+    /// Runs edge, materializer and lookup in one process (embedded log and store by default).
     Up(ServeArgs),
     /// Runs the Ingest service only.
     Edge(ServeArgs),
@@ -72,6 +73,8 @@ pub enum LogBackend {
 pub enum StoreBackend {
     /// redb file under the data directory (one process).
     Embedded,
+    /// A ScyllaDB cluster (`--scylla-nodes`).
+    Scylla,
 }
 
 /// Settings of the serving commands. Every field is optional here so that the
@@ -235,6 +238,44 @@ pub struct ServeArgs {
     /// Largest gRPC request accepted, in bytes [default: 2097152]
     #[arg(long, env = "HEALTHCODE_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// ScyllaDB contact points, host[:port],... (required with --store scylla)
+    #[arg(long, env = "HEALTHCODE_SCYLLA_NODES")]
+    pub scylla_nodes: Option<String>,
+    /// Keyspace of the facts [default: healthcode]
+    #[arg(long, env = "HEALTHCODE_SCYLLA_KEYSPACE")]
+    pub scylla_keyspace: Option<String>,
+    /// Replication of the keyspace when this process creates it:
+    /// NetworkTopologyStrategy factors as dc=rf,... [default: datacenter1=3]
+    #[arg(long, env = "HEALTHCODE_SCYLLA_REPLICATION")]
+    pub scylla_replication: Option<String>,
+    /// The datacenter this process runs in: requests stay there (LOCAL_* levels)
+    #[arg(long, env = "HEALTHCODE_SCYLLA_LOCAL_DATACENTER")]
+    pub scylla_local_datacenter: Option<String>,
+    /// Consistency of fact reads: one, local-one, quorum, local-quorum,
+    /// each-quorum, all [default: local-quorum]
+    #[arg(long, env = "HEALTHCODE_SCYLLA_READ_CONSISTENCY")]
+    pub scylla_read_consistency: Option<String>,
+    /// Consistency of fact writes [default: local-quorum]
+    #[arg(long, env = "HEALTHCODE_SCYLLA_WRITE_CONSISTENCY")]
+    pub scylla_write_consistency: Option<String>,
+    /// Limit of one fact read, below --lookup-budget [default: 40ms]
+    #[arg(long, env = "HEALTHCODE_SCYLLA_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub scylla_read_timeout: Option<Duration>,
+    /// Limit of one resident's write [default: 2s]
+    #[arg(long, env = "HEALTHCODE_SCYLLA_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub scylla_write_timeout: Option<Duration>,
+    /// Ask another replica when a read is slower than this; 0s turns it off [default: 8ms]
+    #[arg(long, env = "HEALTHCODE_SCYLLA_SPECULATIVE_AFTER", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub scylla_speculative_after: Option<Duration>,
+    /// User name for ScyllaDB's PasswordAuthenticator (needs --scylla-password-file)
+    #[arg(long, env = "HEALTHCODE_SCYLLA_USERNAME")]
+    pub scylla_username: Option<String>,
+    /// File holding the ScyllaDB password (a mounted secret)
+    #[arg(long, env = "HEALTHCODE_SCYLLA_PASSWORD_FILE")]
+    pub scylla_password_file: Option<PathBuf>,
     /// librdkafka setting key=value for both clients; prefix the key with
     /// `producer.` or `consumer.` for one (repeatable; comma-separated in the env)
     #[arg(long = "kafka-option", env = "HEALTHCODE_KAFKA_OPTIONS", value_delimiter = ',')]
@@ -261,6 +302,8 @@ pub struct Settings {
     /// Kafka settings; used when `log` is `Kafka`.
     pub kafka: KafkaConfig,
     pub materializer_group: String,
+    /// ScyllaDB settings; used when `store` is `Scylla`.
+    pub scylla: ScyllaConfig,
     pub security: Security,
 }
 
@@ -387,12 +430,32 @@ impl ServeArgs {
         anyhow::ensure!(security.max_message_bytes >= 4096, "max_message_bytes must be at least 4096");
         let retention = self.retention.or(file.retention).unwrap_or(default_limits.retention);
         kafka.retention = retention;
+        let lookup_budget = self.lookup_budget.or(file.lookup_budget).unwrap_or(default_lookup.budget);
+        let store = self.store.or(file.store).unwrap_or(StoreBackend::Embedded);
+        let scylla = scylla_config(
+            ScyllaArgs {
+                nodes: self.scylla_nodes.or(file.scylla_nodes),
+                keyspace: self.scylla_keyspace.or(file.scylla_keyspace),
+                replication: self.scylla_replication.or(file.scylla_replication),
+                local_datacenter: self.scylla_local_datacenter.or(file.scylla_local_datacenter),
+                read_consistency: self.scylla_read_consistency.or(file.scylla_read_consistency),
+                write_consistency: self.scylla_write_consistency.or(file.scylla_write_consistency),
+                read_timeout: self.scylla_read_timeout.or(file.scylla_read_timeout),
+                write_timeout: self.scylla_write_timeout.or(file.scylla_write_timeout),
+                speculative_after: self.scylla_speculative_after.or(file.scylla_speculative_after),
+                username: self.scylla_username.or(file.scylla_username),
+                password_file: self.scylla_password_file.or(file.scylla_password_file),
+            },
+            store == StoreBackend::Scylla,
+            retention,
+            lookup_budget,
+        )?;
         Ok(Settings {
             grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(([127, 0, 0, 1], 50051).into()),
             admin_addr: self.admin_addr.or(file.admin_addr).unwrap_or(([127, 0, 0, 1], 9090).into()),
             data_dir,
             log,
-            store: self.store.or(file.store).unwrap_or(StoreBackend::Embedded),
+            store,
             policy,
             limits: Limits {
                 max_future_skew: self
@@ -402,7 +465,7 @@ impl ServeArgs {
                 retention,
             },
             lookup: LookupConfig {
-                budget: self.lookup_budget.or(file.lookup_budget).unwrap_or(default_lookup.budget),
+                budget: lookup_budget,
                 batch_budget: self
                     .lookup_batch_budget
                     .or(file.lookup_batch_budget)
@@ -456,9 +519,81 @@ impl ServeArgs {
                 .kafka_group
                 .or(file.kafka_group)
                 .unwrap_or_else(|| "healthcode-materializer".to_owned()),
+            scylla,
             security,
         })
     }
+}
+
+/// The ScyllaDB settings as given, before defaults.
+struct ScyllaArgs {
+    nodes: Option<String>,
+    keyspace: Option<String>,
+    replication: Option<String>,
+    local_datacenter: Option<String>,
+    read_consistency: Option<String>,
+    write_consistency: Option<String>,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    speculative_after: Option<Duration>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+/// `used`: the store is ScyllaDB, so the nodes are required and the
+/// password file is read now.
+fn scylla_config(
+    args: ScyllaArgs,
+    used: bool,
+    retention: Duration,
+    lookup_budget: Duration,
+) -> anyhow::Result<ScyllaConfig> {
+    let nodes = match (&args.nodes, used) {
+        (Some(list), _) => healthcode_store_scylla::config::parse_nodes(list).map_err(anyhow::Error::msg)?,
+        (None, true) => anyhow::bail!(
+            "scylla_nodes is required with --store scylla (flag --scylla-nodes, env HEALTHCODE_SCYLLA_NODES)"
+        ),
+        (None, false) => Vec::new(),
+    };
+    let mut c = ScyllaConfig::new(nodes);
+    c.retention = retention;
+    if let Some(keyspace) = args.keyspace {
+        healthcode_store_scylla::cql::check_keyspace(&keyspace).map_err(anyhow::Error::msg)?;
+        c.keyspace = keyspace;
+    }
+    if let Some(replication) = args.replication {
+        c.replication = replication.parse()?;
+    }
+    c.local_datacenter = args.local_datacenter;
+    let consistency = |value: Option<String>, field: &str, default: Consistency| -> anyhow::Result<Consistency> {
+        match value {
+            Some(v) => v.parse().with_context(|| format!("{field} is invalid")),
+            None => Ok(default),
+        }
+    };
+    c.read_consistency = consistency(args.read_consistency, "scylla_read_consistency", c.read_consistency)?;
+    c.write_consistency = consistency(args.write_consistency, "scylla_write_consistency", c.write_consistency)?;
+    c.read_timeout = args.read_timeout.unwrap_or(c.read_timeout);
+    c.write_timeout = args.write_timeout.unwrap_or(c.write_timeout);
+    anyhow::ensure!(
+        c.read_timeout < lookup_budget,
+        "scylla_read_timeout ({:?}) must be below lookup_budget ({lookup_budget:?}): a late read must leave time to answer stale",
+        c.read_timeout
+    );
+    anyhow::ensure!(!c.write_timeout.is_zero(), "scylla_write_timeout must be above 0");
+    if let Some(after) = args.speculative_after {
+        c.speculative_after = Some(after).filter(|d| !d.is_zero());
+    }
+    c.credentials = match (args.username, args.password_file) {
+        (Some(user), Some(path)) if used => {
+            let password = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading scylla_password_file {}", path.display()))?;
+            Some((user, password.trim_end().to_owned()))
+        }
+        (Some(_), Some(_)) | (None, None) => None,
+        _ => anyhow::bail!("scylla_username and scylla_password_file must be given together"),
+    };
+    Ok(c)
 }
 
 #[cfg(test)]
@@ -506,6 +641,39 @@ mod tests {
         assert!(half.resolve_with(ServeArgs::default()).unwrap_err().to_string().contains("tls_key_file"));
         let zero = ServeArgs { rate_limit_per_principal: Some(0), ..ServeArgs::default() };
         assert!(zero.resolve_with(ServeArgs::default()).is_err());
+    }
+
+    #[test]
+    fn scylla_settings_need_nodes_and_a_read_timeout_below_the_lookup_budget() {
+        let no_nodes = ServeArgs { store: Some(StoreBackend::Scylla), ..ServeArgs::default() };
+        let err = no_nodes.resolve_with(ServeArgs::default()).unwrap_err().to_string();
+        assert!(err.contains("scylla_nodes"), "{err}");
+        let file: ServeArgs = toml::from_str(
+            "store = \"scylla\"\nscylla_nodes = \"s1,s2:19042\"\nscylla_replication = \"dc1=3\"\n\
+             scylla_read_consistency = \"local-one\"\nscylla_speculative_after = \"0s\"",
+        )
+        .unwrap();
+        let s = ServeArgs::default().resolve_with(file).unwrap();
+        assert_eq!(s.store, StoreBackend::Scylla);
+        assert_eq!(s.scylla.nodes, vec!["s1:9042", "s2:19042"]);
+        assert_eq!(s.scylla.replication.to_string(), "dc1=3");
+        assert_eq!(s.scylla.read_consistency, Consistency::LocalOne);
+        assert_eq!(s.scylla.write_consistency, Consistency::LocalQuorum);
+        assert_eq!(s.scylla.speculative_after, None);
+        assert_eq!(s.scylla.retention, s.limits.retention);
+        let slow = ServeArgs {
+            store: Some(StoreBackend::Scylla),
+            scylla_nodes: Some("s1".into()),
+            scylla_read_timeout: Some(Duration::from_millis(80)),
+            ..ServeArgs::default()
+        };
+        let err = slow.resolve_with(ServeArgs::default()).unwrap_err().to_string();
+        assert!(err.contains("scylla_read_timeout") && err.contains("lookup_budget"), "{err}");
+        let bad = ServeArgs { scylla_write_consistency: Some("serial".into()), ..ServeArgs::default() };
+        let err = format!("{:#}", bad.resolve_with(ServeArgs::default()).unwrap_err());
+        assert!(err.contains("scylla_write_consistency"), "{err}");
+        let half = ServeArgs { scylla_username: Some("hc".into()), ..ServeArgs::default() };
+        assert!(half.resolve_with(ServeArgs::default()).unwrap_err().to_string().contains("scylla_password_file"));
     }
 
     #[test]
