@@ -67,11 +67,18 @@ impl DevCredentials {
     /// Creates whatever is missing: CA with server and client certificates,
     /// tokens, pseudonym key. Returns the names of what it created.
     pub fn ensure(&self) -> Result<Vec<&'static str>, AuthError> {
+        self.ensure_for(&["localhost", "127.0.0.1"])
+    }
+
+    /// As [`Self::ensure`], with a server certificate for these DNS names
+    /// or IP addresses (the names clients dial in a deployment).
+    pub fn ensure_for(&self, server_names: &[&str]) -> Result<Vec<&'static str>, AuthError> {
+        let server_names = if server_names.is_empty() { &["localhost", "127.0.0.1"][..] } else { server_names };
         std::fs::create_dir_all(&self.dir).map_err(|e| AuthError::io(&self.dir, e))?;
         let mut created = Vec::new();
         if !self.ca_cert().exists() {
             let issuer = Issuer::create(self)?;
-            let server = issuer.server_cert(&["localhost", "127.0.0.1"])?;
+            let server = issuer.server_cert(server_names)?;
             write_pair(&self.server_cert(), &self.server_key(), &server)?;
             for (name, role) in DEV_PRINCIPALS {
                 let client = issuer.client_cert(name, role)?;

@@ -95,11 +95,31 @@ async fn open_store(settings: &Settings, shared: bool) -> anyhow::Result<Arc<dyn
     }
 }
 
+/// Creates the credentials missing in `dir`: certificates (the server's
+/// for `server_names`), tokens, pseudonym key, status signing key and its
+/// keyring. Returns the names of what it created.
+pub fn create_credentials(dir: &std::path::Path, server_names: &[&str]) -> anyhow::Result<Vec<&'static str>> {
+    let mut created = DevCredentials::at(dir).ensure_for(server_names).context("creating credentials")?;
+    if create_signing_key(&dir.join("status-signing.toml"), &dir.join("status-keys.toml"))? {
+        created.push("status signing key");
+    }
+    Ok(created)
+}
+
+/// A status signing key and the keyring stations verify with, unless the key is there.
+fn create_signing_key(key: &std::path::Path, keyring: &std::path::Path) -> anyhow::Result<bool> {
+    if key.exists() {
+        return Ok(false);
+    }
+    Signer::generate(key, keyring, "dev-1").context("creating the status signing key")?;
+    Ok(true)
+}
+
 /// Development credentials where asked for, then the tokens every server checks.
 fn open_guard(security: &Security) -> anyhow::Result<Arc<Guard>> {
     if security.dev_credentials {
-        let dev = DevCredentials::at(&security.credentials_dir);
-        let created = dev.ensure().context("creating development credentials")?;
+        let created =
+            DevCredentials::at(&security.credentials_dir).ensure().context("creating development credentials")?;
         if !created.is_empty() {
             tracing::info!(
                 dir = %security.credentials_dir.display(),
@@ -109,10 +129,8 @@ fn open_guard(security: &Security) -> anyhow::Result<Arc<Guard>> {
             );
         }
     }
-    if security.dev_credentials && !security.status_signing_key_file.exists() {
-        let keyring = security.credentials_dir.join("status-keys.toml");
-        Signer::generate(&security.status_signing_key_file, &keyring, "dev-1")
-            .context("creating the development status signing key")?;
+    let keyring = security.credentials_dir.join("status-keys.toml");
+    if security.dev_credentials && create_signing_key(&security.status_signing_key_file, &keyring)? {
         tracing::info!(keyring = %keyring.display(), "created a status signing key; stations verify tokens with the keyring");
     }
     let tokens = TokenRegistry::open(&security.tokens_file).context("reading the tokens file")?;

@@ -162,6 +162,10 @@ pub struct VerifyTokenArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum CredentialsCommand {
+    /// Creates a deployment's credentials where missing: CA, server
+    /// certificate, a token and client certificate per role, pseudonym key
+    /// and status signing key (then kept in a secret store, e.g. a Kubernetes Secret).
+    Init(InitArgs),
     /// Issues a bearer token: appends its hash to the tokens file (running
     /// servers pick it up within a second) and prints the token once.
     Token(IssueArgs),
@@ -181,6 +185,16 @@ pub struct IssueArgs {
     /// Where `cert` writes <principal>.pem and <principal>.key [default: the credentials dir]
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    #[arg(long, env = "HEALTHCODE_CREDENTIALS_DIR", default_value = "./data/credentials")]
+    pub credentials_dir: PathBuf,
+    /// DNS name or IP address the server certificate is for (repeatable)
+    /// [default: localhost and 127.0.0.1]
+    #[arg(long = "server-name")]
+    pub server_names: Vec<String>,
 }
 
 /// The development principal of a role: the id a verb submits under by default.
@@ -427,6 +441,12 @@ pub fn verify_token(args: VerifyTokenArgs) -> anyhow::Result<()> {
 
 pub fn credentials(command: CredentialsCommand) -> anyhow::Result<()> {
     match command {
+        CredentialsCommand::Init(args) => {
+            let names: Vec<&str> = args.server_names.iter().map(String::as_str).collect();
+            let created = crate::app::create_credentials(&args.credentials_dir, &names)?;
+            let created = if created.is_empty() { "nothing, all was there".to_owned() } else { created.join(", ") };
+            eprintln!("credentials in {}: created {created}", args.credentials_dir.display());
+        }
         CredentialsCommand::Token(args) => {
             let dir = DevCredentials::at(&args.credentials_dir);
             let (token, entry) = new_token(&args.principal, args.role);
