@@ -220,6 +220,12 @@ fn compose_file_matches_the_binary() {
     assert!(created.contains(token.trim_start_matches("/credentials/")), "the ops token {token} is not created");
 }
 
+/// A Deployment's pod labels and named container ports.
+struct Deployed {
+    labels: BTreeMap<String, Yaml>,
+    ports: HashMap<String, u16>,
+}
+
 #[test]
 fn kubernetes_manifests_match_the_binary() {
     let dir = deploy().join("k8s");
@@ -241,8 +247,7 @@ fn kubernetes_manifests_match_the_binary() {
     let kind = |k: &'static str| docs.iter().filter(move |(_, d)| d["kind"].as_str() == Some(k));
     let config_maps: HashMap<String, BTreeMap<String, Yaml>> =
         kind("ConfigMap").map(|(_, d)| (scalar(&d["metadata"]["name"]), mapping(&d["data"]))).collect();
-    // Deployment name -> (pod labels, named container ports, role).
-    let mut deployments: HashMap<String, (BTreeMap<String, Yaml>, HashMap<String, u16>, &'static str)> = HashMap::new();
+    let mut deployments: HashMap<String, Deployed> = HashMap::new();
     for (file, d) in kind("Deployment") {
         let name = scalar(&d["metadata"]["name"]);
         let origin = format!("{file}: Deployment {name}");
@@ -307,7 +312,7 @@ fn kubernetes_manifests_match_the_binary() {
         let data_dir = p.settings.data_dir.to_str().unwrap().to_owned();
         assert!(mounted.contains_key(&data_dir), "{origin}: the data dir {data_dir} is not a volume (read-only root)");
         let labels = mapping(&d["spec"]["template"]["metadata"]["labels"]);
-        deployments.insert(name, (labels, ports, p.role));
+        deployments.insert(name, Deployed { labels, ports });
     }
     assert_eq!(deployments.len(), 3, "edge, materializer, lookup");
 
@@ -315,14 +320,14 @@ fn kubernetes_manifests_match_the_binary() {
         let wanted = mapping(selector);
         deployments
             .iter()
-            .filter(|(_, (labels, _, _))| wanted.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            .filter(|(_, d)| wanted.iter().all(|(k, v)| d.labels.get(k) == Some(v)))
             .map(|(n, _)| n.clone())
             .collect()
     };
     for (file, s) in kind("Service") {
         let origin = format!("{file}: Service {}", scalar(&s["metadata"]["name"]));
         let [target] = &selects(&s["spec"]["selector"])[..] else { panic!("{origin}: selects one Deployment") };
-        let (_, ports, _) = &deployments[target];
+        let ports = &deployments[target].ports;
         for port in s["spec"]["ports"].as_vec().unwrap() {
             let ok = match &port["targetPort"] {
                 Yaml::Integer(n) => ports.values().any(|p| i64::from(*p) == *n),
