@@ -376,4 +376,7 @@ fn the_dockerfile_exposes_the_ports_its_defaults_listen_on() {
         .collect();
     assert_eq!(exposed, p.listens);
     assert!(text.contains("--locked -p healthcode --bin healthcode"), "the image builds the binary from the lock file");
+    let loadtest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../loadtest/Cargo.toml");
+    let manifest = std::fs::read_to_string(loadtest).unwrap();
+    assert!(manifest.contains("name = \"healthcode-loadtest\""), "deploy/README.md replays with it from the image");
 }
