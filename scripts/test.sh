@@ -15,6 +15,11 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
+if [ -n "${HEALTHCODE_SCYLLA_NODES:-}" ]; then
+    echo "== the store conformance suite runs against ScyllaDB at $HEALTHCODE_SCYLLA_NODES"
+else
+    echo "== ScyllaDB: HEALTHCODE_SCYLLA_NODES is not set, its conformance cases print SKIPPED (docs/operations.md says how to run them)"
+fi
 cargo test --workspace --locked
 echo "== loadtest smoke round"
 ./scripts/loadtest-smoke.sh
