@@ -195,10 +195,12 @@ impl Cql {
         )
     }
 
-    /// Binds: resident, kind, at, event_id, payload, write timestamp, TTL.
-    pub fn write_row(&self) -> String {
+    /// Binds: resident, kind, at, event_id, [payload,] write timestamp, TTL.
+    /// A row without payload (a negative) is its key and row marker only.
+    pub fn write_row(&self, with_payload: bool) -> String {
+        let (column, marker) = if with_payload { (", payload", ", ?") } else { ("", "") };
         format!(
-            "INSERT INTO {}.resident_facts (resident, kind, at, event_id, payload) VALUES (?, ?, ?, ?, ?) \
+            "INSERT INTO {}.resident_facts (resident, kind, at, event_id{column}) VALUES (?, ?, ?, ?{marker}) \
              USING TIMESTAMP ? AND TTL ?",
             self.keyspace
         )
@@ -261,11 +263,20 @@ mod tests {
                 )
             );
         }
-        let row = cql.write_row();
+        let (row, bare) = (cql.write_row(true), cql.write_row(false));
         assert!(row.ends_with("USING TIMESTAMP ? AND TTL ?"), "{row}");
-        for stmt in Register::ALL.map(|r| cql.write_register(r)).iter().chain([&row]) {
+        assert!(row.contains("event_id, payload) VALUES (?, ?, ?, ?, ?)"), "{row}");
+        assert!(bare.contains("event_id) VALUES (?, ?, ?, ?) USING"), "{bare}");
+        for stmt in Register::ALL.map(|r| cql.write_register(r)).iter().chain([&row, &bare]) {
             assert!(!stmt.contains(" IF "), "no lightweight transaction: {stmt}");
-            assert_eq!(stmt.matches('?').count(), if stmt == &row { 7 } else { 4 });
+            let markers = if stmt == &row {
+                7
+            } else if stmt == &bare {
+                6
+            } else {
+                4
+            };
+            assert_eq!(stmt.matches('?').count(), markers, "{stmt}");
         }
     }
 

@@ -41,7 +41,9 @@ pub struct ScyllaStore {
     session: Session,
     read: PreparedStatement,
     registers: [PreparedStatement; 4],
+    /// Rows with a payload (overrides) and without (negatives).
     row: PreparedStatement,
+    bare_row: PreparedStatement,
     write_profile: ExecutionProfileHandle,
     config: ScyllaConfig,
 }
@@ -101,7 +103,8 @@ impl ScyllaStore {
         for register in Register::ALL {
             registers.push(prepare(cql.write_register(register), &write_profile).await?);
         }
-        let row = prepare(cql.write_row(), &write_profile).await?;
+        let row = prepare(cql.write_row(true), &write_profile).await?;
+        let bare_row = prepare(cql.write_row(false), &write_profile).await?;
         tracing::info!(
             nodes = config.nodes.join(","),
             keyspace = %config.keyspace,
@@ -114,6 +117,7 @@ impl ScyllaStore {
             read,
             registers: registers.try_into().expect("one statement per register"),
             row,
+            bare_row,
             write_profile,
             config,
         })
@@ -147,16 +151,20 @@ impl ScyllaStore {
                     values.push(vec![CqlValue::BigInt(timestamp), CqlValue::Int(ttl), value, resident.clone()]);
                 }
                 Write::Row { kind, at, event_id, payload, timestamp, ttl } => {
-                    batch.append_statement(self.row.clone());
-                    values.push(vec![
+                    let mut bound = vec![
                         resident.clone(),
                         CqlValue::TinyInt(kind as i8),
                         CqlValue::BigInt(at),
                         CqlValue::Text(event_id),
-                        CqlValue::Blob(payload),
-                        CqlValue::BigInt(timestamp),
-                        CqlValue::Int(ttl),
-                    ]);
+                    ];
+                    if payload.is_empty() {
+                        batch.append_statement(self.bare_row.clone());
+                    } else {
+                        batch.append_statement(self.row.clone());
+                        bound.push(CqlValue::Blob(payload));
+                    }
+                    bound.extend([CqlValue::BigInt(timestamp), CqlValue::Int(ttl)]);
+                    values.push(bound);
                 }
             }
         }
