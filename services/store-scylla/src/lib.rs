@@ -74,10 +74,17 @@ impl ScyllaStore {
             .load_balancing_policy(policy)
             .build()
             .into_handle();
+        // Schema statements at start may wait on a busy cluster far longer
+        // than a fact write should; every fact statement names its own profile.
+        let schema_profile = ExecutionProfile::builder()
+            .consistency(config.write_consistency.into())
+            .request_timeout(Some(SCHEMA_TIMEOUT))
+            .build()
+            .into_handle();
         let mut builder = SessionBuilder::new()
             .known_nodes(&config.nodes)
             .connection_timeout(config.connect_timeout)
-            .default_execution_profile_handle(write_profile.clone());
+            .default_execution_profile_handle(schema_profile);
         if let Some((user, password)) = &config.credentials {
             builder = builder.user(user.clone(), password.clone());
         }
@@ -300,3 +307,6 @@ impl StatusStore for ScyllaStore {
 
 /// How long connecting may take before the process reports the store down.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Limit of each schema statement at start (create, version check).
+const SCHEMA_TIMEOUT: Duration = Duration::from_secs(60);
