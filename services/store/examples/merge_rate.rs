@@ -13,14 +13,16 @@ async fn main() {
     let batches: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path(), healthcode_core::Limits::default().retention).unwrap();
+    // Recent times: facts past retention would be dropped, not merged.
+    let base = UnixMicros::now().0 - 3_600_000_000;
     let batch = |b: u64| -> Vec<FactsUpdate> {
         (b * 2000..(b + 1) * 2000)
             .map(|i| FactsUpdate {
                 resident: format!("r{i:09}"),
                 facts: Facts {
-                    latest_negatives: [Some(UnixMicros(i as i64)), None],
-                    latest_test: Some(UnixMicros(i as i64)),
-                    updated_at: Some(UnixMicros(i as i64)),
+                    latest_negatives: [Some(UnixMicros(base + i as i64)), None],
+                    latest_test: Some(UnixMicros(base + i as i64)),
+                    updated_at: Some(UnixMicros(base + i as i64)),
                     ..Facts::default()
                 },
             })
