@@ -47,14 +47,18 @@ impl Read {
 }
 
 pub struct FactsCache {
-    entries: moka::future::Cache<String, Arc<Known>>,
+    entries: moka::future::Cache<String, Arc<Known>, foldhash::fast::RandomState>,
     fresh_for: Duration,
 }
 
 impl FactsCache {
     pub fn new(capacity: u64, fresh_for: Duration, stale_for: Duration) -> FactsCache {
         FactsCache {
-            entries: moka::future::Cache::builder().max_capacity(capacity).time_to_live(stale_for).build(),
+            // Keys are pseudonyms (HMAC output): a fast seeded hash is enough.
+            entries: moka::future::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(stale_for)
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             fresh_for,
         }
     }

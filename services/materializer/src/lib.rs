@@ -65,7 +65,7 @@ pub struct Folded {
 
 /// Folds a batch of log records into one facts update per resident.
 pub fn fold(batch: &[Delivered], validator: &Validator) -> Folded {
-    let mut per_resident: HashMap<String, Facts> = HashMap::new();
+    let mut per_resident: foldhash::HashMap<String, Facts> = foldhash::HashMap::default();
     let mut folded = Folded::default();
     for (index, delivered) in batch.iter().enumerate() {
         let event = pb::Event::decode(delivered.record.payload.as_slice())
