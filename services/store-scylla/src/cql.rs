@@ -81,13 +81,14 @@ pub fn check_keyspace(name: &str) -> Result<(), String> {
 }
 
 /// The four single-value facts, kept as static cells of the resident's
-/// partition. Each is a max (or last-writer-wins) register.
+/// partition. Each is a max (or last-writer-wins) register. The
+/// discriminant is the position in [`Register::ALL`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Register {
-    LatestPositive,
-    LatestTest,
-    UpdatedAt,
-    LatestScan,
+    LatestPositive = 0,
+    LatestTest = 1,
+    UpdatedAt = 2,
+    LatestScan = 3,
 }
 
 impl Register {
@@ -277,6 +278,13 @@ mod tests {
                 4
             };
             assert_eq!(stmt.matches('?').count(), markers, "{stmt}");
+        }
+    }
+
+    #[test]
+    fn registers_are_listed_in_discriminant_order() {
+        for (index, register) in Register::ALL.iter().enumerate() {
+            assert_eq!(*register as usize, index, "{register:?}");
         }
     }
 

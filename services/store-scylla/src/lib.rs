@@ -92,12 +92,11 @@ impl ScyllaStore {
             builder.build().await.map_err(|e| StoreError::Unavailable(format!("connecting to ScyllaDB: {e}")))?;
         create_schema(&session, &cql, &config).await?;
 
-        let prepare = |text: String, profile: &ExecutionProfileHandle| {
+        let prepare_fact = |text: String, profile: &ExecutionProfileHandle| {
             let session = &session;
             let profile = profile.clone();
             async move {
-                let mut stmt =
-                    session.prepare(text).await.map_err(|e| StoreError::Storage(format!("preparing: {e}")))?;
+                let mut stmt = prepare(session, text).await?;
                 // Every statement here may run twice with the same effect:
                 // writes carry their own timestamps.
                 stmt.set_is_idempotent(true);
@@ -105,13 +104,13 @@ impl ScyllaStore {
                 Ok::<_, StoreError>(stmt)
             }
         };
-        let read = prepare(cql.read_facts(), &read_profile).await?;
+        let read = prepare_fact(cql.read_facts(), &read_profile).await?;
         let mut registers = Vec::with_capacity(Register::ALL.len());
         for register in Register::ALL {
-            registers.push(prepare(cql.write_register(register), &write_profile).await?);
+            registers.push(prepare_fact(cql.write_register(register), &write_profile).await?);
         }
-        let row = prepare(cql.write_row(true), &write_profile).await?;
-        let bare_row = prepare(cql.write_row(false), &write_profile).await?;
+        let row = prepare_fact(cql.write_row(true), &write_profile).await?;
+        let bare_row = prepare_fact(cql.write_row(false), &write_profile).await?;
         tracing::info!(
             nodes = config.nodes.join(","),
             keyspace = %config.keyspace,
@@ -130,11 +129,6 @@ impl ScyllaStore {
         })
     }
 
-    fn register_statement(&self, register: Register) -> &PreparedStatement {
-        let index = Register::ALL.iter().position(|r| *r == register).expect("every register is in ALL");
-        &self.registers[index]
-    }
-
     /// One unlogged batch per resident: a single partition, so ScyllaDB
     /// applies it as one mutation.
     async fn write_resident(&self, update: FactsUpdate, now: UnixMicros) -> Result<(), StoreError> {
@@ -150,7 +144,7 @@ impl ScyllaStore {
         for write in writes {
             match write {
                 Write::Register { register, value, timestamp, ttl } => {
-                    batch.append_statement(self.register_statement(register).clone());
+                    batch.append_statement(self.registers[register as usize].clone());
                     let value = match value {
                         RegisterValue::Micros(m) => CqlValue::BigInt(m),
                         RegisterValue::Blob(b) => CqlValue::Blob(b),
@@ -208,10 +202,7 @@ async fn create_schema(session: &Session, cql: &Cql, config: &ScyllaConfig) -> R
             .await
             .map_err(|e| StoreError::Storage(format!("creating the schema in {}: {e}", config.keyspace)))?;
     }
-    let select = session
-        .prepare(cql.select_schema_version())
-        .await
-        .map_err(|e| StoreError::Storage(format!("preparing: {e}")))?;
+    let select = prepare(session, cql.select_schema_version()).await?;
     let found = session
         .execute_unpaged(&select, (FACTS_COMPONENT,))
         .await
@@ -229,15 +220,16 @@ async fn create_schema(session: &Session, cql: &Cql, config: &ScyllaConfig) -> R
             config.keyspace
         )));
     }
-    let record = session
-        .prepare(cql.record_schema_version())
-        .await
-        .map_err(|e| StoreError::Storage(format!("preparing: {e}")))?;
+    let record = prepare(session, cql.record_schema_version()).await?;
     session
         .execute_unpaged(&record, (FACTS_COMPONENT, SCHEMA_VERSION, UnixMicros::now().0, i64::from(SCHEMA_VERSION)))
         .await
         .map_err(|e| store_error("write", &e))?;
     Ok(())
+}
+
+async fn prepare(session: &Session, text: String) -> Result<PreparedStatement, StoreError> {
+    session.prepare(text).await.map_err(|e| StoreError::Storage(format!("preparing: {e}")))
 }
 
 /// Transient failures (timeouts, unavailable replicas, overload, lost

@@ -62,6 +62,15 @@ impl EmbeddedStore {
     }
 }
 
+/// Stores a resident's facts, or deletes the row when nothing is left.
+fn put(table: &mut redb::Table<&str, &[u8]>, resident: &str, facts: Option<&Facts>) -> Result<(), StoreError> {
+    match facts {
+        Some(facts) => table.insert(resident, encode_facts(facts).as_slice()).map(drop),
+        None => table.remove(resident).map(drop),
+    }
+    .map_err(storage)
+}
+
 pub fn encode_facts(facts: &Facts) -> Vec<u8> {
     let mut out = vec![ENCODING];
     out.extend(postcard::to_allocvec(facts).expect("facts always serialize"));
@@ -98,16 +107,8 @@ impl StatusStore for EmbeddedStore {
                         None => Facts::default(),
                     };
                     // Facts past retention are gone even before the purge deletes them.
-                    match retained(&stored.merged(&update.facts), retention, now) {
-                        Some(merged) => {
-                            table
-                                .insert(update.resident.as_str(), encode_facts(&merged).as_slice())
-                                .map_err(storage)?;
-                        }
-                        None => {
-                            table.remove(update.resident.as_str()).map_err(storage)?;
-                        }
-                    }
+                    let merged = retained(&stored.merged(&update.facts), retention, now);
+                    put(&mut table, &update.resident, merged.as_ref())?;
                 }
             }
             txn.commit().map_err(storage)
@@ -161,11 +162,7 @@ impl StatusStore for EmbeddedStore {
                         }
                     }
                     for (resident, kept) in &changed {
-                        match kept {
-                            Some(facts) => table.insert(resident.as_str(), encode_facts(facts).as_slice()),
-                            None => table.remove(resident.as_str()),
-                        }
-                        .map_err(storage)?;
+                        put(&mut table, resident, kept.as_ref())?;
                     }
                     changed.len() as u64
                 };
