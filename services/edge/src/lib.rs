@@ -1,6 +1,10 @@
 //! The Ingest service. An event is ACCEPTED only once the event log has it
-//! durably; a retried `event_id` the edge still remembers is answered
-//! DUPLICATE. Forgetting is safe: the facts merge makes a re-append harmless.
+//! durably; a retry the edge still remembers is answered DUPLICATE.
+//! Forgetting is safe: the facts merge makes a re-append harmless.
+//!
+//! An event's identity is its kind, its submitter and its `event_id`
+//! ([`EventKey`]): ids are the caller's idempotency keys, so two labs (or a
+//! station and a lab) that number their events alike never shadow each other.
 //!
 //! Every call is admitted by the [`Guard`] first, and every event must name
 //! its caller. Resident ids are replaced by their pseudonyms here, before the
@@ -57,7 +61,7 @@ impl Default for EdgeConfig {
 pub struct EdgeService {
     log: Arc<dyn EventLog>,
     validator: Validator,
-    recent: moka::sync::Cache<String, (), foldhash::fast::RandomState>,
+    recent: moka::sync::Cache<EventKey, (), foldhash::fast::RandomState>,
     retry_after: Duration,
     guard: Arc<Guard>,
     pseudonyms: Pseudonymizer,
@@ -121,7 +125,7 @@ impl EdgeService {
             .collect();
         self.durably(records).await?;
         for event in &events {
-            self.recent.insert(event.event_id.clone(), ());
+            self.recent.insert(EventKey::of(event), ());
             metrics::counter!("healthcode_ingest_events_total", "kind" => event.kind_label(), "outcome" => "accepted")
                 .increment(1);
             audit(event, caller);
@@ -167,7 +171,7 @@ impl EdgeService {
         let event =
             self.validator.validate_single(&wire, "event", UnixMicros::now()).inspect_err(|_| count_rejected())?;
         let event_id = event.event_id.clone();
-        if self.recent.contains_key(&event_id) {
+        if self.recent.contains_key(&EventKey::of(&event)) {
             duplicate(&event);
             return Ok(pb::SubmitReply { event_id, outcome: pb::Outcome::Duplicate as i32 });
         }
@@ -203,8 +207,8 @@ impl EdgeService {
                     });
                 }
                 Ok(event) => {
-                    let fresh =
-                        !self.recent.contains_key(&event.event_id) && in_this_batch.insert(event.event_id.clone());
+                    let key = EventKey::of(&event);
+                    let fresh = !self.recent.contains_key(&key) && in_this_batch.insert(key);
                     let outcome = if fresh { pb::Outcome::Accepted } else { pb::Outcome::Duplicate };
                     results.push(pb::EventResult {
                         event_id: event.event_id.clone(),
@@ -223,6 +227,28 @@ impl EdgeService {
         // the batch, and ids already accepted come back DUPLICATE.
         self.append(to_append, caller).await?;
         Ok(pb::SubmitBatchReply { results })
+    }
+}
+
+/// What makes two events the same event: the kind, the submitter the event
+/// names (the authenticated caller, see [`check_owner`]) and the caller's
+/// `event_id`. Pseudonymisation does not touch any of the three, so a key
+/// taken before or after it is the same.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct EventKey {
+    kind: &'static str,
+    submitter: String,
+    event_id: String,
+}
+
+impl EventKey {
+    fn of(event: &Event) -> EventKey {
+        let submitter = match &event.body {
+            EventBody::Scan { station_id, .. } => station_id,
+            EventBody::TestResult { lab_id, .. } => lab_id,
+            EventBody::Override { authority_id, .. } => authority_id,
+        };
+        EventKey { kind: event.kind_label(), submitter: submitter.clone(), event_id: event.event_id.clone() }
     }
 }
 

@@ -311,6 +311,66 @@ async fn statuses_follow_the_policy_and_retries_are_duplicates() {
     t.app.stop().await.unwrap();
 }
 
+/// An event's identity is its kind, its submitter and its id: a second lab
+/// and a station that happen to use the id a lab used first still get their
+/// events applied, while a retry by the same caller stays DUPLICATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_sharing_an_event_id_each_get_theirs_applied() {
+    let t = TestApp::start().await;
+    let (token, entry) = healthcode_auth::new_token("lab-2", Caller::Lab);
+    healthcode_auth::TokenRegistry::append(&t.dir.path().join("credentials/tokens.toml"), &[entry]).unwrap();
+    let mut lab2 = IngestClient::with_interceptor(t.channel.clone(), Bearer::new(&token).unwrap());
+    let mut lab1 = t.ingest(Caller::Lab);
+    let mut station = t.ingest(Caller::Station);
+
+    let outcome = |r: Result<tonic::Response<pb::SubmitReply>, tonic::Status>| r.unwrap().into_inner().outcome;
+    // The station and the first lab use the id "shared-1" first.
+    let station_scan = scan("shared-1", "dup-a");
+    let first = station.submit_scan(pb::SubmitScanRequest { event: Some(station_scan.clone()) }).await;
+    assert_eq!(outcome(first), pb::Outcome::Accepted as i32);
+    let lab1_result = test_result("shared-1", "dup-a", pb::TestOutcome::Negative);
+    let first = lab1.submit_test_result(pb::SubmitTestResultRequest { event: Some(lab1_result.clone()) }).await;
+    assert_eq!(outcome(first), pb::Outcome::Accepted as i32, "a lab's id is not the station's id");
+
+    // The second lab's token is read from the tokens file within a second or two.
+    let positive =
+        pb::TestResultEvent { lab_id: "lab-2".into(), ..test_result("shared-1", "dup-b", pb::TestOutcome::Positive) };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        match lab2.submit_test_result(pb::SubmitTestResultRequest { event: Some(positive.clone()) }).await {
+            Err(s) if s.code() == Code::Unauthenticated && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => break other,
+        }
+    };
+    assert_eq!(outcome(reply), pb::Outcome::Accepted as i32, "another lab's result with the same id is new");
+    // Batches follow the same rule.
+    let batch = pb::SubmitBatchRequest {
+        events: vec![pb::Event { kind: Some(pb::event::Kind::TestResult(positive.clone())) }],
+    };
+    let results = lab2.submit_batch(batch).await.unwrap().into_inner().results;
+    assert_eq!(results[0].outcome, pb::Outcome::Duplicate as i32, "the second lab's own retry");
+
+    // Retries by the same callers are still DUPLICATE.
+    let retry = lab1.submit_test_result(pb::SubmitTestResultRequest { event: Some(lab1_result) }).await;
+    assert_eq!(outcome(retry), pb::Outcome::Duplicate as i32);
+    let retry = station.submit_scan(pb::SubmitScanRequest { event: Some(station_scan.clone()) }).await;
+    assert_eq!(outcome(retry), pb::Outcome::Duplicate as i32);
+
+    // And every one of them was applied.
+    let statuses = wait_for_statuses(
+        &t,
+        &["dup-a", "dup-b"],
+        &[(pb::Color::Green, pb::Reason::NegativeTestValid), (pb::Color::Red, pb::Reason::PositiveTest)],
+    )
+    .await;
+    // The scan is the resident's latest event (the embedded log is one
+    // partition: once the later negative shows, the scan is in too).
+    assert_eq!(statuses[0].updated_at, station_scan.scanned_at, "the station's scan was applied");
+    t.app.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_are_served() {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
