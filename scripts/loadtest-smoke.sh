@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # A small city round end to end against `healthcode up`: generate, replay,
-# verify. Once on the embedded log and store, once on Kafka (a tansu broker
-# from scripts/setup.sh), and once on ScyllaDB when HEALTHCODE_SCYLLA_NODES
-# names a cluster. Exits non-zero on any mismatch or unacknowledged event.
+# verify. Once on the embedded log and store; once on Kafka (the Apache Kafka
+# cluster named by HEALTHCODE_KAFKA_BROKERS, see scripts/engines.sh, else a
+# tansu broker from scripts/setup.sh); once on Kafka and the CQL store
+# together when HEALTHCODE_SCYLLA_NODES names a cluster (Apache Cassandra
+# from scripts/engines.sh, or ScyllaDB). Exits non-zero on any mismatch or
+# unacknowledged event.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,24 +62,41 @@ run_round() {
 
 run_round embedded
 
-if [ -x "$TANSU" ]; then
+kafka_args=(--log kafka --kafka-partitions 4)
+# Topics and a group of the round's own: the cluster may be shared.
+own_topics() { echo --kafka-topic "$1.events" --kafka-dead-letter-topic "$1.dead-letter" --kafka-group "$1"; }
+rounds=1
+if [ -n "${HEALTHCODE_KAFKA_BROKERS:-}" ]; then
+    replicas=$(tr ',' '\n' <<<"$HEALTHCODE_KAFKA_BROKERS" | wc -l)
+    kafka_args+=(--kafka-brokers "$HEALTHCODE_KAFKA_BROKERS" --kafka-replication-factor $((replicas < 3 ? replicas : 3)))
+    echo "== Kafka rounds on Apache Kafka at $HEALTHCODE_KAFKA_BROKERS"
+elif [ -x "$TANSU" ]; then
     port=$(free_port)
     "$TANSU" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
         --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
     pids+=("$!")
-    run_round kafka --log kafka --kafka-brokers "127.0.0.1:$port" --kafka-partitions 4
+    kafka_args+=(--kafka-brokers "127.0.0.1:$port")
+    echo "== Kafka rounds on tansu (HEALTHCODE_KAFKA_BROKERS is not set)"
 else
-    echo "SKIPPED the Kafka round: no tansu broker; run scripts/setup.sh" >&2
+    echo "SKIPPED the Kafka round: no Kafka cluster (scripts/engines.sh) and no tansu broker (scripts/setup.sh)"
     [ -z "${CI:-}" ] || exit 1
+    kafka_args=()
 fi
-rounds=2
-if [ -n "${HEALTHCODE_SCYLLA_NODES:-}" ]; then
-    # A keyspace of its own per run: the round's facts start from nothing.
-    run_round scylla --store scylla --scylla-nodes "$HEALTHCODE_SCYLLA_NODES" \
-        --scylla-replication "${HEALTHCODE_SCYLLA_REPLICATION:-datacenter1=1}" --scylla-keyspace "hc_smoke_$$" \
-        --scylla-read-timeout 45ms
-    rounds=3
+if [ ${#kafka_args[@]} -gt 0 ]; then
+    # shellcheck disable=SC2046
+    run_round kafka "${kafka_args[@]}" $(own_topics "smoke-$$")
+    rounds=$((rounds + 1))
+fi
+if [ -n "${HEALTHCODE_SCYLLA_NODES:-}" ] && [ ${#kafka_args[@]} -gt 0 ]; then
+    cql_replicas=$(tr ',' '\n' <<<"$HEALTHCODE_SCYLLA_NODES" | wc -l)
+    # The distributed path end to end: Kafka log and CQL store, a keyspace
+    # of its own per run, so the round's facts start from nothing.
+    # shellcheck disable=SC2046
+    run_round kafka-cql "${kafka_args[@]}" $(own_topics "smoke-cql-$$") --store scylla --scylla-nodes "$HEALTHCODE_SCYLLA_NODES" \
+        --scylla-replication "${HEALTHCODE_SCYLLA_REPLICATION:-datacenter1=$((cql_replicas < 3 ? cql_replicas : 3))}" \
+        --scylla-keyspace "hc_smoke_$$" --scylla-read-timeout 45ms
+    rounds=$((rounds + 1))
 else
-    echo "SKIPPED the ScyllaDB round: HEALTHCODE_SCYLLA_NODES is not set" >&2
+    echo "SKIPPED the Kafka + CQL round: HEALTHCODE_SCYLLA_NODES is not set (scripts/engines.sh starts a cluster)"
 fi
 echo "loadtest smoke: $rounds passed, 0 failed"

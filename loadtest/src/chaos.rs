@@ -1,17 +1,34 @@
 //! Fault-injection drills. A round is replayed against separate edge,
-//! materializer and lookup processes on a Kafka broker while one kind of
-//! fault is injected, then every resident is verified:
+//! materializer and lookup processes while one kind of fault is injected,
+//! then every resident is verified. On the real engines (the Apache Kafka
+//! and Cassandra clusters of `scripts/engines.sh`, see [`Engines`]) the
+//! roles use a Kafka log and the CQL store; without them, a tansu broker and
+//! the embedded store.
 //!
 //! - `kills`: SIGKILL and restart of the edge, the materializer and the
 //!   lookup, each twice;
-//! - `broker`: the broker frozen (SIGSTOP) for a while, then thawed;
+//! - `broker`: the log frozen (SIGSTOP of the broker, of every broker on a
+//!   cluster) for a while, then thawed;
 //! - `store`: the store made to fail (the processes' `--fault-injection`
 //!   admin switch); lookups of residents the lookup has cached must answer,
-//!   flagged stale, throughout.
+//!   flagged stale, throughout;
+//!
+//! and on the engines only (clusters of three, replication factor 3):
+//!
+//! - `kafka-node`: the broker leading most of the round's partitions killed
+//!   (SIGKILL) mid-round, restarted later;
+//! - `cql-node`: one Cassandra node killed mid-round, restarted later (the
+//!   writes it missed come back by hinted handoff);
+//! - `kafka-and-cql-nodes`: both at once;
+//! - `cql-quorum-lost`: two of three Cassandra nodes killed: lookups answer
+//!   stale from the cache or UNAVAILABLE, ingest keeps acknowledging (the
+//!   log holds the events), and the materializer catches up once they are
+//!   back.
 //!
 //! A drill passes with every acknowledged event reflected (zero mismatches)
-//! and, for `store`, no failed lookup of a cached resident. The same code
-//! runs as `healthcode-loadtest chaos` and as the fault-injection test.
+//! and, for `store`, no failed lookup of a cached resident. Each report
+//! carries the lookups measured while the fault lasted. The same code runs
+//! as `healthcode-loadtest chaos` and as the fault-injection tests.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -27,25 +44,50 @@ use tonic::transport::Endpoint;
 
 use crate::admin::http;
 use crate::credentials::{Credentials, gate};
+use crate::engines::{Engine, Engines};
 use crate::replay::{self, ReplayOptions};
 use crate::round::resident_id;
 use crate::schedule::read_manifest;
+use crate::stats::{Percentiles, histogram, micros};
 use crate::verify;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
 pub enum Scenario {
     Kills,
     Broker,
     Store,
+    KafkaNode,
+    CqlNode,
+    KafkaAndCqlNodes,
+    CqlQuorumLost,
+}
+
+impl Scenario {
+    /// The drills that kill nodes of the real clusters.
+    pub const ON_ENGINES: [Scenario; 4] =
+        [Scenario::KafkaNode, Scenario::CqlNode, Scenario::KafkaAndCqlNodes, Scenario::CqlQuorumLost];
+
+    fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
+}
+
+/// Where the drills' log and store run.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// A tansu broker of the drill's own and the embedded store.
+    Tansu(PathBuf),
+    /// The Apache Kafka and Cassandra clusters of `scripts/engines.sh`.
+    Engines(Engines),
 }
 
 #[derive(Clone, Debug)]
 pub struct ChaosOptions {
     /// The `healthcode` binary to run the roles with.
     pub healthcode: PathBuf,
-    /// The tansu broker binary.
-    pub tansu: PathBuf,
+    pub backend: Backend,
     /// A round written by `generate`.
     pub round: PathBuf,
     /// Scratch space: one directory per drill with data and process logs.
@@ -53,6 +95,8 @@ pub struct ChaosOptions {
     pub compression: f64,
     pub broker_pause: Duration,
     pub store_outage: Duration,
+    /// How long a killed engine node stays down.
+    pub node_outage: Duration,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -67,9 +111,21 @@ pub struct DrillReport {
     /// Store drill: lookups of cached residents during the outage.
     pub cached_lookups_stale: u64,
     pub cached_lookups_failed: u64,
+    /// Lookups of a sample of residents while the fault lasted.
+    pub lookups_during_fault: FaultLookups,
     /// Seconds from the end of the replay until every status matched.
     pub converged_after_s: f64,
     pub passed: bool,
+}
+
+/// GetStatus calls made while a fault lasted: how they were answered and how fast.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FaultLookups {
+    pub fresh: u64,
+    pub stale: u64,
+    pub unavailable: u64,
+    pub other_errors: u64,
+    pub latency: Percentiles,
 }
 
 fn free_addr() -> SocketAddr {
@@ -137,8 +193,15 @@ impl Drop for Role {
     }
 }
 
+/// The log the roles share.
+enum Log {
+    Tansu(TansuBroker),
+    Cluster(Engines),
+}
+
 struct Deployment {
-    broker: TansuBroker,
+    log: Log,
+    topic: String,
     edge: Role,
     materializer: Role,
     lookup: Role,
@@ -148,13 +211,48 @@ struct Deployment {
 }
 
 impl Deployment {
-    async fn start(options: &ChaosOptions, dir: &Path) -> anyhow::Result<Deployment> {
+    async fn start(options: &ChaosOptions, dir: &Path, name: &str) -> anyhow::Result<Deployment> {
         let data = dir.join("data");
         crate::credentials::provision(&options.round, &data.join("credentials/tokens.toml"))?;
-        let broker = TansuBroker::start_binary(options.tansu.clone());
+        // Names of this drill's own: the clusters outlive drills and runs.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let run = format!("drill_{}_{}_{}", name.replace('-', "_"), std::process::id(), now.as_millis() % 1_000_000);
+        let topic = format!("{run}.events");
+        let (log, mut shared) = match &options.backend {
+            Backend::Tansu(binary) => {
+                let broker = TansuBroker::start_binary(binary.clone());
+                let args = vec!["--kafka-brokers".into(), broker.brokers()];
+                (Log::Tansu(broker), args)
+            }
+            Backend::Engines(engines) => {
+                let kafka_rf = engines.replication(Engine::Kafka).to_string();
+                let cql_rf = format!("datacenter1={}", engines.replication(Engine::Cql));
+                let args: Vec<String> = [
+                    ["--kafka-brokers", &engines.kafka_brokers],
+                    ["--kafka-replication-factor", &kafka_rf],
+                    ["--kafka-dead-letter-topic", &format!("{run}.dead-letter")],
+                    ["--kafka-group", &run],
+                    ["--store", "scylla"],
+                    ["--scylla-nodes", &engines.cql_nodes],
+                    ["--scylla-replication", &cql_rf],
+                    ["--scylla-keyspace", &run],
+                    // Six JVMs, three roles and the load share two cores:
+                    // reads take longer here than the production budget.
+                    ["--scylla-read-timeout", "400ms"],
+                    ["--lookup-budget", "1s"],
+                    ["--lookup-batch-budget", "3s"],
+                ]
+                .into_iter()
+                .flatten()
+                .map(String::from)
+                .collect();
+                (Log::Cluster(engines.clone()), args)
+            }
+        };
+        shared.extend(["--log", "kafka", "--kafka-partitions", "4", "--kafka-topic", &topic].map(String::from));
+        shared.extend(["--data-dir".into(), data.display().to_string()]);
         let common = |grpc: Option<SocketAddr>, faults: bool| {
-            let mut args: Vec<String> = ["--log", "kafka", "--kafka-partitions", "4"].map(String::from).to_vec();
-            args.extend(["--kafka-brokers".into(), broker.brokers(), "--data-dir".into(), data.display().to_string()]);
+            let mut args = shared.clone();
             if let Some(grpc) = grpc {
                 args.extend(["--grpc-addr".into(), grpc.to_string()]);
             }
@@ -173,7 +271,8 @@ impl Deployment {
         lookup.start().await?;
         let ops_token = std::fs::read_to_string(data.join("credentials/ops.token"))?.trim().to_owned();
         Ok(Deployment {
-            broker,
+            log,
+            topic,
             edge,
             materializer,
             lookup,
@@ -181,6 +280,13 @@ impl Deployment {
             lookup_url: format!("http://{lookup_addr}"),
             ops_token,
         })
+    }
+
+    fn engines(&self) -> anyhow::Result<&Engines> {
+        match &self.log {
+            Log::Cluster(engines) => Ok(engines),
+            Log::Tansu(_) => anyhow::bail!("this drill needs the engines of scripts/engines.sh"),
+        }
     }
 
     async fn store(&self, state: &str) -> anyhow::Result<()> {
@@ -192,21 +298,52 @@ impl Deployment {
         Ok(())
     }
 
+    /// Freezes (`STOP`) or thaws (`CONT`) the whole log.
+    async fn freeze_log(&self, signal: &str) -> anyhow::Result<()> {
+        match &self.log {
+            Log::Tansu(broker) if signal == "STOP" => broker.pause(),
+            Log::Tansu(broker) => broker.resume(),
+            Log::Cluster(engines) => {
+                for i in 1..=engines.nodes(Engine::Kafka) {
+                    engines.signal(Engine::Kafka, i, signal).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The Kafka node (1-based, as `engines.sh` numbers them and as their
+    /// `node.id`) that leads most of the round's partitions.
+    async fn busiest_kafka_leader(&self) -> anyhow::Result<usize> {
+        let (brokers, topic) = (self.engines()?.kafka_brokers.clone(), self.topic.clone());
+        let leaders =
+            tokio::task::spawn_blocking(move || healthcode_log_kafka::testing::partition_leaders(&brokers, &topic))
+                .await??;
+        let mut counts = std::collections::BTreeMap::new();
+        for leader in leaders.into_iter().filter(|l| *l > 0) {
+            *counts.entry(leader).or_insert(0) += 1;
+        }
+        let (leader, _) = counts.into_iter().max_by_key(|(_, n)| *n).context("the topic has no partition leaders")?;
+        Ok(leader as usize)
+    }
+
     fn stop(&mut self) {
         for role in [&mut self.edge, &mut self.materializer, &mut self.lookup] {
             role.terminate();
         }
-        self.broker.stop();
+        if let Log::Tansu(broker) = &mut self.log {
+            broker.stop();
+        }
     }
 }
 
 /// Runs one drill; the report says whether it passed.
 pub async fn drill(options: &ChaosOptions, scenario: Scenario) -> anyhow::Result<DrillReport> {
-    let name = format!("{scenario:?}").to_lowercase();
+    let name = scenario.name();
     let dir = options.work.join(&name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let mut d = Deployment::start(options, &dir).await?;
+    let mut d = Deployment::start(options, &dir, &name).await?;
     let manifest = read_manifest(&options.round)?;
     let replay_for = Duration::from_secs_f64(manifest.end_ms as f64 / options.compression / 1000.0);
     let replay_options = ReplayOptions {
@@ -226,35 +363,12 @@ pub async fn drill(options: &ChaosOptions, scenario: Scenario) -> anyhow::Result
     let mut report = DrillReport { scenario: name.clone(), ..DrillReport::default() };
     let started = Instant::now();
     let mut note = |what: String| report.faults.push(format!("{:>6.1} s {what}", started.elapsed().as_secs_f64()));
-    match scenario {
-        Scenario::Kills => {
-            let pause = replay_for / 8;
-            for _ in 0..2 {
-                for role in [&mut d.edge, &mut d.materializer, &mut d.lookup] {
-                    tokio::time::sleep(pause).await;
-                    role.kill_9();
-                    note(format!("SIGKILL {}", role.name));
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    role.start().await?;
-                    note(format!("{} restarted and ready", role.name));
-                }
-            }
-        }
-        Scenario::Broker => {
-            tokio::time::sleep(replay_for / 6).await;
-            d.broker.pause();
-            note("broker frozen (SIGSTOP)".into());
-            tokio::time::sleep(options.broker_pause).await;
-            d.broker.resume();
-            note("broker thawed (SIGCONT)".into());
-        }
-        Scenario::Store => {
-            tokio::time::sleep(replay_for / 4).await;
-            let (stale, failed) = store_outage(&d, options, &mut note).await?;
-            report.cached_lookups_stale = stale;
-            report.cached_lookups_failed = failed;
-        }
+    let outcome = inject(&mut d, options, scenario, replay_for, &mut note).await;
+    if let Backend::Engines(engines) = &options.backend {
+        // Whatever happened, the next drill finds whole clusters.
+        engines.heal().await?;
     }
+    report.lookups_during_fault = outcome?;
     let replayed = replaying.await??;
     let replay_done = Instant::now();
     report.events_acknowledged =
@@ -276,49 +390,149 @@ pub async fn drill(options: &ChaosOptions, scenario: Scenario) -> anyhow::Result
     report.residents_checked = verified.checked;
     report.mismatches = verified.mismatches;
     report.first_mismatches = verified.first;
+    report.cached_lookups_stale = report.lookups_during_fault.stale;
+    report.cached_lookups_failed = report.lookups_during_fault.unavailable + report.lookups_during_fault.other_errors;
     report.passed = report.mismatches == 0
         && report.residents_checked > 0
         && report.events_acknowledged > 0
-        && report.cached_lookups_failed == 0
-        && (scenario != Scenario::Store || report.cached_lookups_stale > 0);
+        && (scenario != Scenario::Store || (report.cached_lookups_failed == 0 && report.cached_lookups_stale > 0));
     d.stop();
     std::fs::write(dir.join("drill.json"), serde_json::to_vec_pretty(&report)?)?;
     Ok(report)
 }
 
-/// Caches a sample of residents in the lookup, fails the store for
-/// `store_outage`, and looks the sample up throughout: (stale, failed).
-async fn store_outage(
-    d: &Deployment,
+/// Injects `scenario`'s fault while the round replays; returns the lookups
+/// measured while it lasted.
+async fn inject(
+    d: &mut Deployment,
     options: &ChaosOptions,
+    scenario: Scenario,
+    replay_for: Duration,
     note: &mut impl FnMut(String),
-) -> anyhow::Result<(u64, u64)> {
-    let credentials = Credentials::load(&options.round)?;
-    let bearer = Bearer::new(credentials.token(&gate(0))?)?;
-    let channel = Endpoint::from_shared(d.lookup_url.clone())?.connect().await?;
-    let mut lookup = LookupClient::with_interceptor(channel, bearer);
-    let sample: Vec<String> = (0..100).map(resident_id).collect();
-    lookup.batch_get_status(pb::BatchGetStatusRequest { resident_id: sample.clone() }).await?;
-    note(format!("{} residents looked up (now cached)", sample.len()));
-    d.store("down").await?;
-    note("store down (materializer and lookup)".into());
-    let (mut stale, mut failed) = (0, 0);
-    let until = Instant::now() + options.store_outage;
-    while Instant::now() < until {
-        for id in &sample {
-            match lookup.get_status(pb::GetStatusRequest { resident_id: id.clone() }).await {
-                Ok(reply) if reply.get_ref().stale => stale += 1,
-                // Answered fresh within the cache window: fine, not a failure.
-                Ok(_) => {}
-                Err(status) => {
-                    failed += 1;
-                    tracing::warn!(code = ?status.code(), "a cached resident's lookup failed during the store outage");
+) -> anyhow::Result<FaultLookups> {
+    match scenario {
+        Scenario::Kills => {
+            let pause = replay_for / 8;
+            for _ in 0..2 {
+                for role in [&mut d.edge, &mut d.materializer, &mut d.lookup] {
+                    tokio::time::sleep(pause).await;
+                    role.kill_9();
+                    note(format!("SIGKILL {}", role.name));
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    role.start().await?;
+                    note(format!("{} restarted and ready", role.name));
                 }
             }
+            Ok(FaultLookups::default())
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        Scenario::Broker => {
+            tokio::time::sleep(replay_for / 6).await;
+            let probe = Probe::start(d, options).await?;
+            d.freeze_log("STOP").await?;
+            note("log frozen (SIGSTOP of every broker)".into());
+            tokio::time::sleep(options.broker_pause).await;
+            d.freeze_log("CONT").await?;
+            note("log thawed (SIGCONT)".into());
+            probe.finish().await
+        }
+        Scenario::Store => {
+            tokio::time::sleep(replay_for / 4).await;
+            let probe = Probe::start(d, options).await?;
+            d.store("down").await?;
+            note("store down (materializer and lookup)".into());
+            tokio::time::sleep(options.store_outage).await;
+            d.store("up").await?;
+            let lookups = probe.finish().await?;
+            note(format!(
+                "store up; cached lookups during the outage: {} stale, {} fresh, {} failed",
+                lookups.stale,
+                lookups.fresh,
+                lookups.unavailable + lookups.other_errors
+            ));
+            Ok(lookups)
+        }
+        Scenario::KafkaNode | Scenario::CqlNode | Scenario::KafkaAndCqlNodes | Scenario::CqlQuorumLost => {
+            let engines = d.engines()?.clone();
+            tokio::time::sleep(replay_for / 4).await;
+            let mut down = Vec::new();
+            if matches!(scenario, Scenario::KafkaNode | Scenario::KafkaAndCqlNodes) {
+                down.push((Engine::Kafka, d.busiest_kafka_leader().await?));
+            }
+            match scenario {
+                Scenario::CqlNode | Scenario::KafkaAndCqlNodes => down.push((Engine::Cql, engines.nodes(Engine::Cql))),
+                Scenario::CqlQuorumLost => {
+                    let n = engines.nodes(Engine::Cql);
+                    anyhow::ensure!(n >= 3, "losing the quorum needs three CQL nodes, the cluster has {n}");
+                    down.extend([(Engine::Cql, n - 1), (Engine::Cql, n)]);
+                }
+                _ => {}
+            }
+            let probe = Probe::start(d, options).await?;
+            for (engine, i) in &down {
+                engines.kill(*engine, *i).await?;
+                note(format!("SIGKILL {engine:?} node {i}"));
+            }
+            tokio::time::sleep(options.node_outage).await;
+            let lookups = probe.finish().await?;
+            for (engine, i) in &down {
+                engines.restart(*engine, *i).await?;
+                note(format!("{engine:?} node {i} restarted and serving"));
+            }
+            note(format!(
+                "lookups while down: {} fresh, {} stale, {} UNAVAILABLE, {} other errors; p99 {:.1} ms",
+                lookups.fresh, lookups.stale, lookups.unavailable, lookups.other_errors, lookups.latency.p99_ms
+            ));
+            Ok(lookups)
+        }
     }
-    d.store("up").await?;
-    note(format!("store up; cached lookups during the outage: {stale} stale, {failed} failed"));
-    Ok((stale, failed))
+}
+
+/// Looks a sample of residents up, one after another, until finished: what
+/// a gate sees while a fault lasts.
+struct Probe {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<FaultLookups>>,
+}
+
+impl Probe {
+    /// Looks the sample up once (so the lookup has it cached), then keeps
+    /// looking in the background.
+    async fn start(d: &Deployment, options: &ChaosOptions) -> anyhow::Result<Probe> {
+        let credentials = Credentials::load(&options.round)?;
+        let bearer = Bearer::new(credentials.token(&gate(0))?)?;
+        let channel = Endpoint::from_shared(d.lookup_url.clone())?.connect().await?;
+        let mut lookup = LookupClient::with_interceptor(channel, bearer);
+        let sample: Vec<String> = (0..100).map(resident_id).collect();
+        lookup.batch_get_status(pb::BatchGetStatusRequest { resident_id: sample.clone() }).await?;
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut seen = FaultLookups::default();
+            let mut latency = histogram(3);
+            while !*stopped.borrow() {
+                for id in &sample {
+                    let sent = Instant::now();
+                    let answer = lookup.get_status(pb::GetStatusRequest { resident_id: id.clone() }).await;
+                    latency.record(micros(sent.elapsed()))?;
+                    match answer {
+                        Ok(reply) if reply.get_ref().stale => seen.stale += 1,
+                        Ok(_) => seen.fresh += 1,
+                        Err(status) if status.code() == tonic::Code::Unavailable => seen.unavailable += 1,
+                        Err(status) => {
+                            seen.other_errors += 1;
+                            tracing::warn!(code = ?status.code(), "a lookup failed during the fault");
+                        }
+                    }
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(200), stopped.changed()).await;
+            }
+            seen.latency = Percentiles::of(&latency);
+            Ok(seen)
+        });
+        Ok(Probe { stop, task })
+    }
+
+    async fn finish(self) -> anyhow::Result<FaultLookups> {
+        let _ = self.stop.send(true);
+        self.task.await?
+    }
 }

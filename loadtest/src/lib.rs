@@ -6,6 +6,7 @@ pub mod admin;
 pub mod bench;
 pub mod chaos;
 pub mod credentials;
+pub mod engines;
 pub mod replay;
 pub mod report;
 pub mod round;
@@ -136,9 +137,17 @@ pub struct ChaosArgs {
     /// The healthcode binary to run the roles with.
     #[arg(long, default_value = "target/release/healthcode")]
     pub healthcode: PathBuf,
-    /// The tansu broker [default: HEALTHCODE_TANSU_BIN or the one scripts/setup.sh installed]
+    /// The tansu broker, used when no engines are named [default: HEALTHCODE_TANSU_BIN or the one scripts/setup.sh installed]
     #[arg(long)]
     pub tansu: Option<PathBuf>,
+    /// Run on the Apache Kafka and Cassandra clusters of this script (named by
+    /// the environment `scripts/engines.sh up` prints), with a Kafka log and
+    /// the CQL store, instead of tansu and the embedded store
+    #[arg(long, default_value = "scripts/engines.sh")]
+    pub engines: PathBuf,
+    /// How long killed engine nodes stay down.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub node_outage: Duration,
     /// Scratch space for the drills' data and process logs [default: DIR/chaos]
     #[arg(long)]
     pub work: Option<PathBuf>,
@@ -302,13 +311,20 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
-    let tansu = match args.tansu.or_else(healthcode_log_kafka::testing::TansuBroker::binary) {
-        Some(tansu) => tansu,
-        None => anyhow::bail!("no tansu broker: pass --tansu or run scripts/setup.sh"),
+    let backend = match engines::Engines::from_env(&args.engines) {
+        Some(engines) => chaos::Backend::Engines(engines),
+        None => match args.tansu.or_else(healthcode_log_kafka::testing::TansuBroker::binary) {
+            Some(tansu) => chaos::Backend::Tansu(tansu),
+            None => anyhow::bail!(
+                "no engines and no tansu broker: eval \"$(scripts/engines.sh up --kafka 3 --cql 3)\", or pass --tansu"
+            ),
+        },
     };
+    let on_engines = matches!(backend, chaos::Backend::Engines(_));
     let options = chaos::ChaosOptions {
         healthcode: args.healthcode,
-        tansu,
+        backend,
+        node_outage: args.node_outage,
         work: args.work.unwrap_or_else(|| args.dir.join("chaos")),
         round: args.dir,
         compression: args.compression,
@@ -316,7 +332,11 @@ async fn run_chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         store_outage: args.store_outage,
     };
     let scenarios = if args.scenario.is_empty() {
-        vec![chaos::Scenario::Kills, chaos::Scenario::Broker, chaos::Scenario::Store]
+        let mut all = vec![chaos::Scenario::Kills, chaos::Scenario::Broker, chaos::Scenario::Store];
+        if on_engines {
+            all.extend(chaos::Scenario::ON_ENGINES);
+        }
+        all
     } else {
         args.scenario
     };
@@ -324,14 +344,19 @@ async fn run_chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     for scenario in scenarios {
         let r = chaos::drill(&options, scenario).await?;
         println!(
-            "{:<7} {}: {} events acknowledged, {} requests not; {} residents checked, {} mismatches; converged {:.1} s after the replay",
+            "{:<19} {}: {} events acknowledged, {} requests not; {} residents checked, {} mismatches; converged {:.1} s after the replay; lookups during the fault: p99 {:.1} ms ({} fresh, {} stale, {} UNAVAILABLE, {} other errors)",
             r.scenario,
             if r.passed { "PASSED" } else { "FAILED" },
             r.events_acknowledged,
             r.requests_not_acknowledged,
             r.residents_checked,
             r.mismatches,
-            r.converged_after_s
+            r.converged_after_s,
+            r.lookups_during_fault.latency.p99_ms,
+            r.lookups_during_fault.fresh,
+            r.lookups_during_fault.stale,
+            r.lookups_during_fault.unavailable,
+            r.lookups_during_fault.other_errors,
         );
         for fault in &r.faults {
             println!("          {fault}");

@@ -1,6 +1,8 @@
 //! The real `healthcode up` binary as a process: events submitted over gRPC,
 //! the process killed with SIGKILL while submissions are in flight, restarted
 //! on the same data directory; every acknowledged event must be reflected.
+//! Once on the embedded log and store, once on the Apache Kafka and
+//! Cassandra clusters of `scripts/engines.sh` (when the environment names them).
 
 mod support;
 
@@ -11,20 +13,56 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use healthcode_core::UnixMicros;
+use healthcode_loadtest::engines::{Engine, Engines};
 use healthcode_proto::v1 as pb;
 use support::{Process, free_addr, lab, negative_test, sampled_at, shows_negative, station, wait_until};
 
-async fn start_up(data_dir: &Path, grpc: SocketAddr) -> Process {
-    let args = vec!["up".to_string(), "--data-dir".to_string(), data_dir.display().to_string()];
+async fn start_up(data_dir: &Path, grpc: SocketAddr, backend: &[String]) -> Process {
+    let mut args = vec!["up".to_string(), "--data-dir".to_string(), data_dir.display().to_string()];
+    args.extend_from_slice(backend);
     Process::start(&args, Some(grpc), &data_dir.with_extension("log")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_event_survives_sigkill() {
+    survives_sigkill(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_survives_sigkill_on_kafka_and_cql() {
+    let Some(engines) = Engines::from_env(&Engines::workspace_script()) else {
+        assert!(std::env::var_os("CI").is_none(), "no engines; scripts/test.sh starts them");
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED every_acknowledged_event_survives_sigkill_on_kafka_and_cql: no engines"
+        );
+        return;
+    };
+    let run = format!("crash_{}", std::process::id());
+    let args = [
+        ["--log", "kafka"],
+        ["--kafka-brokers", &engines.kafka_brokers],
+        ["--kafka-replication-factor", &engines.replication(Engine::Kafka).to_string()],
+        ["--kafka-topic", &format!("{run}.events")],
+        ["--kafka-dead-letter-topic", &format!("{run}.dead-letter")],
+        ["--kafka-group", &run],
+        ["--store", "scylla"],
+        ["--scylla-nodes", &engines.cql_nodes],
+        ["--scylla-replication", &format!("datacenter1={}", engines.replication(Engine::Cql))],
+        ["--scylla-keyspace", &run],
+        ["--scylla-read-timeout", "400ms"],
+        ["--lookup-budget", "1s"],
+        ["--lookup-batch-budget", "3s"],
+    ];
+    survives_sigkill(&args.into_iter().flatten().map(String::from).collect::<Vec<_>>()).await;
+}
+
+async fn survives_sigkill(backend: &[String]) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let grpc = free_addr();
-    let first = start_up(&data_dir, grpc).await;
+    let first = start_up(&data_dir, grpc, backend).await;
     let channel = first.channel().await;
     let base = UnixMicros::now();
 
@@ -60,11 +98,11 @@ async fn every_acknowledged_event_survives_sigkill() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 500);
 
-    let second = start_up(&data_dir, grpc).await;
+    let second = start_up(&data_dir, grpc, backend).await;
     let mut lookup = station(second.channel().await, &data_dir);
     let residents: Vec<String> = acked.keys().cloned().collect();
     let missing =
-        wait_until(&mut lookup, &residents, Duration::from_secs(60), |s| shows_negative(s, acked[&s.resident_id]))
+        wait_until(&mut lookup, &residents, Duration::from_secs(120), |s| shows_negative(s, acked[&s.resident_id]))
             .await;
     assert!(
         missing.is_empty(),

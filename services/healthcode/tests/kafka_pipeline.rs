@@ -1,6 +1,8 @@
-//! The pipeline on Kafka: a real tansu broker process, the roles as separate
+//! The pipeline on Kafka: the Apache Kafka cluster of `scripts/engines.sh`
+//! (or a tansu broker when none is named), the roles as separate
 //! `healthcode` processes, a materializer killed mid-flow, a poison record,
-//! and a broker that goes away (librdkafka's mock cluster).
+//! and a broker that goes away (librdkafka's mock cluster). Each test has
+//! topics and a consumer group of its own.
 
 mod support;
 
@@ -13,7 +15,7 @@ use healthcode::app::{App, Role};
 use healthcode::config::{LogBackend, Settings};
 use healthcode_core::UnixMicros;
 use healthcode_log::EventLog;
-use healthcode_log_kafka::testing::TansuBroker;
+use healthcode_log_kafka::testing::{TestBroker, unique_name};
 use healthcode_log_kafka::{KafkaConfig, KafkaLog};
 use healthcode_proto::v1 as pb;
 use rdkafka::config::ClientConfig;
@@ -22,13 +24,49 @@ use support::{Process, free_addr, lab, negative_test, sampled_at, shows_negative
 use tonic::Code;
 use tonic::transport::Channel;
 
-/// Arguments of a role on Kafka with a store under `data_dir`.
-fn role_args(role: &str, brokers: &str, data_dir: &Path) -> Vec<String> {
-    [role, "--log", "kafka", "--kafka-brokers", brokers, "--kafka-partitions", "4", "--data-dir"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([data_dir.display().to_string()])
-        .collect()
+/// One test's place on a broker: its topics and consumer group.
+struct OnKafka {
+    broker: TestBroker,
+    topic: String,
+    group: String,
+}
+
+impl OnKafka {
+    fn start(test: &str) -> Option<OnKafka> {
+        let broker = TestBroker::start(test)?;
+        Some(OnKafka { broker, topic: unique_name("pipeline"), group: unique_name("materializers") })
+    }
+
+    /// Arguments of a role on these topics with a store under `data_dir`.
+    fn role_args(&self, role: &str, data_dir: &Path) -> Vec<String> {
+        let rf = self.broker.replication_factor().to_string();
+        let dead = format!("{}.dead-letter", self.topic);
+        [role, "--log", "kafka", "--kafka-brokers", &self.broker.brokers(), "--kafka-partitions", "4"]
+            .into_iter()
+            .chain([
+                "--kafka-replication-factor",
+                &rf,
+                "--kafka-topic",
+                &self.topic,
+                "--kafka-dead-letter-topic",
+                &dead,
+            ])
+            .chain(["--kafka-group", &self.group, "--data-dir", &data_dir.display().to_string()])
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn settings(&self, data_dir: &Path) -> Settings {
+        let mut settings = Settings::ephemeral(data_dir);
+        settings.log = LogBackend::Kafka;
+        settings.kafka = KafkaConfig::new(self.broker.brokers());
+        settings.kafka.partitions = 2;
+        settings.kafka.replication_factor = self.broker.replication_factor();
+        settings.kafka.topic = self.topic.clone();
+        settings.kafka.dead_letter_topic = format!("{}.dead-letter", self.topic);
+        settings.materializer_group = self.group.clone();
+        settings
+    }
 }
 
 fn batch(events: &[pb::TestResultEvent]) -> pb::SubmitBatchRequest {
@@ -39,13 +77,12 @@ fn batch(events: &[pb::TestResultEvent]) -> pb::SubmitBatchRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_materializer_and_lookup_as_separate_processes() {
-    let Some(broker) = TansuBroker::start("edge_materializer_and_lookup_as_separate_processes") else { return };
+    let Some(kafka) = OnKafka::start("edge_materializer_and_lookup_as_separate_processes") else { return };
     let dir = tempfile::tempdir().unwrap();
     let (data, log) = (dir.path().join("data"), dir.path().join("processes.log"));
-    let brokers = broker.brokers();
-    let edge = Process::start(&role_args("edge", &brokers, &data), Some(free_addr()), &log).await;
-    let materializer = Process::start(&role_args("materializer", &brokers, &data), None, &log).await;
-    let lookup = Process::start(&role_args("lookup", &brokers, &data), Some(free_addr()), &log).await;
+    let edge = Process::start(&kafka.role_args("edge", &data), Some(free_addr()), &log).await;
+    let materializer = Process::start(&kafka.role_args("materializer", &data), None, &log).await;
+    let lookup = Process::start(&kafka.role_args("lookup", &data), Some(free_addr()), &log).await;
 
     let base = UnixMicros::now();
     let events: Vec<(String, pb::TestResultEvent)> = (0..200).map(|n| negative_test("sep", n, base)).collect();
@@ -71,14 +108,13 @@ async fn edge_materializer_and_lookup_as_separate_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_materializer_killed_mid_flow_loses_nothing() {
-    let Some(broker) = TansuBroker::start("a_materializer_killed_mid_flow_loses_nothing") else { return };
+    let Some(kafka) = OnKafka::start("a_materializer_killed_mid_flow_loses_nothing") else { return };
     let dir = tempfile::tempdir().unwrap();
     let (data, log) = (dir.path().join("data"), dir.path().join("processes.log"));
-    let brokers = broker.brokers();
-    let edge = Process::start(&role_args("edge", &brokers, &data), Some(free_addr()), &log).await;
-    let doomed = Process::start(&role_args("materializer", &brokers, &data), None, &log).await;
-    let survivor = Process::start(&role_args("materializer", &brokers, &data), None, &log).await;
-    let lookup = Process::start(&role_args("lookup", &brokers, &data), Some(free_addr()), &log).await;
+    let edge = Process::start(&kafka.role_args("edge", &data), Some(free_addr()), &log).await;
+    let doomed = Process::start(&kafka.role_args("materializer", &data), None, &log).await;
+    let survivor = Process::start(&kafka.role_args("materializer", &data), None, &log).await;
+    let lookup = Process::start(&kafka.role_args("lookup", &data), Some(free_addr()), &log).await;
 
     // Stations submit for a few seconds; one materializer dies in the middle.
     let base = UnixMicros::now();
@@ -124,28 +160,21 @@ async fn a_materializer_killed_mid_flow_loses_nothing() {
     }
 }
 
-fn kafka_settings(data_dir: &Path, brokers: &str) -> Settings {
-    let mut settings = Settings::ephemeral(data_dir);
-    settings.log = LogBackend::Kafka;
-    settings.kafka = KafkaConfig::new(brokers);
-    settings.kafka.partitions = 2;
-    settings
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_is_dead_lettered_and_the_partition_moves_on() {
-    let Some(broker) = TansuBroker::start("a_poison_record_is_dead_lettered_and_the_partition_moves_on") else {
+    let Some(kafka) = OnKafka::start("a_poison_record_is_dead_lettered_and_the_partition_moves_on") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let settings = kafka_settings(dir.path(), &broker.brokers());
+    let settings = kafka.settings(dir.path());
     let app = App::start(Role::Up, settings.clone()).await.unwrap();
 
     // Garbage straight onto the topic, keyed like the resident submitted
     // next, so both land in the same partition in this order.
     let base = UnixMicros::now();
     let (resident, event) = negative_test("poison", 1, base);
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", broker.brokers()).create().unwrap();
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", kafka.broker.brokers()).create().unwrap();
     let garbage = [0xde, 0xad, 0xbe, 0xef, 0xff];
     // Records are keyed by the resident's pseudonym.
     let key =
@@ -180,7 +209,9 @@ fn mock_cluster_settings(
     data_dir: &Path,
     cluster: &rdkafka::mocking::MockCluster<'_, impl rdkafka::ClientContext>,
 ) -> Settings {
-    let mut settings = kafka_settings(data_dir, &cluster.bootstrap_servers());
+    let mut settings = Settings::ephemeral(data_dir);
+    settings.log = LogBackend::Kafka;
+    settings.kafka = KafkaConfig::new(cluster.bootstrap_servers());
     settings.kafka.options = vec![("producer.message.timeout.ms".into(), "2000".into())];
     settings.kafka.create_topics = false;
     cluster.create_topic(&settings.kafka.topic, 2, 1).unwrap();

