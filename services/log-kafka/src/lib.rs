@@ -373,6 +373,28 @@ impl ConsumerContext for ConsumerStats {
     }
 }
 
+impl KafkaConsumer {
+    /// An error the consumer reported while polling. librdkafka reconnects,
+    /// refetches metadata and follows new partition leaders by itself, so a
+    /// broker that went away (killed, restarted, a leader moving) is
+    /// reported and ridden through; only a fatal client error ends the
+    /// consumer. Found by killing a broker of a three-node cluster: the
+    /// materializer used to exit on the first `BrokerTransportFailure`.
+    fn ride_through(&self, e: KafkaError) -> Result<(), LogError> {
+        if let Some((code, reason)) = self.consumer.client().fatal_error() {
+            return Err(LogError::Unavailable(format!("fatal consumer error {code:?}: {reason}")));
+        }
+        let kind = match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => "broker_unreachable",
+            Some(_) => "broker_error",
+            None => "client_error",
+        };
+        metrics::counter!("healthcode_kafka_consumer_errors_total", "kind" => kind).increment(1);
+        tracing::warn!(error = %e, kind, "the Kafka consumer reported an error; it reconnects by itself");
+        Ok(())
+    }
+}
+
 struct KafkaConsumer {
     consumer: StreamConsumer<ConsumerStats>,
     topic: String,
@@ -390,8 +412,10 @@ impl LogConsumer for KafkaConsumer {
         if self.paused {
             // Serve the group protocol (heartbeats, rebalances, the poll
             // interval) without handing out records.
-            if let Ok(message) = tokio::time::timeout(wait, self.consumer.recv()).await {
-                self.held.push_back(delivered(&message.map_err(unavailable)?));
+            match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Ok(Ok(message)) => self.held.push_back(delivered(&message)),
+                Ok(Err(e)) => self.ride_through(e)?,
+                Err(_) => {}
             }
             return Ok(Vec::new());
         }
@@ -402,7 +426,11 @@ impl LogConsumer for KafkaConsumer {
         let mut out = Vec::new();
         let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
             Err(_) => return Ok(out),
-            Ok(message) => message.map_err(unavailable)?,
+            Ok(Ok(message)) => message,
+            Ok(Err(e)) => {
+                self.ride_through(e)?;
+                return Ok(out);
+            }
         };
         out.push(delivered(&first));
         drop(first);
@@ -410,7 +438,13 @@ impl LogConsumer for KafkaConsumer {
         while out.len() < max {
             match self.consumer.recv().now_or_never() {
                 Some(Ok(message)) => out.push(delivered(&message)),
-                Some(Err(e)) => return Err(unavailable(e)),
+                // The records already taken are handed out: the consumer's
+                // position is past them, and dropping them would skip them
+                // until the next rebalance.
+                Some(Err(e)) => {
+                    self.ride_through(e)?;
+                    break;
+                }
                 None => break,
             }
         }
