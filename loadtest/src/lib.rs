@@ -92,9 +92,10 @@ pub struct ReplayArgs {
     /// A directory written by `generate`.
     #[arg(long)]
     pub dir: PathBuf,
+    /// The Ingest service; several replicas comma-separated, the connections spread over them.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub target: String,
-    /// The Lookup service, when it is not at --target (separate role processes).
+    /// The Lookup service, when it is not at --target (separate role processes); comma-separated replicas too.
     #[arg(long)]
     pub lookup_target: Option<String>,
     /// Round time runs this many times faster than the wall clock.

@@ -167,9 +167,14 @@ enum Outcome {
     Lookup(Result<pb::ResidentStatus, tonic::Status>),
 }
 
-async fn connect(target: &str, connections: usize) -> anyhow::Result<Vec<Channel>> {
+/// `connections` channels, spread over the comma-separated `targets` (the
+/// replicas of a role), one after another.
+async fn connect(targets: &str, connections: usize) -> anyhow::Result<Vec<Channel>> {
+    let targets: Vec<&str> = targets.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+    anyhow::ensure!(!targets.is_empty(), "no target to connect to");
     let mut channels = Vec::with_capacity(connections);
-    for _ in 0..connections.max(1) {
+    for i in 0..connections.max(targets.len()) {
+        let target = targets[i % targets.len()];
         let channel = Endpoint::from_shared(target.to_owned())?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)

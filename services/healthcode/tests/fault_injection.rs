@@ -63,7 +63,10 @@ async fn run(test: &str, scenario: Scenario) {
     let Some(backend) = backend(test, Scenario::ON_ENGINES.contains(&scenario)) else { return };
     let dir = tempfile::tempdir().unwrap();
     let report = drill(&options(backend, dir.path()), scenario).await.unwrap();
-    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    // On the process's stderr, past libtest's capture: the drills' numbers
+    // belong in the suite's output.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{test}: {}", serde_json::to_string(&report).unwrap());
     if !report.passed {
         // Keep the process logs of a failed drill.
         let kept = dir.keep();
