@@ -253,7 +253,8 @@ impl EventKey {
 }
 
 /// Every accepted override goes to the audit log (target `audit`): who, when,
-/// what, why. The resident appears as its pseudonym only.
+/// what. The resident appears as its pseudonym only, and the note (free text
+/// that may name people or places) never goes to a log: only its length.
 fn audit(event: &Event, caller: &Principal) {
     if let EventBody::Override { authority_id, color, note, issued_at, expires_at } = &event.body {
         tracing::info!(
@@ -265,7 +266,7 @@ fn audit(event: &Event, caller: &Principal) {
             color = ?color,
             issued_at = issued_at.0,
             expires_at = expires_at.0,
-            note,
+            note_bytes = note.len(),
             "override accepted"
         );
     }

@@ -1,10 +1,50 @@
-//! Dispatch of the command line to the serving roles and client verbs.
+//! The command line and its dispatch to the serving roles and client verbs.
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
 use crate::app::{App, Role};
-use crate::config::{Cli, Command, ServeArgs};
-use crate::{client, telemetry};
+use crate::client;
+use crate::config::ServeArgs;
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(name = "healthcode", version, about = "Health codes that stay up on the worst day.")]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, env = "HEALTHCODE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Runs edge, materializer and lookup in one process (embedded log and store by default).
+    Up(ServeArgs),
+    /// Runs the Ingest service only.
+    Edge(ServeArgs),
+    /// Runs the materializer only (log -> facts in the store).
+    Materializer(ServeArgs),
+    /// Runs the Lookup service only.
+    Lookup(ServeArgs),
+    /// Submits a scan (as a scanning station would).
+    Scan(client::ScanArgs),
+    /// Submits a test result (as a lab would).
+    Test(client::TestArgs),
+    /// Submits an authority override.
+    Override(client::OverrideArgs),
+    /// Shows residents' current health codes.
+    Status(client::StatusArgs),
+    /// Checks a status token offline, with the public keys only.
+    VerifyToken(client::VerifyTokenArgs),
+    /// Lists the overrides on record for a resident (authority role).
+    Overrides(client::OverridesArgs),
+    /// Issues bearer tokens and client certificates.
+    #[command(subcommand)]
+    Credentials(client::CredentialsCommand),
+}
 
 pub async fn run(cli: Cli) -> ExitCode {
     telemetry::init_tracing(cli.log_format);

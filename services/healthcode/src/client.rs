@@ -443,7 +443,7 @@ pub fn credentials(command: CredentialsCommand) -> anyhow::Result<()> {
     match command {
         CredentialsCommand::Init(args) => {
             let names: Vec<&str> = args.server_names.iter().map(String::as_str).collect();
-            let created = crate::app::create_credentials(&args.credentials_dir, &names)?;
+            let created = crate::credentials::create_credentials(&args.credentials_dir, &names)?;
             let created = if created.is_empty() { "nothing, all was there".to_owned() } else { created.join(", ") };
             eprintln!("credentials in {}: created {created}", args.credentials_dir.display());
         }

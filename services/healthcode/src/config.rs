@@ -1,5 +1,5 @@
-//! Command line, environment and config file. Precedence: flag, then
-//! environment variable, then config file, then default.
+//! The serving commands' settings from flags, environment and config file.
+//! Precedence: flag, then environment variable, then config file, then default.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use healthcode_core::{Limits, Policy};
 use healthcode_edge::EdgeConfig;
 use healthcode_log_kafka::KafkaConfig;
@@ -15,49 +15,6 @@ use healthcode_lookup::LookupConfig;
 use healthcode_rpc::LaneConfig;
 use healthcode_store_scylla::{Consistency, ScyllaConfig};
 use serde::Deserialize;
-
-#[derive(Parser, Debug)]
-#[command(name = "healthcode", version, about = "Health codes that stay up on the worst day.")]
-pub struct Cli {
-    /// Log output format.
-    #[arg(long, global = true, env = "HEALTHCODE_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Runs edge, materializer and lookup in one process (embedded log and store by default).
-    Up(ServeArgs),
-    /// Runs the Ingest service only.
-    Edge(ServeArgs),
-    /// Runs the materializer only (log -> facts in the store).
-    Materializer(ServeArgs),
-    /// Runs the Lookup service only.
-    Lookup(ServeArgs),
-    /// Submits a scan (as a scanning station would).
-    Scan(crate::client::ScanArgs),
-    /// Submits a test result (as a lab would).
-    Test(crate::client::TestArgs),
-    /// Submits an authority override.
-    Override(crate::client::OverrideArgs),
-    /// Shows residents' current health codes.
-    Status(crate::client::StatusArgs),
-    /// Checks a status token offline, with the public keys only.
-    VerifyToken(crate::client::VerifyTokenArgs),
-    /// Lists the overrides on record for a resident (authority role).
-    Overrides(crate::client::OverridesArgs),
-    /// Issues bearer tokens and client certificates.
-    #[command(subcommand)]
-    Credentials(crate::client::CredentialsCommand),
-}
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,9 +1,12 @@
 //! The `healthcode` binary's parts: configuration, telemetry, the admin HTTP
-//! server, the assembly of roles into a running process, and client verbs.
+//! server, credentials, the assembly of roles into a running process, and
+//! client verbs. Dependencies run one way: cli -> {app, client} ->
+//! {config, credentials, telemetry, admin}.
 
 pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod credentials;
 pub mod telemetry;

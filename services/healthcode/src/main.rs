@@ -9,5 +9,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    healthcode::cli::run(healthcode::config::Cli::parse()).await
+    healthcode::cli::run(healthcode::cli::Cli::parse()).await
 }

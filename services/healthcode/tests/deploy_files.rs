@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser};
-use healthcode::config::{Cli, Command as Verb, LogBackend, Settings, StoreBackend};
+use healthcode::cli::{Cli, Command as Verb};
+use healthcode::config::{LogBackend, Settings, StoreBackend};
 use healthcode_proto::v1::{ingest_server, lookup_server};
 use yaml_rust2::{Yaml, YamlLoader};
 

@@ -1,0 +1,300 @@
+//! What a process opens once at start (log, store, guard, pseudonyms,
+//! lookup) and the steps that start its parts from them.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use healthcode_auth::{Guard, GuardConfig, Pseudonymizer, TokenRegistry};
+use healthcode_core::Validator;
+use healthcode_edge::EdgeService;
+use healthcode_edge::spool::Spool;
+use healthcode_log::{EmbeddedLog, EventLog};
+use healthcode_log_kafka::KafkaLog;
+use healthcode_lookup::LookupService;
+use healthcode_materializer::{Materializer, MaterializerConfig};
+use healthcode_proto::v1::ingest_server::IngestServer;
+use healthcode_proto::v1::lookup_server::LookupServer;
+use healthcode_status_token::Signer;
+use healthcode_store::{EmbeddedStore, FaultyStore, StatusStore, StoreFaults};
+use healthcode_store_scylla::ScyllaStore;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic_health::ServingStatus;
+
+use super::Role;
+use crate::config::{LogBackend, Security, Settings, StoreBackend};
+use crate::credentials;
+
+/// What a process opens once at start and its steps share. A role has only
+/// the parts it needs: the materializer no pseudonyms, the lookup no log.
+pub(super) struct Components {
+    pub(super) role: Role,
+    pub(super) settings: Settings,
+    pub(super) shutdown: CancellationToken,
+    pub(super) log: Option<Arc<dyn EventLog>>,
+    pub(super) store: Option<Arc<dyn StatusStore>>,
+    pub(super) store_faults: Option<Arc<StoreFaults>>,
+    pub(super) validator: Validator,
+    pub(super) guard: Arc<Guard>,
+    pub(super) pseudonyms: Option<Pseudonymizer>,
+    pub(super) lookup: Option<Arc<LookupService>>,
+}
+
+impl Components {
+    /// Opens the log, the store (behind the fault switch when asked), the
+    /// guard, the pseudonym key and the lookup service, as the role needs.
+    pub(super) async fn open(role: Role, settings: Settings) -> anyhow::Result<Components> {
+        let log = if role.edge() || role.materializer() { Some(open_log(&settings).await?) } else { None };
+        let mut store = if role.materializer() || role.lookup() {
+            Some(open_store(&settings, role != Role::Up).await?)
+        } else {
+            None
+        };
+        let mut store_faults = None;
+        if settings.fault_injection
+            && let Some(inner) = store.take()
+        {
+            tracing::warn!("fault injection is on: POST /faults/store/down makes the store fail");
+            let (faulty, faults) = FaultyStore::new(inner);
+            store = Some(Arc::new(faulty));
+            store_faults = Some(faults);
+        }
+        let guard = open_guard(&settings.security)?;
+        let pseudonyms = if role.edge() || role.lookup() {
+            Some(Pseudonymizer::from_file(&settings.security.pseudonym_key_file).context("reading the pseudonym key")?)
+        } else {
+            None
+        };
+        let lookup = match (&store, &pseudonyms) {
+            (Some(store), Some(pseudonyms)) if role.lookup() => {
+                let lookup = LookupService::new(
+                    store.clone(),
+                    settings.policy.clone(),
+                    settings.lookup.clone(),
+                    guard.clone(),
+                    pseudonyms.clone(),
+                );
+                Some(Arc::new(match open_signer(&settings.security)? {
+                    Some(signer) => lookup.with_signer(Arc::new(signer)),
+                    None => lookup,
+                }))
+            }
+            _ => None,
+        };
+        Ok(Components {
+            role,
+            validator: Validator::new(settings.limits.clone()),
+            settings,
+            shutdown: CancellationToken::new(),
+            log,
+            store,
+            store_faults,
+            guard,
+            pseudonyms,
+            lookup,
+        })
+    }
+
+    /// The materializer on a thread and runtime of its own (on the shared
+    /// runtime its every await would queue behind thousands of ingest calls,
+    /// and under a flood it would starve while the log grows), and the
+    /// hourly purge of facts past retention. Resolves with its result.
+    pub(super) async fn start_materializer(&self) -> anyhow::Result<Option<tokio::sync::oneshot::Receiver<anyhow::Result<()>>>> {
+        let (Some(log), Some(store)) = (&self.log, &self.store) else { return Ok(None) };
+        if !self.role.materializer() {
+            return Ok(None);
+        }
+        let consumer = log.consumer(&self.settings.materializer_group).await?;
+        let config =
+            MaterializerConfig { batch_size: self.settings.materializer_batch, ..MaterializerConfig::default() };
+        let mut materializer = Materializer::new(consumer, store.clone(), self.validator.clone(), config);
+        if let Some(lookup) = &self.lookup {
+            // One process: the lookup's cache sees every write as it lands.
+            materializer = materializer.with_observer(lookup.cache());
+        }
+        let run = materializer.run(self.shutdown.clone());
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let stop = self.shutdown.clone();
+        std::thread::Builder::new().name("materializer".into()).spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the materializer runtime")
+                .and_then(|runtime| runtime.block_on(run).context("materializer failed"));
+            stop.cancel();
+            let _ = done.send(result);
+        })?;
+        purge_expired(store.clone(), self.shutdown.clone());
+        Ok(Some(finished))
+    }
+
+    /// The edge's spool and its drainer into the log.
+    pub(super) async fn start_spool(&self) -> anyhow::Result<(Option<Arc<Spool>>, Option<JoinHandle<()>>)> {
+        let (Some(log), Some(capacity)) = (&self.log, self.settings.edge_spool) else { return Ok((None, None)) };
+        if !self.role.edge() {
+            return Ok((None, None));
+        }
+        let dir = self.settings.data_dir.join("spool");
+        let (spool, drainer) = Spool::open(&dir, capacity, self.settings.edge.retry_after)
+            .await
+            .with_context(|| format!("opening the edge spool in {}", dir.display()))?;
+        if spool.depth() > 0 {
+            tracing::info!(records = spool.depth(), "the edge spool holds events from before; draining");
+        }
+        let run = drainer.run(log.clone(), std::time::Duration::from_secs(10), self.shutdown.clone());
+        Ok((Some(Arc::new(spool)), Some(tokio::spawn(run))))
+    }
+
+    /// Ingest and Lookup as the role serves them, with health and reflection,
+    /// over TLS when configured. Stopping turns health to NOT_SERVING first.
+    pub(super) async fn start_grpc(
+        &self,
+        listener: TcpListener,
+        spool: Option<Arc<Spool>>,
+    ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+        let max_message = self.settings.security.max_message_bytes;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let ingest = match (&self.log, &self.pseudonyms) {
+            (Some(log), Some(pseudonyms)) if self.role.edge() => {
+                reporter.set_serving::<IngestServer<EdgeService>>().await;
+                let mut edge = EdgeService::new(
+                    log.clone(),
+                    self.validator.clone(),
+                    &self.settings.edge,
+                    self.guard.clone(),
+                    pseudonyms.clone(),
+                );
+                if let Some(spool) = spool {
+                    edge = edge.with_spool(spool);
+                }
+                Some(IngestServer::new(edge).max_decoding_message_size(max_message))
+            }
+            _ => None,
+        };
+        let lookup = match &self.lookup {
+            Some(lookup) => {
+                reporter.set_serving::<LookupServer<LookupService>>().await;
+                Some(LookupServer::from_arc(lookup.clone()).max_decoding_message_size(max_message))
+            }
+            None => None,
+        };
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(healthcode_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls_config(&self.settings.security)? {
+            builder = builder.tls_config(tls).context("configuring TLS")?;
+        }
+        let server = builder
+            .add_service(health)
+            .add_service(reflection)
+            .add_optional_service(ingest)
+            .add_optional_service(lookup);
+        let stop = self.shutdown.clone();
+        let signal = async move {
+            stop.cancelled().await;
+            // Tell load balancers first, then drain in-flight calls.
+            reporter.set_service_status("", ServingStatus::NotServing).await;
+        };
+        let stop = self.shutdown.clone();
+        Ok(tokio::spawn(async move {
+            let result = server.serve_with_incoming_shutdown(nodelay(listener), signal).await;
+            stop.cancel();
+            result.context("gRPC server failed")
+        }))
+    }
+}
+
+async fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
+    match settings.log {
+        LogBackend::Embedded => {
+            let dir = settings.data_dir.join("log");
+            Ok(Arc::new(
+                EmbeddedLog::open(&dir).with_context(|| format!("opening the event log in {}", dir.display()))?,
+            ))
+        }
+        LogBackend::Kafka => Ok(Arc::new(
+            KafkaLog::connect(settings.kafka.clone())
+                .await
+                .with_context(|| format!("connecting to Kafka at {}", settings.kafka.brokers))?,
+        )),
+    }
+}
+
+/// `shared`: other processes of this machine (separate materializer and
+/// lookup roles) may open the embedded store too.
+async fn open_store(settings: &Settings, shared: bool) -> anyhow::Result<Arc<dyn StatusStore>> {
+    match settings.store {
+        StoreBackend::Embedded => {
+            let dir = settings.data_dir.join("store");
+            let retention = settings.limits.retention;
+            let store =
+                if shared { EmbeddedStore::open_shared(&dir, retention) } else { EmbeddedStore::open(&dir, retention) };
+            Ok(Arc::new(store.with_context(|| format!("opening the store in {}", dir.display()))?))
+        }
+        StoreBackend::Scylla => Ok(Arc::new(
+            ScyllaStore::connect(settings.scylla.clone())
+                .await
+                .with_context(|| format!("opening the ScyllaDB store at {}", settings.scylla.nodes.join(",")))?,
+        )),
+    }
+}
+
+/// Development credentials where asked for, then the tokens every server checks.
+fn open_guard(security: &Security) -> anyhow::Result<Arc<Guard>> {
+    if security.dev_credentials {
+        credentials::ensure_development(security)?;
+    }
+    let tokens = TokenRegistry::open(&security.tokens_file).context("reading the tokens file")?;
+    tracing::info!(path = %security.tokens_file.display(), tokens = tokens.len(), "tokens loaded");
+    let config = GuardConfig { rate_per_principal: security.rate_limit_per_principal };
+    Ok(Arc::new(Guard::new(Arc::new(tokens), &config)))
+}
+
+/// The status token signer, when a signing key is there.
+fn open_signer(security: &Security) -> anyhow::Result<Option<Signer>> {
+    let path = &security.status_signing_key_file;
+    if !path.exists() {
+        tracing::warn!(path = %path.display(), "no status signing key: answers carry no status token");
+        return Ok(None);
+    }
+    Ok(Some(Signer::from_file(path, security.status_token_ttl).context("reading the status signing key")?))
+}
+
+fn tls_config(security: &Security) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let Some(tls) = &security.tls else { return Ok(None) };
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?));
+    if let Some(ca) = &tls.client_ca_file {
+        // Optional: callers with a bearer token need no certificate.
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?)).client_auth_optional(true);
+    }
+    Ok(Some(config))
+}
+
+/// Deletes facts past retention every hour (stores with TTL have nothing to do).
+fn purge_expired(store: Arc<dyn StatusStore>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => match store.purge_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(residents = n, "purged facts past retention"),
+                    Err(e) => tracing::warn!(error = %e, "purging expired facts failed"),
+                },
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    });
+}
+
+/// Accepted connections with Nagle off: small replies go out at once instead
+/// of waiting on the peer's delayed ACK (a 40 ms stall at the tail).
+fn nodelay(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
