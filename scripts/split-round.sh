@@ -79,7 +79,7 @@ run() {
         while [ "$(lag "$admin" "$creds/ops.token")" != "0" ]; do sleep 1; done
     done
     t2=$(date +%s.%N)
-    "$B/healthcode-loadtest" verify --dir "$WORK/round" --target "${lookups%%,*}" --concurrency 4 | tee "$WORK/verify-$label.txt"
+    "$B/healthcode-loadtest" verify --dir "$WORK/round" --target "${lookups%%,*}" --concurrency 2 | tee "$WORK/verify-$label.txt"
     t3=$(date +%s.%N)
     echo "== $label: CPU per process over replay + catch-up ($(python3 -c "print(round($t2 - $t0))") s)"
     local i=0
@@ -117,7 +117,7 @@ common=(--log kafka --kafka-brokers "$brokers" --kafka-replication-factor 3 --ka
     --kafka-topic "$run_id.events" --kafka-dead-letter-topic "$run_id.dead-letter" --kafka-group "$run_id"
     --credentials-dir "$data/credentials")
 store=(--store scylla --scylla-nodes "$nodes" --scylla-replication datacenter1=3 --scylla-keyspace "$run_id"
-    --scylla-read-timeout 200ms --lookup-budget 500ms --lookup-batch-budget 2s)
+    --scylla-read-timeout 400ms --lookup-budget 1s --lookup-batch-budget 3s)
 e1=$(port) e2=$(port) l1=$(port) l2=$(port)
 # The first edge creates the deployment's development credentials; the rest read them.
 start edge-1 edge "$data/edge-1" "${common[@]}" --grpc-addr "127.0.0.1:$e1"

@@ -14,6 +14,15 @@ use healthcode_status_token::Keyring;
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+/// One line to stdout. A closed pipe (`healthcode status a b | head -1`)
+/// is an error here, which `cli` ends on quietly, as Unix tools do.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 #[derive(Args, Debug)]
 pub struct Target {
     /// Address of the healthcode gRPC service (https:// for TLS).
@@ -256,12 +265,12 @@ fn rfc3339(t: &Option<Timestamp>) -> Option<String> {
     Some(humantime::format_rfc3339_seconds(t.to_system_time()).to_string())
 }
 
-fn print_reply(reply: pb::SubmitReply, what: &str, json: bool) {
+fn print_reply(reply: pb::SubmitReply, what: &str, json: bool) -> std::io::Result<()> {
     let outcome = pb::Outcome::try_from(reply.outcome).unwrap_or_default().as_str_name();
     if json {
-        println!("{}", json!({ "event_id": reply.event_id, "outcome": outcome }));
+        out!("{}", json!({ "event_id": reply.event_id, "outcome": outcome }))
     } else {
-        println!("{what} {}: {}", reply.event_id, outcome.to_lowercase());
+        out!("{what} {}: {}", reply.event_id, outcome.to_lowercase())
     }
 }
 
@@ -281,8 +290,7 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<()> {
     let mut client = IngestClient::new(channel(&args.target).await?);
     let message = pb::SubmitScanRequest { event: Some(event) };
     let reply = client.submit_scan(request(&args.target, Role::Station, message)?).await?.into_inner();
-    print_reply(reply, "scan", args.target.json);
-    Ok(())
+    Ok(print_reply(reply, "scan", args.target.json)?)
 }
 
 pub async fn test(args: TestArgs) -> anyhow::Result<()> {
@@ -310,8 +318,7 @@ pub async fn test(args: TestArgs) -> anyhow::Result<()> {
     let mut client = IngestClient::new(channel(&args.target).await?);
     let message = pb::SubmitTestResultRequest { event: Some(event) };
     let reply = client.submit_test_result(request(&args.target, Role::Lab, message)?).await?.into_inner();
-    print_reply(reply, "test result", args.target.json);
-    Ok(())
+    Ok(print_reply(reply, "test result", args.target.json)?)
 }
 
 pub async fn override_event(args: OverrideArgs) -> anyhow::Result<()> {
@@ -332,8 +339,7 @@ pub async fn override_event(args: OverrideArgs) -> anyhow::Result<()> {
     let mut client = IngestClient::new(channel(&args.target).await?);
     let message = pb::SubmitOverrideRequest { event: Some(event) };
     let reply = client.submit_override(request(&args.target, Role::Authority, message)?).await?.into_inner();
-    print_reply(reply, "override", args.target.json);
-    Ok(())
+    Ok(print_reply(reply, "override", args.target.json)?)
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
@@ -344,7 +350,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         let color = pb::Color::try_from(s.color).unwrap_or_default().as_str_name();
         let reason = pb::Reason::try_from(s.reason).unwrap_or_default().as_str_name();
         if args.target.json {
-            println!(
+            out!(
                 "{}",
                 json!({
                     "resident_id": s.resident_id,
@@ -359,18 +365,25 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                     "stale": s.stale,
                     "status_token": s.status_token,
                 })
-            );
+            )?;
         } else {
             let dash = || "-".to_string();
             let until = rfc3339(&s.valid_until).map(|t| format!(" until {t}")).unwrap_or_default();
             let stale = if s.stale { " (STALE: store unreachable, last known)" } else { "" };
-            println!("{}: {color} ({}){until}{stale}", s.resident_id, reason.to_lowercase().replace('_', " "));
-            println!(
+            out!("{}: {color} ({}){until}{stale}", s.resident_id, reason.to_lowercase().replace('_', " "))?;
+            out!(
                 "  last negative sample {}, last positive sample {}, updated {}",
                 rfc3339(&s.last_negative_sampled_at).unwrap_or_else(dash),
                 rfc3339(&s.last_positive_sampled_at).unwrap_or_else(dash),
                 rfc3339(&s.updated_at).unwrap_or_else(dash),
-            );
+            )?;
+            // An override in force shows even when the color is as severe
+            // without it (a YELLOW override over a YELLOW "no record").
+            if let Some(until) = rfc3339(&s.override_expires_at)
+                && s.reason != pb::Reason::Override as i32
+            {
+                out!("  an override is in force until {until}; it does not change the color now")?;
+            }
         }
     }
     Ok(())
@@ -381,29 +394,29 @@ pub async fn overrides(args: OverridesArgs) -> anyhow::Result<()> {
     let message = pb::ListOverridesRequest { resident_id: args.resident.clone() };
     let reply = client.list_overrides(request(&args.target, Role::Authority, message)?).await?.into_inner();
     if reply.overrides.is_empty() && !args.target.json {
-        println!("{}: no overrides on record", args.resident);
+        out!("{}: no overrides on record", args.resident)?;
     }
     for o in reply.overrides {
         let color = pb::Color::try_from(o.color).unwrap_or_default().as_str_name();
         let (issued, expires) = (rfc3339(&o.issued_at), rfc3339(&o.expires_at));
         if args.target.json {
-            println!(
+            out!(
                 "{}",
                 json!({
                     "event_id": o.event_id, "authority_id": o.authority_id, "color": color,
                     "note": o.note, "issued_at": issued, "expires_at": expires,
                 })
-            );
+            )?;
         } else {
             let dash = || "-".to_string();
-            println!(
+            out!(
                 "{} {color} by {} from {} until {}: {}",
                 o.event_id,
                 o.authority_id,
                 issued.unwrap_or_else(dash),
                 expires.unwrap_or_else(dash),
                 o.note
-            );
+            )?;
         }
     }
     Ok(())
@@ -417,24 +430,24 @@ pub fn verify_token(args: VerifyTokenArgs) -> anyhow::Result<()> {
     let time = |t: UnixMicros| humantime::format_rfc3339_seconds(t.to_system_time()).to_string();
     let (color, reason) = (claims.color.as_str_name(), claims.reason.as_str_name());
     if args.json {
-        println!(
+        out!(
             "{}",
             json!({
                 "resident_id": claims.resident_id, "color": color, "reason": reason,
                 "valid_until": time(claims.valid_until), "issued_at": time(claims.issued_at),
                 "key_id": claims.key_id, "stale": claims.stale,
             })
-        );
+        )?;
     } else {
         let stale = if claims.stale { ", from the service's cache while its store was unreachable" } else { "" };
-        println!(
+        out!(
             "valid: {} is {color} ({}) until {}; issued {} with key {}{stale}",
             claims.resident_id,
             reason.to_lowercase().replace('_', " "),
             time(claims.valid_until),
             time(claims.issued_at),
             claims.key_id
-        );
+        )?;
     }
     Ok(())
 }
@@ -452,7 +465,7 @@ pub fn credentials(command: CredentialsCommand) -> anyhow::Result<()> {
             let (token, entry) = new_token(&args.principal, args.role);
             TokenRegistry::append(&dir.tokens_file(), &[entry])?;
             eprintln!("token of {} ({}) added to {}", args.principal, args.role, dir.tokens_file().display());
-            println!("{token}");
+            out!("{token}")?;
         }
         CredentialsCommand::Cert(args) => {
             let dir = DevCredentials::at(&args.credentials_dir);
@@ -463,7 +476,7 @@ pub fn credentials(command: CredentialsCommand) -> anyhow::Result<()> {
             std::fs::write(&pem, cert.cert_pem)?;
             std::fs::write(&key, cert.key_pem)?;
             std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-            println!("{}\n{}", pem.display(), key.display());
+            out!("{}\n{}", pem.display(), key.display())?;
         }
     }
     Ok(())

@@ -102,7 +102,9 @@ impl Components {
     /// runtime its every await would queue behind thousands of ingest calls,
     /// and under a flood it would starve while the log grows), and the
     /// hourly purge of facts past retention. Resolves with its result.
-    pub(super) async fn start_materializer(&self) -> anyhow::Result<Option<tokio::sync::oneshot::Receiver<anyhow::Result<()>>>> {
+    pub(super) async fn start_materializer(
+        &self,
+    ) -> anyhow::Result<Option<tokio::sync::oneshot::Receiver<anyhow::Result<()>>>> {
         let (Some(log), Some(store)) = (&self.log, &self.store) else { return Ok(None) };
         if !self.role.materializer() {
             return Ok(None);
