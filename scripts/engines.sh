@@ -159,12 +159,6 @@ kafka_wait() {
     wait_log kafka "$i" "Kafka Server started" 180
 }
 
-kafka_brokers() {
-    local n i out=""
-    n=$(count kafka)
-    for i in $(seq 1 "$n"); do out+="${out:+,}$(kafka_addr "$i"):9092"; done
-    echo "$out"
-}
 
 # --- Cassandra -------------------------------------------------------------
 
@@ -203,6 +197,10 @@ authenticator: AllowAllAuthenticator
 authorizer: AllowAllAuthorizer
 role_manager: CassandraRoleManager
 network_authorizer: AllowAllNetworkAuthorizer
+# Six JVMs, builds and tests share two cores here: a node whose gossip is
+# late by a few seconds is busy, not dead (12 is the usual choice for noisy
+# hosts; the default 8 convicted live nodes and stalled schema agreement).
+phi_convict_threshold: 12
 hinted_handoff_enabled: true
 max_hint_window: 3h
 concurrent_reads: 8
@@ -293,11 +291,26 @@ cql_wait() {
     wait_port cql "$i" "$(cql_addr "$i")" 9042 300
 }
 
-cql_nodes() {
-    local n i out=""
-    n=$(count cql)
-    for i in $(seq 1 "$n"); do out+="${out:+,}$(cql_addr "$i"):9042"; done
+# host:port of every node of KIND, comma-separated, for clients.
+client_addresses() {
+    local kind=$1 port=$2 i out=""
+    for i in $(seq 1 "$(count "$kind")"); do out+="${out:+,}$("${kind}_addr" "$i"):$port"; done
     echo "$out"
+}
+
+# Waits until every Cassandra node has seen every other one up (gossip), so
+# the first schema change finds them in agreement.
+cql_settle() {
+    local n=$1 i j deadline=$((SECONDS + 120))
+    for i in $(seq 1 "$n"); do
+        for j in $(seq 1 "$n"); do
+            [ "$i" = "$j" ] && continue
+            until grep -q "InetAddress /$(cql_addr "$j"):7000 is now UP" "$(node_dir cql "$i")/out.log"; do
+                [ $SECONDS -lt $deadline ] || die "cql-$i never saw cql-$j up; see $(node_dir cql "$i")/out.log"
+                sleep 0.5
+            done
+        done
+    done
 }
 
 # --- commands --------------------------------------------------------------
@@ -341,8 +354,8 @@ status() {
 }
 
 exports() {
-    [ "$(count kafka)" -gt 0 ] && echo "export HEALTHCODE_KAFKA_BROKERS=$(kafka_brokers)"
-    [ "$(count cql)" -gt 0 ] && echo "export HEALTHCODE_SCYLLA_NODES=$(cql_nodes)"
+    [ "$(count kafka)" -gt 0 ] && echo "export HEALTHCODE_KAFKA_BROKERS=$(client_addresses kafka 9092)"
+    [ "$(count cql)" -gt 0 ] && echo "export HEALTHCODE_SCYLLA_NODES=$(client_addresses cql 9042)"
     echo "export HEALTHCODE_ENGINES_DIR=$RUN"
 }
 
@@ -377,6 +390,7 @@ up() {
         for i in $(seq 1 "$kafka"); do kafka_wait "$i"; done
     fi
     for i in $(seq 2 "$cql"); do cql_wait "$i"; done
+    cql_settle "$cql"
     say "up in $((SECONDS - started)) s: $kafka Kafka, $cql Cassandra node(s)"
     exports
 }

@@ -128,13 +128,16 @@ pub async fn wait_until(
     loop {
         let mut refused = Vec::new();
         for chunk in residents.chunks(500) {
-            let statuses = lookup
-                .batch_get_status(pb::BatchGetStatusRequest { resident_id: chunk.to_vec() })
-                .await
-                .unwrap()
-                .into_inner()
-                .statuses;
-            refused.extend(statuses.into_iter().filter(|s| !check(s)).map(|s| s.resident_id));
+            match lookup.batch_get_status(pb::BatchGetStatusRequest { resident_id: chunk.to_vec() }).await {
+                Ok(reply) => {
+                    refused.extend(reply.into_inner().statuses.into_iter().filter(|s| !check(s)).map(|s| s.resident_id))
+                }
+                // The store could not answer in time and nothing was cached:
+                // the answer a station retries (a cold CQL cluster on a busy
+                // machine does this); anything else is a failure.
+                Err(status) if status.code() == tonic::Code::Unavailable => refused.extend(chunk.iter().cloned()),
+                Err(status) => panic!("lookup failed: {status:?}"),
+            }
         }
         if refused.is_empty() || tokio::time::Instant::now() > until {
             return refused;
