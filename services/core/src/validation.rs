@@ -161,6 +161,18 @@ impl Validator {
         if expires_at <= issued_at {
             return Err(ValidationError::new(format!("{p}.expires_at"), "must be after issued_at"));
         }
+        // Facts live for the retention window after their own time, so an
+        // override that outlasted it would silently end at its end. Refused
+        // instead, at arrival (records already in the log keep applying).
+        if matches!(clock, Clock::At(_)) && expires_at > issued_at.saturating_add(self.limits.retention) {
+            return Err(ValidationError::new(
+                format!("{p}.expires_at"),
+                format!(
+                    "must be at most the retention window of {}s after issued_at; issue a new override before this one ends",
+                    self.limits.retention.as_secs()
+                ),
+            ));
+        }
         Ok(Event {
             event_id,
             resident_id,
@@ -289,6 +301,36 @@ mod tests {
         for bad in ["", "é", "a/b", "a b", "a\0"] {
             assert!(check_id(bad, "f").is_err(), "{bad:?} accepted");
         }
+    }
+
+    fn override_lasting(d: Duration) -> pb::Event {
+        pb::Event {
+            kind: Some(pb::event::Kind::OverrideEvent(pb::OverrideEvent {
+                event_id: "o-1".into(),
+                resident_id: "r:1".into(),
+                authority_id: "auth-1".into(),
+                color: pb::Color::Yellow as i32,
+                note: String::new(),
+                issued_at: ts(now()),
+                expires_at: ts(now().saturating_add(d)),
+            })),
+        }
+    }
+
+    #[test]
+    fn an_override_may_last_the_retention_window_and_no_longer() {
+        let v = Validator::default();
+        let retention = Limits::default().retention;
+        assert!(v.validate_single(&override_lasting(retention), "event", now()).is_ok());
+        let longer = override_lasting(retention + Duration::from_micros(1));
+        let e = v.validate_single(&longer, "event", now()).unwrap_err();
+        assert_eq!(e.field, "event.expires_at");
+        assert!(e.rule.contains("retention window of 2592000s"), "{}", e.rule);
+        // 60 days: refused at submission, never silently cut at day 30.
+        let sixty_days = override_lasting(Duration::from_secs(60 * 24 * 3600));
+        assert_eq!(v.validate_single(&sixty_days, "event", now()).unwrap_err().field, "event.expires_at");
+        // A record already in the log still applies.
+        assert!(v.decode_record(&sixty_days).is_ok());
     }
 
     #[test]

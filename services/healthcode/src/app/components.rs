@@ -20,7 +20,6 @@ use healthcode_store_scylla::ScyllaStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
@@ -204,7 +203,7 @@ impl Components {
         };
         let stop = self.shutdown.clone();
         Ok(tokio::spawn(async move {
-            let result = server.serve_with_incoming_shutdown(nodelay(listener), signal).await;
+            let result = server.serve_with_incoming_shutdown(super::incoming::connections(listener), signal).await;
             stop.cancel();
             result.context("gRPC server failed")
         }))
@@ -293,10 +292,4 @@ fn purge_expired(store: Arc<dyn StatusStore>, shutdown: CancellationToken) {
             }
         }
     });
-}
-
-/// Accepted connections with Nagle off: small replies go out at once instead
-/// of waiting on the peer's delayed ACK (a 40 ms stall at the tail).
-fn nodelay(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }

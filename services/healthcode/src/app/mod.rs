@@ -4,6 +4,7 @@
 //! and stops them in order on shutdown.
 
 mod components;
+mod incoming;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
