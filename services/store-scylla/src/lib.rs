@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use healthcode_core::{Facts, UnixMicros};
 use healthcode_store::{FactsUpdate, StatusStore, StoreError, retained};
@@ -90,7 +91,25 @@ impl ScyllaStore {
         }
         let session =
             builder.build().await.map_err(|e| StoreError::Unavailable(format!("connecting to ScyllaDB: {e}")))?;
-        create_schema(&session, &cql, &config).await?;
+        // Several processes starting together on a new keyspace race their
+        // CREATE ... IF NOT EXISTS: on Cassandra one of them then found its
+        // just-created table missing ("table schema_version does not exist").
+        // The steps are idempotent, so the race is retried; a keyspace of a
+        // newer schema is refused at once.
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(10)
+            .with_jitter();
+        (|| create_schema(&session, &cql, &config))
+            .retry(backoff)
+            .when(|e| !matches!(e, SchemaError::Newer(_)))
+            .notify(|e, wait| tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "creating the schema failed, retrying"))
+            .await
+            .map_err(|e| match e {
+                SchemaError::Newer(why) => StoreError::Storage(why),
+                SchemaError::Failed(e) => e,
+            })?;
 
         let prepare_fact = |text: String, profile: &ExecutionProfileHandle| {
             let session = &session;
@@ -193,7 +212,17 @@ impl ScyllaStore {
     }
 }
 
-async fn create_schema(session: &Session, cql: &Cql, config: &ScyllaConfig) -> Result<(), StoreError> {
+/// Why the schema step failed: a keyspace written by a newer build (final),
+/// or anything else (retried).
+#[derive(Debug, thiserror::Error)]
+enum SchemaError {
+    #[error("{0}")]
+    Newer(String),
+    #[error(transparent)]
+    Failed(#[from] StoreError),
+}
+
+async fn create_schema(session: &Session, cql: &Cql, config: &ScyllaConfig) -> Result<(), SchemaError> {
     let ddl = [cql.create_keyspace(&config.replication), cql.create_facts_table(), cql.create_schema_version_table()];
     for statement in ddl {
         // DDL waits for schema agreement (the driver's default) before the next step.
@@ -215,7 +244,7 @@ async fn create_schema(session: &Session, cql: &Cql, config: &ScyllaConfig) -> R
     if let Some(version) = found
         && version > SCHEMA_VERSION
     {
-        return Err(StoreError::Storage(format!(
+        return Err(SchemaError::Newer(format!(
             "keyspace {} has schema version {version}; this build knows version {SCHEMA_VERSION} only",
             config.keyspace
         )));

@@ -62,3 +62,21 @@ async fn an_unreachable_cluster_is_unavailable_within_the_connect_timeout() {
     assert!(matches!(err, healthcode_store::StoreError::Unavailable(_)), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
 }
+
+/// Materializers and lookups of a deployment start together: connecting
+/// several stores at once to a keyspace nobody created yet must work for all
+/// of them (Cassandra once answered one of them "table schema_version does
+/// not exist" right after its own CREATE ... IF NOT EXISTS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_starting_together_on_a_new_keyspace_all_connect() {
+    let Some(factory) = factory() else {
+        healthcode_store::conformance::skipped("stores_starting_together_on_a_new_keyspace_all_connect", "no cluster");
+        return;
+    };
+    let mut config = factory.config.clone();
+    config.keyspace = format!("hc_race_{}_{}", std::process::id(), healthcode_core::UnixMicros::now().0 % 1_000_000);
+    let connects = (0..6).map(|_| ScyllaStore::connect(config.clone()));
+    for (i, result) in futures_util::future::join_all(connects).await.into_iter().enumerate() {
+        assert!(result.is_ok(), "store {i} of 6 failed to start: {:?}", result.err());
+    }
+}

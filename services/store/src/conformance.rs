@@ -45,20 +45,19 @@ macro_rules! status_store_conformance {
             async fn $case() {
                 match $factory {
                     Some(factory) => $crate::conformance::$case(&factory).await,
-                    None => {
-                        // Straight to stderr: the test harness captures `eprintln!`
-                        // of passing tests, and a skip must be seen.
-                        use std::io::Write as _;
-                        let _ = writeln!(
-                            std::io::stderr(),
-                            "SKIPPED {}: store server not configured",
-                            stringify!($case)
-                        );
-                    }
+                    None => $crate::conformance::skipped(stringify!($case), "store server not configured"),
                 }
             }
         )*
     };
+}
+
+/// Says that a case skipped, on the process's stderr: libtest captures
+/// `eprintln!` of passing tests, and a skip must be seen (and counted by
+/// scripts/test.sh, which looks for lines starting with `SKIPPED`).
+pub fn skipped(case: &str, why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {case}: {why}");
 }
 
 fn at(secs: i64) -> UnixMicros {
