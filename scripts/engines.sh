@@ -379,17 +379,20 @@ up() {
     local started=$SECONDS
     if [ "$cql" -gt 0 ]; then
         cql_configure "$cql"
-        # The first seed alone first: the others join a ring that exists.
-        cql_start 1
-        cql_wait 1
-        for i in $(seq 2 "$cql"); do cql_start "$i"; done
+        # One node after another: nodes that join together compute the same
+        # tokens (allocate_tokens_for_local_replication_factor is
+        # deterministic given the ring), and Cassandra then ignores one of
+        # them ("Nodes ... have the same token"), flapping it in gossip.
+        for i in $(seq 1 "$cql"); do
+            cql_start "$i"
+            cql_wait "$i"
+        done
     fi
     if [ "$kafka" -gt 0 ]; then
         kafka_configure "$kafka"
         for i in $(seq 1 "$kafka"); do kafka_start "$i"; done
         for i in $(seq 1 "$kafka"); do kafka_wait "$i"; done
     fi
-    for i in $(seq 2 "$cql"); do cql_wait "$i"; done
     cql_settle "$cql"
     say "up in $((SECONDS - started)) s: $kafka Kafka, $cql Cassandra node(s)"
     exports
