@@ -46,10 +46,15 @@ async fn a_consumer_rides_through_a_broker_outage() {
     while log.append(vec![record(2)]).await.is_err() {
         assert!(tokio::time::Instant::now() < deadline, "the broker never took a record again");
     }
-    let mut after = Vec::new();
-    while after.is_empty() {
+    // Nothing was committed, so the first record may come again after the
+    // reconnect (at least once; the facts merge absorbs it): wait for p2.
+    loop {
         assert!(tokio::time::Instant::now() < deadline, "the record after the outage never arrived");
-        after = consumer.poll(10, Duration::from_millis(500)).await.unwrap();
+        let polled = consumer.poll(10, Duration::from_millis(500)).await.unwrap();
+        let payloads: Vec<&[u8]> = polled.iter().map(|d| d.record.payload.as_slice()).collect();
+        assert!(payloads.iter().all(|p| *p == b"p1" || *p == b"p2"), "unexpected records {payloads:?}");
+        if payloads.contains(&b"p2".as_slice()) {
+            break;
+        }
     }
-    assert_eq!(after[0].record.payload, b"p2");
 }
