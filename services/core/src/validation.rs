@@ -38,9 +38,13 @@ pub struct Limits {
     pub retention: Duration,
 }
 
+/// How long facts are kept unless a deployment says otherwise: the log's
+/// topics, the store's cells and the edge's refusal of old events share it.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_future_skew: Duration::from_secs(5 * 60), retention: Duration::from_secs(30 * 24 * 3600) }
+        Limits { max_future_skew: Duration::from_secs(5 * 60), retention: DEFAULT_RETENTION }
     }
 }
 

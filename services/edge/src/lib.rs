@@ -39,6 +39,9 @@ pub struct EdgeConfig {
     pub lane: LaneConfig,
     /// How long an append may take before the events go to the spool instead.
     pub spool_after: Duration,
+    /// Events the local spool may hold while the log is unreachable or slow;
+    /// `None` turns the spool off (submits then fail while the log does).
+    pub spool_capacity: Option<u64>,
 }
 
 impl Default for EdgeConfig {
@@ -54,6 +57,7 @@ impl Default for EdgeConfig {
                 retry_after: Duration::from_millis(500),
             },
             spool_after: Duration::from_secs(2),
+            spool_capacity: Some(5_000_000),
         }
     }
 }
@@ -148,7 +152,7 @@ impl EdgeService {
     }
 
     fn log_error(&self, e: LogError) -> ServiceError {
-        tracing::warn!(error = %e, "event log refused an append");
+        tracing::warn!(error = &e as &dyn std::error::Error, "event log refused an append");
         ServiceError::Unavailable { what: "event log", detail: e.to_string(), retry_after: self.retry_after }
     }
 

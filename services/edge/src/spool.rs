@@ -92,7 +92,7 @@ impl SpoolDrainer {
                 Ok(batch) if batch.is_empty() => continue,
                 Ok(batch) => batch,
                 Err(e) => {
-                    tracing::warn!(error = %e, "reading the edge spool failed");
+                    tracing::warn!(error = &e as &dyn std::error::Error, "reading the edge spool failed");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -104,12 +104,16 @@ impl SpoolDrainer {
                 .with_jitter()
                 .without_max_times();
             let forward = (|| log.append(records.clone())).retry(backoff).notify(|e, wait| {
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "draining the edge spool: log refused");
+                tracing::warn!(
+                    error = e as &dyn std::error::Error,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "draining the edge spool: log refused"
+                );
             });
             tokio::select! {
                 result = forward => if let Err(e) = result {
                     // Unreachable without a retry limit; the batch stays spooled.
-                    tracing::error!(error = %e, "draining the edge spool gave up");
+                    tracing::error!(error = &e as &dyn std::error::Error, "draining the edge spool gave up");
                     continue;
                 },
                 _ = shutdown.cancelled() => return,
@@ -117,7 +121,7 @@ impl SpoolDrainer {
             let last = batch.iter().map(|d| d.position).max_by_key(|p| p.offset).expect("non-empty");
             if let Err(e) = self.consumer.commit(&[last]).await {
                 // Replayed after a restart: duplicates the facts merge absorbs.
-                tracing::warn!(error = %e, "committing the edge spool failed");
+                tracing::warn!(error = &e as &dyn std::error::Error, "committing the edge spool failed");
             }
             let n = batch.len() as u64;
             let before = self.depth.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| Some(d.saturating_sub(n)));

@@ -262,7 +262,7 @@ async fn health_stays_open_and_metrics_are_for_ops() {
 async fn limits_shed_a_fast_caller_and_refuse_oversized_messages() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings::ephemeral(dir.path());
-    settings.security.rate_limit_per_principal = std::num::NonZeroU32::new(3).unwrap();
+    settings.security.guard.rate_per_principal = std::num::NonZeroU32::new(3).unwrap();
     settings.security.max_message_bytes = 64 * 1024;
     let app = App::start(Role::Up, settings).await.unwrap();
     let token = DevCredentials::at(&dir.path().join("credentials")).token(Caller::Station).unwrap();

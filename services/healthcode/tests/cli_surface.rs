@@ -18,6 +18,19 @@ use healthcode::config::Settings;
 /// Clap reads HEALTHCODE_* while parsing; tests that parse hold this.
 static ENV: Mutex<()> = Mutex::new(());
 
+/// Holds [`ENV`] with no HEALTHCODE_* variable set (the suite's script
+/// exports the engines' addresses, which would read as settings here).
+fn isolated() -> std::sync::MutexGuard<'static, ()> {
+    let guard = ENV.lock().unwrap_or_else(|p| p.into_inner());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("HEALTHCODE_") {
+            // SAFETY: every test of this binary that reads the environment holds ENV.
+            unsafe { std::env::remove_var(&name) };
+        }
+    }
+    guard
+}
+
 fn surface_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cli_surface.txt")
 }
@@ -171,7 +184,7 @@ fn split(sample: &str) -> (&str, String) {
 
 #[test]
 fn every_serving_setting_means_the_same_from_flag_environment_and_file() {
-    let _serial = ENV.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = isolated();
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("scylla.password");
     std::fs::write(&password, "secret\n").unwrap();
@@ -225,7 +238,7 @@ fn every_serving_setting_means_the_same_from_flag_environment_and_file() {
 
 #[test]
 fn defaults_named_in_the_help_are_the_defaults_in_force() {
-    let _serial = ENV.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = isolated();
     let defaults = debug(settings_from(&[]), "defaults", "-");
     let up = Cli::command().find_subcommand("up").cloned().unwrap();
     let mut checked = 0;

@@ -64,7 +64,7 @@ impl OnKafka {
         settings.kafka.replication_factor = self.broker.replication_factor();
         settings.kafka.topic = self.topic.clone();
         settings.kafka.dead_letter_topic = format!("{}.dead-letter", self.topic);
-        settings.materializer_group = self.group.clone();
+        settings.materializer.group = self.group.clone();
         settings
     }
 }
@@ -224,7 +224,7 @@ async fn the_edge_answers_unavailable_while_the_broker_is_down_and_recovers() {
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = mock_cluster_settings(dir.path(), &cluster);
-    settings.edge_spool = None;
+    settings.edge.spool_capacity = None;
     let app = App::start(Role::Edge, settings).await.unwrap();
     let channel = Channel::from_shared(format!("http://{}", app.grpc_addr.unwrap())).unwrap().connect().await.unwrap();
     let ingest = lab(channel, dir.path());

@@ -32,7 +32,7 @@ impl KafkaConfig {
             partitions: 12,
             replication_factor: 1,
             create_topics: true,
-            retention: Duration::from_secs(30 * 24 * 3600),
+            retention: healthcode_core::validation::DEFAULT_RETENTION,
             options: Vec::new(),
         }
     }

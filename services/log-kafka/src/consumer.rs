@@ -92,7 +92,7 @@ impl KafkaConsumer {
     /// materializer used to exit on the first `BrokerTransportFailure`.
     fn ride_through(&self, e: KafkaError) -> Result<(), LogError> {
         if let Some((code, reason)) = self.consumer.client().fatal_error() {
-            return Err(LogError::Unavailable(format!("fatal consumer error {code:?}: {reason}")));
+            return Err(LogError::unavailable(format!("fatal consumer error {code:?}: {reason}")));
         }
         let kind = match e.rdkafka_error_code() {
             Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => "broker_unreachable",

@@ -37,7 +37,7 @@ pub const SCHEMA_V1: &str = "healthcode.v1.Event";
 pub const DEAD_LETTER_REASON_HEADER: &str = "healthcode-dead-letter-reason";
 
 pub(crate) fn unavailable(e: KafkaError) -> LogError {
-    LogError::Unavailable(e.to_string())
+    LogError::unavailable_from("Kafka", e)
 }
 
 /// Producer statistics, exported as metrics.
@@ -128,7 +128,7 @@ impl KafkaLog {
                 Ok(topic) => tracing::info!(topic, "created topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(LogError::Unavailable(format!("creating topic {topic}: {code}")));
+                    return Err(LogError::unavailable_from(format!("creating topic {topic}"), code));
                 }
             }
         }
@@ -157,10 +157,10 @@ impl EventLog for KafkaLog {
         if let Some(first) = failed.first() {
             metrics::counter!("healthcode_kafka_produce_failures_total").increment(failed.len() as u64);
             self.renew_if_dead(&producer, &failed);
-            return Err(LogError::Unavailable(format!(
-                "{} of {count} records not acknowledged: {first}",
-                failed.len()
-            )));
+            return Err(LogError::unavailable_from(
+                format!("{} of {count} records not acknowledged", failed.len()),
+                first.clone(),
+            ));
         }
         metrics::counter!("healthcode_log_appended_records_total", "log" => "kafka").increment(count as u64);
         Ok(())
@@ -175,7 +175,7 @@ impl EventLog for KafkaLog {
         let producer = self.producer();
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
             .await
-            .map_err(|e| LogError::Storage(e.to_string()))?
+            .map_err(|e| LogError::storage_from("a blocking task of the Kafka client failed", e))?
             .map_err(unavailable)
     }
 
@@ -190,6 +190,6 @@ impl EventLog for KafkaLog {
         let topic = self.config.dead_letter_topic.clone();
         tokio::task::spawn_blocking(move || dead_letters::read_all(&consumer, &topic))
             .await
-            .map_err(|e| LogError::Storage(e.to_string()))?
+            .map_err(|e| LogError::storage_from("a blocking task of the Kafka client failed", e))?
     }
 }

@@ -28,7 +28,7 @@ const MAX_RECORDS_PER_TRANSACTION: usize = 20_000;
 const QUEUE_DEPTH: usize = 4_096;
 
 fn storage<E: Into<redb::Error>>(e: E) -> LogError {
-    LogError::Storage(e.into().to_string())
+    LogError::storage_from("redb", e.into())
 }
 
 struct Append {
@@ -47,7 +47,7 @@ pub struct EmbeddedLog {
 impl EmbeddedLog {
     /// Opens (or creates) the log in `dir/log.redb`.
     pub fn open(dir: &Path) -> Result<EmbeddedLog, LogError> {
-        std::fs::create_dir_all(dir).map_err(|e| LogError::Storage(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| LogError::storage_from(format!("creating {}", dir.display()), e))?;
         let db = Database::create(dir.join("log.redb")).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         let next = {
@@ -66,7 +66,7 @@ impl EmbeddedLog {
         let writer = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || write_loop(&writer_db, rx, next, head_tx))
-            .map_err(|e| LogError::Storage(format!("starting the log writer: {e}")))?;
+            .map_err(|e| LogError::storage_from("starting the log writer", e))?;
         Ok(EmbeddedLog { db, appends: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), head })
     }
 }
@@ -97,9 +97,9 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Append>, mut next: u64, head
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, records = count, "event log append failed");
+                tracing::error!(error = &e as &dyn std::error::Error, records = count, "event log append failed");
                 for a in batch {
-                    let _ = a.done.send(Err(LogError::Storage(e.to_string())));
+                    let _ = a.done.send(Err(LogError::storage(format!("appending: {e}"))));
                 }
             }
         }
@@ -139,7 +139,7 @@ fn encode_pair(first: &[u8], second: &[u8], buf: &mut Vec<u8>) {
 }
 
 fn decode(value: &[u8]) -> Result<(Vec<u8>, Vec<u8>), LogError> {
-    let corrupt = || LogError::Storage("corrupt value in the embedded log".into());
+    let corrupt = || LogError::storage("corrupt value in the embedded log");
     let len_bytes: [u8; 4] = value.get(..4).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
     let first_len = u32::from_le_bytes(len_bytes) as usize;
     let first = value.get(4..4 + first_len).ok_or_else(corrupt)?.to_vec();
@@ -173,7 +173,7 @@ impl EventLog for EmbeddedLog {
             Ok(first.map(|(k, _)| k.value()).unwrap_or(0))
         })
         .await
-        .map_err(|e| LogError::Storage(e.to_string()))??;
+        .map_err(|e| LogError::storage_from("a blocking task of the log failed", e))??;
         Ok(Box::new(EmbeddedConsumer {
             db: self.db.clone(),
             group: group.to_owned(),
@@ -198,7 +198,7 @@ impl EventLog for EmbeddedLog {
             Ok(out)
         })
         .await
-        .map_err(|e| LogError::Storage(e.to_string()))?
+        .map_err(|e| LogError::storage_from("a blocking task of the log failed", e))?
     }
 
     async fn close(&self) -> Result<(), LogError> {
@@ -208,8 +208,8 @@ impl EventLog for EmbeddedLog {
         if let Some(writer) = writer {
             tokio::task::spawn_blocking(move || writer.join())
                 .await
-                .map_err(|e| LogError::Storage(e.to_string()))?
-                .map_err(|_| LogError::Storage("the log writer panicked".into()))?;
+                .map_err(|e| LogError::storage_from("a blocking task of the log failed", e))?
+                .map_err(|_| LogError::storage("the log writer panicked"))?;
         }
         Ok(())
     }
@@ -239,7 +239,7 @@ impl LogConsumer for EmbeddedConsumer {
                 let (from, to) = (self.next, head.min(self.next + max.max(1) as u64));
                 let delivered = tokio::task::spawn_blocking(move || read_range(&db, from, to))
                     .await
-                    .map_err(|e| LogError::Storage(e.to_string()))??;
+                    .map_err(|e| LogError::storage_from("a blocking task of the log failed", e))??;
                 if let Some(last) = delivered.last() {
                     self.next = last.position.offset + 1;
                 } else {
@@ -268,7 +268,7 @@ impl LogConsumer for EmbeddedConsumer {
         let group = self.group.clone();
         tokio::task::spawn_blocking(move || commit_offset(&db, &group, upto))
             .await
-            .map_err(|e| LogError::Storage(e.to_string()))??;
+            .map_err(|e| LogError::storage_from("a blocking task of the log failed", e))??;
         self.committed = upto;
         Ok(())
     }
@@ -302,7 +302,7 @@ impl LogConsumer for EmbeddedConsumer {
             txn.commit().map_err(storage)
         })
         .await
-        .map_err(|e| LogError::Storage(e.to_string()))?
+        .map_err(|e| LogError::storage_from("a blocking task of the log failed", e))?
     }
 }
 
@@ -324,7 +324,7 @@ fn commit_offset(db: &Database, group: &str, upto: u64) -> Result<(), LogError> 
     let mut txn = db.begin_write().map_err(storage)?;
     // No fsync of its own: the next append's commit persists it. An offset
     // lost in a crash only replays records, which the facts merge absorbs.
-    txn.set_durability(Durability::None).map_err(|e| LogError::Storage(e.to_string()))?;
+    txn.set_durability(Durability::None).map_err(|e| LogError::storage_from("setting durability", e))?;
     {
         let mut offsets = txn.open_table(GROUP_OFFSETS).map_err(storage)?;
         offsets.insert(group, upto).map_err(storage)?;

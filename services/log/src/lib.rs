@@ -40,14 +40,48 @@ pub struct Delivered {
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// The log cannot take or give records now; retrying later may work.
-    #[error("event log unavailable: {0}")]
-    Unavailable(String),
+    #[error("event log unavailable: {context}")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
     /// The log's storage failed.
-    #[error("event log storage error: {0}")]
-    Storage(String),
+    #[error("event log storage error: {context}")]
+    Storage {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
     /// The log was closed by this process.
     #[error("event log is closed")]
     Closed,
+}
+
+/// The error an adapter met underneath, kept for the chain (`{:#}` in
+/// anyhow, `error.sources` in the logs) rather than flattened into text.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl LogError {
+    /// The log cannot take or give records now; retrying later may work.
+    pub fn unavailable(context: impl Into<String>) -> Self {
+        LogError::Unavailable { context: context.into(), source: None }
+    }
+
+    /// As [`LogError::unavailable`], keeping the error underneath.
+    pub fn unavailable_from(context: impl Into<String>, source: impl Into<Cause>) -> Self {
+        LogError::Unavailable { context: context.into(), source: Some(source.into()) }
+    }
+
+    /// The log's storage failed.
+    pub fn storage(context: impl Into<String>) -> Self {
+        LogError::Storage { context: context.into(), source: None }
+    }
+
+    /// As [`LogError::storage`], keeping the error underneath.
+    pub fn storage_from(context: impl Into<String>, source: impl Into<Cause>) -> Self {
+        LogError::Storage { context: context.into(), source: Some(source.into()) }
+    }
 }
 
 #[async_trait]

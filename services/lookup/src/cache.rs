@@ -69,7 +69,7 @@ impl FactsCache {
 
     /// One resident's facts within `deadline`; `Err` only when the store
     /// failed and nothing is cached.
-    pub async fn read(&self, key: &str, store: &dyn StatusStore, deadline: Duration) -> Result<Read, String> {
+    pub async fn read(&self, key: &str, store: &dyn StatusStore, deadline: Duration) -> Result<Read, ReadError> {
         let load = self.entries.entry_by_ref(key).and_try_compute_with(|entry| async move {
             match entry {
                 Some(e) if self.fresh(e.value()) => Ok::<_, StoreError>(Op::Nop),
@@ -86,8 +86,8 @@ impl FactsCache {
                 let facts = result.into_entry().expect("computed or fresh").value().facts.clone();
                 return Ok(if hit { Read::Cached(facts) } else { Read::Store(facts) });
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {} ms", deadline.as_millis()),
+            Ok(Err(e)) => ReadError::Store(e),
+            Err(_) => ReadError::Late(deadline),
         };
         match self.entries.get(key).await {
             Some(known) => Ok(Read::Stale(known.facts.clone())),
@@ -103,7 +103,7 @@ impl FactsCache {
         keys: &[String],
         store: &dyn StatusStore,
         deadline: Duration,
-    ) -> Result<Vec<Read>, String> {
+    ) -> Result<Vec<Read>, ReadError> {
         let mut out: Vec<Option<Read>> = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
         for (i, key) in keys.iter().enumerate() {
@@ -128,20 +128,29 @@ impl FactsCache {
                 }
             }
             failed => {
-                let failure = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {} ms", deadline.as_millis()),
-                };
+                let mut failure = Some(match failed {
+                    Ok(Err(e)) => ReadError::Store(e),
+                    _ => ReadError::Late(deadline),
+                });
                 for i in missing {
                     match self.entries.get(&keys[i]).await {
                         Some(known) => out[i] = Some(Read::Stale(known.facts.clone())),
-                        None => return Err(failure),
+                        None => return Err(failure.take().expect("returned at the first miss")),
                     }
                 }
             }
         }
         Ok(out.into_iter().map(|r| r.expect("every slot filled")).collect())
     }
+}
+
+/// Why a read has no answer, not even a stale one.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("no answer within {} ms", .0.as_millis())]
+    Late(Duration),
 }
 
 #[async_trait::async_trait]

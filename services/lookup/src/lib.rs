@@ -22,7 +22,7 @@ use healthcode_rpc::{Lane, LaneConfig, ServiceError};
 use healthcode_status_token::Signer;
 use healthcode_store::StatusStore;
 
-use crate::cache::FactsCache;
+use crate::cache::{FactsCache, ReadError};
 use tonic::{Request, Response};
 
 #[derive(Clone, Debug)]
@@ -103,8 +103,9 @@ impl LookupService {
         call.client_timeout.map_or(budget, |t| t.min(budget))
     }
 
-    fn unavailable(&self, detail: String) -> ServiceError {
-        tracing::warn!(detail, "status store read failed and nothing is cached");
+    fn unavailable(&self, e: ReadError) -> ServiceError {
+        tracing::warn!(error = &e as &dyn std::error::Error, "status store read failed and nothing is cached");
+        let detail = e.to_string();
         metrics::counter!("healthcode_lookup_reads_total", "source" => "unavailable").increment(1);
         ServiceError::Unavailable { what: "status store", detail, retry_after: self.config.retry_after }
     }
@@ -116,7 +117,7 @@ impl LookupService {
             .read(&self.pseudonyms.pseudonym(resident_id), &*self.store, self.deadline(call, self.config.budget))
             .await;
         metrics::histogram!("healthcode_lookup_read_seconds").record(started.elapsed());
-        let read = read.map_err(|detail| self.unavailable(detail))?;
+        let read = read.map_err(|e| self.unavailable(e))?;
         metrics::counter!("healthcode_lookup_reads_total", "source" => read.label()).increment(1);
         Ok(read.facts())
     }
@@ -182,7 +183,7 @@ impl LookupService {
         let started = std::time::Instant::now();
         let reads = self.cache.read_many(&keys, &*self.store, self.deadline(&call, self.config.batch_budget)).await;
         metrics::histogram!("healthcode_lookup_read_seconds").record(started.elapsed());
-        let reads = reads.map_err(|detail| self.unavailable(detail))?;
+        let reads = reads.map_err(|e| self.unavailable(e))?;
         let now = UnixMicros::now();
         let statuses = ids
             .into_iter()

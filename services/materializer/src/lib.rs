@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug)]
 pub struct MaterializerConfig {
+    /// The consumer group the materializers of a deployment share (a
+    /// partitioned log spreads its partitions over them).
+    pub group: String,
     /// Most records folded into one store write.
     pub batch_size: usize,
     /// How long one poll waits for records.
@@ -31,6 +34,7 @@ pub struct MaterializerConfig {
 impl Default for MaterializerConfig {
     fn default() -> Self {
         MaterializerConfig {
+            group: "healthcode-materializer".to_owned(),
             batch_size: 2_000,
             poll_wait: Duration::from_millis(200),
             linger: Duration::from_millis(20),
@@ -169,7 +173,11 @@ impl Materializer {
         let merge = (|| store.merge(folded.updates.clone())).retry(backoff).notify(|e, wait| {
             failing.store(true, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("healthcode_materializer_store_retries_total").increment(1);
-            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "store merge failed, retrying");
+            tracing::warn!(
+                error = e as &dyn std::error::Error,
+                retry_in_ms = wait.as_millis() as u64,
+                "store merge failed, retrying"
+            );
         });
         tokio::pin!(merge);
         let mut paused = false;
@@ -181,7 +189,7 @@ impl Materializer {
                 // Keeps the consumer alive while the store is down.
                 polled = consumer.poll(0, Duration::from_millis(500)), if paused => {
                     if let Err(e) = polled {
-                        tracing::warn!(error = %e, "polling a paused consumer failed");
+                        tracing::warn!(error = &e as &dyn std::error::Error, "polling a paused consumer failed");
                     }
                 }
                 // Branch conditions are only re-read when a branch fires, so a
@@ -190,18 +198,18 @@ impl Materializer {
                     if failing.load(std::sync::atomic::Ordering::Relaxed) {
                         match consumer.pause().await {
                             Ok(()) => paused = true,
-                            Err(e) => tracing::warn!(error = %e, "pausing the consumer failed"),
+                            Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "pausing the consumer failed"),
                         }
                     }
                 }
             }
         };
         if paused && let Err(e) = consumer.resume().await {
-            tracing::warn!(error = %e, "resuming the consumer failed");
+            tracing::warn!(error = &e as &dyn std::error::Error, "resuming the consumer failed");
         }
         if let Err(e) = result {
             // Unreachable with unlimited retries; keep the batch for replay.
-            tracing::error!(error = %e, "store merge gave up");
+            tracing::error!(error = &e as &dyn std::error::Error, "store merge gave up");
             return None;
         }
         if let Some(observer) = &self.observer {
@@ -235,7 +243,11 @@ impl Materializer {
                 }
                 Err(e) => {
                     let wait = waits.next().unwrap_or(self.config.max_retry_delay);
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "dead-letter failed, retrying");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "dead-letter failed, retrying"
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.cancelled() => return false,

@@ -5,6 +5,10 @@ pub mod admission;
 
 pub use admission::{Lane, LaneConfig};
 
+/// Largest gRPC request a server accepts unless a deployment says otherwise:
+/// a batch of 500 events fits with room to spare.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+
 use std::time::{Duration, Instant};
 
 use healthcode_core::ValidationError;

@@ -86,6 +86,9 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
     ::hex::decode(text.trim()).ok()
 }
 
+/// Longest life of a status token unless a deployment says otherwise.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(4 * 3600);
+
 /// Signs answers; held by the lookup.
 pub struct Signer {
     key_id: String,

@@ -113,11 +113,34 @@ fn postcard_part<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-fn from_postcard_part<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, String> {
+/// A stored cell this build cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum CellError {
+    #[error("undecodable {what}")]
+    Undecodable {
+        what: &'static str,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("{what} encoded with unknown version {version}")]
+    UnknownVersion { what: &'static str, version: u8 },
+    #[error("empty {0}")]
+    Empty(&'static str),
+    #[error("scan value has no event_id separator")]
+    NoSeparator,
+    #[error("scan event_id is not UTF-8")]
+    NotUtf8,
+    #[error("row of unknown kind {0}")]
+    UnknownKind(i8),
+}
+
+fn from_postcard_part<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &'static str) -> Result<T, CellError> {
     match bytes.split_first() {
-        Some((&PAYLOAD_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| format!("undecodable {what}: {e}")),
-        Some((v, _)) => Err(format!("{what} encoded with unknown version {v}")),
-        None => Err(format!("empty {what}")),
+        Some((&PAYLOAD_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|source| CellError::Undecodable { what, source })
+        }
+        Some((&version, _)) => Err(CellError::UnknownVersion { what, version }),
+        None => Err(CellError::Empty(what)),
     }
 }
 
@@ -135,9 +158,9 @@ pub fn encode_scan(scan: &ScanFact) -> Vec<u8> {
     out
 }
 
-pub fn decode_scan(bytes: &[u8]) -> Result<ScanFact, String> {
-    let split = bytes.iter().position(|b| *b == 0).ok_or("scan value has no event_id separator")?;
-    let event_id = std::str::from_utf8(&bytes[..split]).map_err(|_| "scan event_id is not UTF-8")?.to_owned();
+pub fn decode_scan(bytes: &[u8]) -> Result<ScanFact, CellError> {
+    let split = bytes.iter().position(|b| *b == 0).ok_or(CellError::NoSeparator)?;
+    let event_id = std::str::from_utf8(&bytes[..split]).map_err(|_| CellError::NotUtf8)?.to_owned();
     let rest: ScanRest = from_postcard_part(&bytes[split + 1..], "scan")?;
     Ok(ScanFact {
         scanned_at: rest.scanned_at,
@@ -157,7 +180,7 @@ pub fn encode_override(o: &OverrideFact) -> Vec<u8> {
     })
 }
 
-pub fn decode_override(issued_at: UnixMicros, event_id: String, bytes: &[u8]) -> Result<OverrideFact, String> {
+pub fn decode_override(issued_at: UnixMicros, event_id: String, bytes: &[u8]) -> Result<OverrideFact, CellError> {
     let rest: OverrideRest = from_postcard_part(bytes, "override")?;
     Ok(OverrideFact {
         issued_at,
@@ -185,7 +208,7 @@ pub struct StoredRow {
 
 /// The facts of a partition's rows, joined with the domain's merge; `None`
 /// when the partition holds nothing.
-pub fn facts_from_rows(rows: &[StoredRow]) -> Result<Option<Facts>, String> {
+pub fn facts_from_rows(rows: &[StoredRow]) -> Result<Option<Facts>, CellError> {
     let Some(first) = rows.first() else { return Ok(None) };
     let mut facts = Facts {
         latest_positive: first.latest_positive.map(UnixMicros),
@@ -207,7 +230,7 @@ pub fn facts_from_rows(rows: &[StoredRow]) -> Result<Option<Facts>, String> {
                 let payload = row.payload.as_deref().unwrap_or_default();
                 Facts { overrides: vec![decode_override(at, event_id, payload)?], ..Facts::default() }
             }
-            None => return Err(format!("row of unknown kind {code}")),
+            None => return Err(CellError::UnknownKind(code)),
         };
         facts.merge(&part);
     }

@@ -109,7 +109,7 @@ impl ScyllaConfig {
             speculative_after: Some(Duration::from_millis(8)),
             connect_timeout: crate::DEFAULT_CONNECT_TIMEOUT,
             credentials: None,
-            retention: Duration::from_secs(30 * 24 * 3600),
+            retention: healthcode_core::validation::DEFAULT_RETENTION,
             write_concurrency: 256,
             read_concurrency: 64,
         }
@@ -117,7 +117,7 @@ impl ScyllaConfig {
 }
 
 /// Contact points from `host:port,host:port`; a host without a port gets 9042.
-pub fn parse_nodes(list: &str) -> Result<Vec<String>, String> {
+pub fn parse_nodes(list: &str) -> Result<Vec<String>, crate::cql::SettingError> {
     let nodes: Vec<String> = list
         .split(',')
         .map(str::trim)
@@ -131,7 +131,7 @@ pub fn parse_nodes(list: &str) -> Result<Vec<String>, String> {
         })
         .collect();
     if nodes.is_empty() {
-        return Err("scylla_nodes must list at least one host[:port]".into());
+        return Err(crate::cql::SettingError::NoNodes);
     }
     Ok(nodes)
 }

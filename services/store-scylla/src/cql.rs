@@ -67,17 +67,22 @@ impl fmt::Display for Replication {
     }
 }
 
+/// A setting of this adapter that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettingError {
+    #[error("scylla_keyspace {0:?} must be 1 to 48 characters from [a-z0-9_], starting with a letter")]
+    Keyspace(String),
+    #[error("scylla_nodes must list at least one host[:port]")]
+    NoNodes,
+}
+
 /// A keyspace name: goes into every statement's text, so it is checked.
-pub fn check_keyspace(name: &str) -> Result<(), String> {
+pub fn check_keyspace(name: &str) -> Result<(), SettingError> {
     let ok = !name.is_empty()
         && name.len() <= 48
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && name.as_bytes()[0].is_ascii_lowercase();
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("scylla_keyspace {name:?} must be 1 to 48 characters from [a-z0-9_], starting with a letter"))
-    }
+    if ok { Ok(()) } else { Err(SettingError::Keyspace(name.to_owned())) }
 }
 
 /// The four single-value facts, kept as static cells of the resident's
@@ -130,7 +135,7 @@ pub struct Cql {
 }
 
 impl Cql {
-    pub fn new(keyspace: &str) -> Result<Cql, String> {
+    pub fn new(keyspace: &str) -> Result<Cql, SettingError> {
         check_keyspace(keyspace)?;
         Ok(Cql { keyspace: keyspace.to_owned() })
     }
@@ -239,7 +244,7 @@ mod tests {
         assert!(Cql::new("healthcode").is_ok());
         for bad in ["", "Healthcode", "hc; DROP", "1hc", "hc.facts", &"a".repeat(49)] {
             let err = Cql::new(bad).unwrap_err();
-            assert!(err.contains("scylla_keyspace"), "{bad}: {err}");
+            assert!(err.to_string().contains("scylla_keyspace"), "{bad}: {err}");
         }
     }
 

@@ -53,7 +53,7 @@ impl ScyllaStore {
     /// Connects, creates the keyspace and tables when missing, checks the
     /// schema version and prepares every statement.
     pub async fn connect(config: ScyllaConfig) -> Result<ScyllaStore, StoreError> {
-        let cql = Cql::new(&config.keyspace).map_err(StoreError::Storage)?;
+        let cql = Cql::new(&config.keyspace).map_err(|e| StoreError::storage_from("the keyspace", e))?;
         let mut policy = DefaultPolicy::builder().token_aware(true);
         if let Some(dc) = &config.local_datacenter {
             // LOCAL_* consistency means "in this datacenter": stay in it.
@@ -89,8 +89,7 @@ impl ScyllaStore {
         if let Some((user, password)) = &config.credentials {
             builder = builder.user(user.clone(), password.clone());
         }
-        let session =
-            builder.build().await.map_err(|e| StoreError::Unavailable(format!("connecting to ScyllaDB: {e}")))?;
+        let session = builder.build().await.map_err(|e| StoreError::unavailable_from("connecting to ScyllaDB", e))?;
         // Several processes starting together on a new keyspace race their
         // CREATE ... IF NOT EXISTS: on Cassandra one of them then found its
         // just-created table missing ("table schema_version does not exist").
@@ -104,10 +103,16 @@ impl ScyllaStore {
         (|| create_schema(&session, &cql, &config))
             .retry(backoff)
             .when(|e| !matches!(e, SchemaError::Newer(_)))
-            .notify(|e, wait| tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "creating the schema failed, retrying"))
+            .notify(|e, wait| {
+                tracing::warn!(
+                    error = e as &dyn std::error::Error,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "creating the schema failed, retrying"
+                )
+            })
             .await
             .map_err(|e| match e {
-                SchemaError::Newer(why) => StoreError::Storage(why),
+                SchemaError::Newer(why) => StoreError::storage(why),
                 SchemaError::Failed(e) => e,
             })?;
 
@@ -195,18 +200,18 @@ impl ScyllaStore {
     async fn read_resident(&self, resident: &str, now: UnixMicros) -> Result<Option<Facts>, StoreError> {
         let result =
             self.session.execute_unpaged(&self.read, (resident,)).await.map_err(|e| store_error("read", &e))?;
-        let rows = result.into_rows_result().map_err(|e| StoreError::Storage(format!("reading facts: {e}")))?;
+        let rows = result.into_rows_result().map_err(|e| StoreError::storage_from("reading facts", e))?;
         let rows: Vec<StoredRow> = rows
             .rows::<ReadRow>()
-            .map_err(|e| StoreError::Storage(format!("facts table has unexpected columns: {e}")))?
+            .map_err(|e| StoreError::storage_from("facts table has unexpected columns", e))?
             .map(|row| {
                 row.map(|(latest_positive, latest_test, updated_at, latest_scan, kind, at, event_id, payload)| {
                     StoredRow { latest_positive, latest_test, updated_at, latest_scan, kind, at, event_id, payload }
                 })
             })
             .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::Storage(format!("undecodable facts row: {e}")))?;
-        let facts = cells::facts_from_rows(&rows).map_err(StoreError::Storage)?;
+            .map_err(|e| StoreError::storage_from("undecodable facts row", e))?;
+        let facts = cells::facts_from_rows(&rows).map_err(|e| StoreError::storage_from("undecodable facts", e))?;
         // TTLs count whole seconds from the server's clock: cut exactly here.
         Ok(facts.and_then(|f| retained(&f, self.config.retention, now)))
     }
@@ -229,7 +234,7 @@ async fn create_schema(session: &Session, cql: &Cql, config: &ScyllaConfig) -> R
         session
             .query_unpaged(statement, ())
             .await
-            .map_err(|e| StoreError::Storage(format!("creating the schema in {}: {e}", config.keyspace)))?;
+            .map_err(|e| StoreError::storage_from(format!("creating the schema in {}", config.keyspace), e))?;
     }
     let select = prepare(session, cql.select_schema_version()).await?;
     let found = session
@@ -237,9 +242,9 @@ async fn create_schema(session: &Session, cql: &Cql, config: &ScyllaConfig) -> R
         .await
         .map_err(|e| store_error("read", &e))?
         .into_rows_result()
-        .map_err(|e| StoreError::Storage(e.to_string()))?
+        .map_err(|e| StoreError::storage_from("reading the schema version", e))?
         .maybe_first_row::<(Option<i32>,)>()
-        .map_err(|e| StoreError::Storage(e.to_string()))?
+        .map_err(|e| StoreError::storage_from("reading the schema version", e))?
         .and_then(|(v,)| v);
     if let Some(version) = found
         && version > SCHEMA_VERSION
@@ -258,7 +263,7 @@ async fn create_schema(session: &Session, cql: &Cql, config: &ScyllaConfig) -> R
 }
 
 async fn prepare(session: &Session, text: String) -> Result<PreparedStatement, StoreError> {
-    session.prepare(text).await.map_err(|e| StoreError::Storage(format!("preparing: {e}")))
+    session.prepare(text).await.map_err(|e| StoreError::storage_from("preparing", e))
 }
 
 /// Transient failures (timeouts, unavailable replicas, overload, lost
@@ -282,9 +287,9 @@ fn store_error(op: &'static str, e: &ExecutionError) -> StoreError {
     let kind = if refused { "refused" } else { "unavailable" };
     metrics::counter!("healthcode_store_errors_total", "store" => "scylla", "op" => op, "kind" => kind).increment(1);
     if refused {
-        StoreError::Storage(format!("ScyllaDB {op}: {e}"))
+        StoreError::storage_from(format!("ScyllaDB {op}"), e.clone())
     } else {
-        StoreError::Unavailable(format!("ScyllaDB {op}: {e}"))
+        StoreError::unavailable_from(format!("ScyllaDB {op}"), e.clone())
     }
 }
 

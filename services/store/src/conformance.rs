@@ -10,7 +10,7 @@ use healthcode_core::{Color, Facts, OverrideFact, ScanFact, ScanKind, UnixMicros
 use crate::{FactsUpdate, StatusStore};
 
 /// The retention every factory must open its store with.
-pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+pub const RETENTION: std::time::Duration = healthcode_core::validation::DEFAULT_RETENTION;
 
 /// Opens the store under test. A call after the previous handle was dropped
 /// opens the same data again. Residents are prefixed so that suites sharing a

@@ -20,7 +20,7 @@ const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
 const ENCODING: u8 = 2;
 
 fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Storage(e.into().to_string())
+    StoreError::storage_from("redb", e.into())
 }
 
 #[derive(Clone)]
@@ -45,7 +45,7 @@ impl EmbeddedStore {
     }
 
     fn open_with(dir: &Path, retention: Duration, mode: ConcurrencyMode) -> Result<EmbeddedStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::storage_from(format!("creating {}", dir.display()), e))?;
         let db = Database::builder().set_concurrency_mode(mode).create(dir.join("store.redb")).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(FACTS).map_err(storage)?;
@@ -58,7 +58,9 @@ impl EmbeddedStore {
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db)).await.map_err(|e| StoreError::Storage(e.to_string()))?
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::storage_from("a blocking task of the store failed", e))?
     }
 }
 
@@ -80,10 +82,10 @@ pub fn encode_facts(facts: &Facts) -> Vec<u8> {
 pub fn decode_facts(bytes: &[u8]) -> Result<Facts, StoreError> {
     match bytes.split_first() {
         Some((&ENCODING, rest)) => {
-            postcard::from_bytes(rest).map_err(|e| StoreError::Storage(format!("undecodable facts: {e}")))
+            postcard::from_bytes(rest).map_err(|e| StoreError::storage_from("undecodable facts", e))
         }
-        Some((v, _)) => Err(StoreError::Storage(format!("facts encoded with unknown version {v}"))),
-        None => Err(StoreError::Storage("empty facts value".into())),
+        Some((v, _)) => Err(StoreError::storage(format!("facts encoded with unknown version {v}"))),
+        None => Err(StoreError::storage("empty facts value")),
     }
 }
 

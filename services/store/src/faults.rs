@@ -53,7 +53,7 @@ impl StoreFaults {
         }
         if self.is_down() {
             self.refusals.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::Unavailable("fault injected: store down".into()));
+            return Err(StoreError::unavailable("fault injected: store down"));
         }
         Ok(())
     }

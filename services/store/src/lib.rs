@@ -17,11 +17,45 @@ pub use faults::{FaultyStore, StoreFaults};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot answer now (node down, timeout); retrying may work.
-    #[error("status store unavailable: {0}")]
-    Unavailable(String),
+    #[error("status store unavailable: {context}")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
     /// The store's storage failed or holds data it cannot read.
-    #[error("status store storage error: {0}")]
-    Storage(String),
+    #[error("status store storage error: {context}")]
+    Storage {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
+}
+
+/// The error an adapter met underneath, kept for the chain (`{:#}` in
+/// anyhow, `error.sources` in the logs) rather than flattened into text.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl StoreError {
+    /// The store cannot answer now (node down, timeout); retrying may work.
+    pub fn unavailable(context: impl Into<String>) -> Self {
+        StoreError::Unavailable { context: context.into(), source: None }
+    }
+
+    /// As [`StoreError::unavailable`], keeping the error underneath.
+    pub fn unavailable_from(context: impl Into<String>, source: impl Into<Cause>) -> Self {
+        StoreError::Unavailable { context: context.into(), source: Some(source.into()) }
+    }
+
+    /// The store's storage failed or holds data it cannot read.
+    pub fn storage(context: impl Into<String>) -> Self {
+        StoreError::Storage { context: context.into(), source: None }
+    }
+
+    /// As [`StoreError::storage`], keeping the error underneath.
+    pub fn storage_from(context: impl Into<String>, source: impl Into<Cause>) -> Self {
+        StoreError::Storage { context: context.into(), source: Some(source.into()) }
+    }
 }
 
 /// Facts to fold into one resident's stored facts.

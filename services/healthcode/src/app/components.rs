@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use healthcode_auth::{Guard, GuardConfig, Pseudonymizer, TokenRegistry};
+use healthcode_auth::{Guard, Pseudonymizer, TokenRegistry};
 use healthcode_core::Validator;
 use healthcode_edge::EdgeService;
 use healthcode_edge::spool::Spool;
 use healthcode_log::{EmbeddedLog, EventLog};
 use healthcode_log_kafka::KafkaLog;
 use healthcode_lookup::LookupService;
-use healthcode_materializer::{Materializer, MaterializerConfig};
+use healthcode_materializer::Materializer;
 use healthcode_proto::v1::ingest_server::IngestServer;
 use healthcode_proto::v1::lookup_server::LookupServer;
 use healthcode_status_token::Signer;
@@ -108,9 +108,8 @@ impl Components {
         if !self.role.materializer() {
             return Ok(None);
         }
-        let consumer = log.consumer(&self.settings.materializer_group).await?;
-        let config =
-            MaterializerConfig { batch_size: self.settings.materializer_batch, ..MaterializerConfig::default() };
+        let consumer = log.consumer(&self.settings.materializer.group).await?;
+        let config = self.settings.materializer.clone();
         let mut materializer = Materializer::new(consumer, store.clone(), self.validator.clone(), config);
         if let Some(lookup) = &self.lookup {
             // One process: the lookup's cache sees every write as it lands.
@@ -134,7 +133,9 @@ impl Components {
 
     /// The edge's spool and its drainer into the log.
     pub(super) async fn start_spool(&self) -> anyhow::Result<(Option<Arc<Spool>>, Option<JoinHandle<()>>)> {
-        let (Some(log), Some(capacity)) = (&self.log, self.settings.edge_spool) else { return Ok((None, None)) };
+        let (Some(log), Some(capacity)) = (&self.log, self.settings.edge.spool_capacity) else {
+            return Ok((None, None));
+        };
         if !self.role.edge() {
             return Ok((None, None));
         }
@@ -252,7 +253,7 @@ fn open_guard(security: &Security) -> anyhow::Result<Arc<Guard>> {
     }
     let tokens = TokenRegistry::open(&security.tokens_file).context("reading the tokens file")?;
     tracing::info!(path = %security.tokens_file.display(), tokens = tokens.len(), "tokens loaded");
-    let config = GuardConfig { rate_per_principal: security.rate_limit_per_principal };
+    let config = security.guard.clone();
     Ok(Arc::new(Guard::new(Arc::new(tokens), &config)))
 }
 
@@ -286,7 +287,7 @@ fn purge_expired(store: Arc<dyn StatusStore>, shutdown: CancellationToken) {
                 _ = tick.tick() => match store.purge_expired().await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(residents = n, "purged facts past retention"),
-                    Err(e) => tracing::warn!(error = %e, "purging expired facts failed"),
+                    Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "purging expired facts failed"),
                 },
                 _ = shutdown.cancelled() => break,
             }
