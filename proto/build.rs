@@ -1,5 +1,5 @@
 //! Compiles the API with protox (a Rust protobuf compiler), so no system
-//! `protoc` is needed on a fresh machine. See docs/decisions/0003-proto-build.md.
+//! `protoc` is needed on a fresh machine. See docs/decisions/0003-proto-build-with-protox.md.
 
 use std::{env, path::PathBuf};
 

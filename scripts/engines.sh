@@ -11,6 +11,7 @@
 #   scripts/engines.sh wait kafka|cql I                      wait until node I serves again
 #   scripts/engines.sh pid kafka|cql I                       node I's pid, when it runs
 #   scripts/engines.sh signal kafka|cql I STOP|CONT          freeze or thaw node I (drills)
+#   scripts/engines.sh leaders TOPIC                         the Kafka node leading each partition, one per line
 #
 # Versions are pinned by deploy/engines/*-pom.xml; the jars come from Maven
 # Central into .tools/ on first use. Kafka node I listens on 127.0.0.1I:9092
@@ -414,11 +415,26 @@ node_cmd() {
     esac
 }
 
+# Kafka's own TopicCommand: the drills' tooling needs no Kafka client library.
+leaders() {
+    local topic=${1:-} i
+    [ -n "$topic" ] || die "leaders: name a topic"
+    for i in $(seq 1 "$(count kafka)"); do
+        running kafka "$i" || continue
+        "$JAVA" -Xmx128m -XX:TieredStopAtLevel=1 -Dlog4j.configuration=file:/dev/null -cp "$TOOLS/kafka/libs/*" \
+            org.apache.kafka.tools.TopicCommand --bootstrap-server "$(kafka_addr "$i"):9092" --describe --topic "$topic" \
+            2>/dev/null | sed -n 's/.*Partition: [0-9]*[[:space:]]*Leader: \(-\?[0-9]*\).*/\1/p'
+        return
+    done
+    die "leaders: no Kafka node runs"
+}
+
 case ${1:-} in
     up) shift; up "$@" ;;
+    leaders) shift; leaders "$@" ;;
     down) down; say "down" ;;
     status) status ;;
     env) exports ;;
     kill | start | wait | pid | signal) node_cmd "$@" ;;
-    *) die "usage: engines.sh up [--kafka N] [--cql N] | down | status | env | kill|start|wait|pid|signal kafka|cql I [SIG]" ;;
+    *) die "usage: engines.sh up [--kafka N] [--cql N] | down | status | env | leaders TOPIC | kill|start|wait|pid|signal kafka|cql I [SIG]" ;;
 esac

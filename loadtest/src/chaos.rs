@@ -37,19 +37,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use healthcode_auth::Bearer;
-use healthcode_log_kafka::testing::TansuBroker;
 use healthcode_proto::v1::{self as pb, lookup_client::LookupClient};
+use healthcode_testkit::broker::TansuBroker;
 use serde::Serialize;
 use tonic::transport::Endpoint;
 
 use crate::admin::http;
 use crate::credentials::{Credentials, gate};
-use crate::engines::{Engine, Engines};
 use crate::replay::{self, ReplayOptions};
 use crate::round::resident_id;
 use crate::schedule::read_manifest;
 use crate::stats::{Percentiles, histogram, micros};
 use crate::verify;
+use healthcode_testkit::engines::{Engine, Engines};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -315,16 +315,13 @@ impl Deployment {
     /// The Kafka node (1-based, as `engines.sh` numbers them and as their
     /// `node.id`) that leads most of the round's partitions.
     async fn busiest_kafka_leader(&self) -> anyhow::Result<usize> {
-        let (brokers, topic) = (self.engines()?.kafka_brokers.clone(), self.topic.clone());
-        let leaders =
-            tokio::task::spawn_blocking(move || healthcode_log_kafka::testing::partition_leaders(&brokers, &topic))
-                .await??;
+        let leaders = self.engines()?.kafka_leaders(&self.topic).await?;
         let mut counts = std::collections::BTreeMap::new();
-        for leader in leaders.into_iter().filter(|l| *l > 0) {
+        for leader in leaders {
             *counts.entry(leader).or_insert(0) += 1;
         }
         let (leader, _) = counts.into_iter().max_by_key(|(_, n)| *n).context("the topic has no partition leaders")?;
-        Ok(leader as usize)
+        Ok(leader)
     }
 
     fn stop(&mut self) {

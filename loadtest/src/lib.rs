@@ -6,7 +6,6 @@ pub mod admin;
 pub mod bench;
 pub mod chaos;
 pub mod credentials;
-pub mod engines;
 pub mod replay;
 pub mod report;
 pub mod round;
@@ -312,9 +311,9 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
-    let backend = match engines::Engines::from_env(&args.engines) {
+    let backend = match healthcode_testkit::engines::Engines::from_env(&args.engines) {
         Some(engines) => chaos::Backend::Engines(engines),
-        None => match args.tansu.or_else(healthcode_log_kafka::testing::TansuBroker::binary) {
+        None => match args.tansu.or_else(healthcode_testkit::broker::TansuBroker::binary) {
             Some(tansu) => chaos::Backend::Tansu(tansu),
             None => anyhow::bail!(
                 "no engines and no tansu broker: eval \"$(scripts/engines.sh up --kafka 3 --cql 3)\", or pass --tansu"

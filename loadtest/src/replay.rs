@@ -22,8 +22,9 @@ use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::credentials::{Credentials, gate};
+pub use crate::report::ReplayReport;
 use crate::schedule::{Entry, Kind, Reader, read_manifest};
-use crate::stats::{KindStats, KindSummary, Percentiles, Point, histogram, micros, timeline};
+use crate::stats::{KindStats, Percentiles, histogram, micros, timeline};
 
 pub const REPLAY_FILE: &str = "replay.json";
 pub const UNACKNOWLEDGED_FILE: &str = "unacknowledged.txt";
@@ -55,23 +56,6 @@ pub struct ReplayRecord {
     pub anchor_unix_ms: i64,
     pub target: String,
     pub compression: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ReplayReport {
-    pub target: String,
-    pub residents: u64,
-    pub compression: f64,
-    pub anchor_unix_ms: i64,
-    pub wall_seconds: f64,
-    pub ingest: KindSummary,
-    pub lookup: KindSummary,
-    /// Outcomes of the events inside ingest batches.
-    pub events: BTreeMap<String, u64>,
-    /// From ACCEPTED to the result being visible through Lookup.
-    pub freshness: Percentiles,
-    pub freshness_timeouts: u64,
-    pub timeline: Vec<Point>,
 }
 
 /// Moves an offset-from-round-start timestamp onto the wall clock.
@@ -353,8 +337,7 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
     };
     std::fs::write(dir.join(UNACKNOWLEDGED_FILE), s.unacknowledged.join("\n"))?;
     std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
-    std::fs::write(out.join("report.html"), crate::report::html(&report))?;
+    report.write(out)?;
     Ok(report)
 }
 

@@ -1,13 +1,44 @@
-//! The replay report as one self-contained HTML page with inline SVG charts.
+//! What a replay measured, as JSON and as one self-contained HTML page
+//! with inline SVG charts.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::path::Path;
 
-use crate::replay::ReplayReport;
-use crate::stats::{KindSummary, Point};
+use serde::Serialize;
+
+use crate::stats::{KindSummary, Percentiles, Point};
 
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 260.0;
 const PAD: f64 = 50.0;
+
+/// What one replay measured: written as report.json and report.html.
+#[derive(Debug, Serialize)]
+pub struct ReplayReport {
+    pub target: String,
+    pub residents: u64,
+    pub compression: f64,
+    pub anchor_unix_ms: i64,
+    pub wall_seconds: f64,
+    pub ingest: KindSummary,
+    pub lookup: KindSummary,
+    /// Outcomes of the events inside ingest batches.
+    pub events: BTreeMap<String, u64>,
+    /// From ACCEPTED to the result being visible through Lookup.
+    pub freshness: Percentiles,
+    pub freshness_timeouts: u64,
+    pub timeline: Vec<Point>,
+}
+
+impl ReplayReport {
+    /// report.json and report.html in `out`.
+    pub fn write(&self, out: &Path) -> anyhow::Result<()> {
+        std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(self)?)?;
+        std::fs::write(out.join("report.html"), html(self))?;
+        Ok(())
+    }
+}
 
 /// A line chart of `series` (name, colour, values per second).
 fn chart(title: &str, unit: &str, series: &[(&str, &str, Vec<f64>)]) -> String {

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use healthcode_core::UnixMicros;
-use healthcode_loadtest::engines::{Engine, Engines};
 use healthcode_proto::v1 as pb;
+use healthcode_testkit::engines::{Engine, Engines};
 use support::{Process, free_addr, lab, negative_test, sampled_at, shows_negative, station, wait_until};
 
 async fn start_up(data_dir: &Path, grpc: SocketAddr, backend: &[String]) -> Process {
@@ -32,11 +32,7 @@ async fn every_acknowledged_event_survives_sigkill() {
 async fn every_acknowledged_event_survives_sigkill_on_kafka_and_cql() {
     let Some(engines) = Engines::from_env(&Engines::workspace_script()) else {
         assert!(std::env::var_os("CI").is_none(), "no engines; scripts/test.sh starts them");
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED every_acknowledged_event_survives_sigkill_on_kafka_and_cql: no engines"
-        );
+        healthcode_testkit::skipped("every_acknowledged_event_survives_sigkill_on_kafka_and_cql", "no engines");
         return;
     };
     let run = format!("crash_{}", std::process::id());

@@ -12,18 +12,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use healthcode_loadtest::chaos::{Backend, ChaosOptions, Scenario, drill};
-use healthcode_loadtest::engines::Engines;
 use healthcode_loadtest::round::RoundConfig;
 use healthcode_loadtest::schedule;
-use healthcode_log_kafka::testing::TansuBroker;
+use healthcode_testkit::broker::TansuBroker;
+use healthcode_testkit::engines::Engines;
 
 /// One drill at a time in this binary.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn skipped(test: &str, why: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
-}
+use healthcode_testkit::skipped;
 
 fn backend(test: &str, needs_engines: bool) -> Option<Backend> {
     if let Some(engines) = Engines::from_env(&Engines::workspace_script()) {

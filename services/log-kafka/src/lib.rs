@@ -25,8 +25,6 @@ use rdkafka::types::RDKafkaErrorCode;
 mod config;
 mod consumer;
 mod dead_letters;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use config::KafkaConfig;
 

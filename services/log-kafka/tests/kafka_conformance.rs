@@ -7,8 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use healthcode_log::EventLog;
 use healthcode_log::conformance::LogFactory;
-use healthcode_log_kafka::testing::{TestBroker, unique_name};
 use healthcode_log_kafka::{KafkaConfig, KafkaLog};
+use healthcode_testkit::broker::{TestBroker, unique_name};
 
 struct KafkaLogFactory {
     broker: TestBroker,

@@ -55,13 +55,7 @@ macro_rules! event_log_conformance {
     };
 }
 
-/// Says that a case skipped, on the process's stderr: libtest captures
-/// `eprintln!` of passing tests, and a skip must be seen (and counted by
-/// scripts/test.sh, which looks for lines starting with `SKIPPED`).
-pub fn skipped(case: &str, why: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {case}: {why}");
-}
+pub use healthcode_testkit::skipped;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn record(key: &str, n: usize) -> Record {

@@ -52,13 +52,7 @@ macro_rules! status_store_conformance {
     };
 }
 
-/// Says that a case skipped, on the process's stderr: libtest captures
-/// `eprintln!` of passing tests, and a skip must be seen (and counted by
-/// scripts/test.sh, which looks for lines starting with `SKIPPED`).
-pub fn skipped(case: &str, why: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {case}: {why}");
-}
+pub use healthcode_testkit::skipped;
 
 fn at(secs: i64) -> UnixMicros {
     UnixMicros(1_800_000_000_000_000 + secs * 1_000_000)

@@ -104,6 +104,14 @@ impl Engines {
         self.run(&["pid", engine.arg(), &i.to_string()]).await.is_ok_and(|pid| !pid.is_empty())
     }
 
+    /// The Kafka node (1-based, as `engines.sh` numbers them and as their
+    /// `node.id`) leading each partition of `topic` that has a leader.
+    pub async fn kafka_leaders(&self, topic: &str) -> anyhow::Result<Vec<usize>> {
+        let out = self.run(&["leaders", topic]).await?;
+        let leaders = out.lines().filter_map(|l| l.trim().parse::<i64>().ok());
+        Ok(leaders.filter(|l| *l > 0).map(|l| l as usize).collect())
+    }
+
     /// Restarts every node that does not run, so a failed drill leaves the
     /// clusters whole for the next one.
     pub async fn heal(&self) -> anyhow::Result<()> {

@@ -83,7 +83,7 @@ impl TansuBroker {
         if let Some(path) = std::env::var_os("HEALTHCODE_TANSU_BIN") {
             return Some(PathBuf::from(path));
         }
-        let installed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(INSTALLED);
+        let installed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(INSTALLED);
         installed.exists().then_some(installed)
     }
 
@@ -95,7 +95,7 @@ impl TansuBroker {
                 std::env::var_os("CI").is_none(),
                 "{test}: no tansu broker; scripts/setup.sh installs it (or set HEALTHCODE_TANSU_BIN)"
             );
-            eprintln!("SKIPPED {test}: no tansu broker; run scripts/setup.sh or set HEALTHCODE_TANSU_BIN");
+            crate::skipped(test, "no tansu broker; run scripts/setup.sh or set HEALTHCODE_TANSU_BIN");
             return None;
         };
         Some(Self::start_binary(binary))
@@ -164,13 +164,4 @@ impl Drop for TansuBroker {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// The leader broker id of every partition of `topic`, for drills that kill
-/// the broker leading most of them.
-pub fn partition_leaders(brokers: &str, topic: &str) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    Ok(metadata.topics().iter().flat_map(|t| t.partitions()).map(|p| p.leader()).collect())
 }
