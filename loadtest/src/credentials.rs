@@ -87,6 +87,7 @@ pub fn provision(dir: &Path, tokens_file: &Path) -> anyhow::Result<usize> {
         std::fs::create_dir_all(parent)?;
     }
     TokenRegistry::append(tokens_file, &entries)?;
-    std::fs::write(dir.join(CREDENTIALS_FILE), serde_json::to_vec(&credentials)?)?;
+    // Raw tokens: owner-only, like every secret file.
+    healthcode_secrets::write_private(&dir.join(CREDENTIALS_FILE), &serde_json::to_vec(&credentials)?)?;
     Ok(entries.len())
 }

@@ -42,13 +42,7 @@ impl AuthError {
 }
 
 /// Lowercase hex, for token hashes, keys and pseudonyms.
-fn hex(bytes: &[u8]) -> String {
-    ::hex::encode(bytes)
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    ::hex::decode(text.trim()).ok()
-}
+use healthcode_secrets::{from_hex as unhex, to_hex as hex};
 
 fn random_bytes<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom;

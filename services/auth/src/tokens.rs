@@ -137,18 +137,7 @@ fn load(path: &Path) -> Result<Loaded, AuthError> {
 
 /// Writes a secret file readable by its owner only, replacing it atomically.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AuthError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| AuthError::io(&tmp, e))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| AuthError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| AuthError::io(path, e))
+    healthcode_secrets::write_private(path, bytes).map_err(|e| AuthError::io(path, e))
 }
 
 #[cfg(test)]

@@ -474,8 +474,7 @@ pub fn credentials(command: CredentialsCommand) -> anyhow::Result<()> {
             std::fs::create_dir_all(&out)?;
             let (pem, key) = (out.join(format!("{}.pem", args.principal)), out.join(format!("{}.key", args.principal)));
             std::fs::write(&pem, cert.cert_pem)?;
-            std::fs::write(&key, cert.key_pem)?;
-            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            healthcode_secrets::write_private(&key, cert.key_pem.as_bytes())?;
             out!("{}\n{}", pem.display(), key.display())?;
         }
     }

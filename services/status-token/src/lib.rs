@@ -78,13 +78,7 @@ struct PublicKeyEntry {
     public: String,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    ::hex::encode(bytes)
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    ::hex::decode(text.trim()).ok()
-}
+use healthcode_secrets::{from_hex as unhex, to_hex as hex};
 
 /// Longest life of a status token unless a deployment says otherwise.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(4 * 3600);
@@ -143,16 +137,7 @@ impl Signer {
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), KeyError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| file_error(path, e))?;
-    file.write_all(text.as_bytes()).map_err(|e| file_error(path, e))
+    healthcode_secrets::write_private(path, text.as_bytes()).map_err(|e| file_error(path, e))
 }
 
 /// The public keys a station trusts, by key id.
