@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use healthcode_core::Facts;
-use healthcode_store::{FactsUpdate, MergeObserver, StatusStore, StoreError};
+use healthcode_store::{FactsUpdate, StatusStore, StoreError};
 use moka::ops::compute::{CompResult, Op};
 
 #[derive(Clone, Debug)]
@@ -153,12 +153,12 @@ pub enum ReadError {
     Late(Duration),
 }
 
-#[async_trait::async_trait]
-impl MergeObserver for FactsCache {
+impl FactsCache {
     /// Folds updates the materializer of this process merged into the store
     /// into the cached facts (a join, so it is safe in any order). Residents
-    /// not cached stay so.
-    async fn merged(&self, updates: &[FactsUpdate]) {
+    /// not cached stay so. The process that runs both wires this to the
+    /// materializer's `MergeObserver`.
+    pub async fn merged(&self, updates: &[FactsUpdate]) {
         for update in updates {
             self.entries
                 .entry_by_ref(&update.resident)

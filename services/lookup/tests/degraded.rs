@@ -134,7 +134,6 @@ async fn concurrent_lookups_of_one_resident_share_one_store_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merges_reported_by_the_materializer_reach_the_cache() {
-    use healthcode_store::MergeObserver;
     let f = fixture(LookupConfig { cache_fresh_for: Duration::from_secs(3600), ..LookupConfig::default() });
     f.negative("erin").await;
     assert_eq!(f.get("erin").await.unwrap().color, pb::Color::Green as i32);

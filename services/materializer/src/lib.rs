@@ -12,8 +12,15 @@ use healthcode_core::{Facts, Validator};
 use healthcode_log::{Delivered, LogConsumer, LogError, Position};
 use healthcode_proto::Message;
 use healthcode_proto::v1 as pb;
-use healthcode_store::{FactsUpdate, MergeObserver, StatusStore};
+use healthcode_store::{FactsUpdate, StatusStore};
 use tokio_util::sync::CancellationToken;
+
+/// Told what a merge wrote once it is durable: a lookup cache in the same
+/// process keeps up with the materializer without rereading the store.
+#[async_trait::async_trait]
+pub trait MergeObserver: Send + Sync {
+    async fn merged(&self, updates: &[FactsUpdate]);
+}
 
 #[derive(Clone, Debug)]
 pub struct MaterializerConfig {

@@ -92,9 +92,3 @@ pub fn retained(facts: &Facts, retention: Duration, now: UnixMicros) -> Option<F
     Some(facts.retained(now.saturating_sub(retention))).filter(|f| !f.is_empty())
 }
 
-/// Told what a merge wrote once it is durable: the lookup's cache in the
-/// same process keeps up with the materializer without rereading the store.
-#[async_trait]
-pub trait MergeObserver: Send + Sync {
-    async fn merged(&self, updates: &[FactsUpdate]);
-}

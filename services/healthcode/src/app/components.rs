@@ -113,7 +113,7 @@ impl Components {
         let mut materializer = Materializer::new(consumer, store.clone(), self.validator.clone(), config);
         if let Some(lookup) = &self.lookup {
             // One process: the lookup's cache sees every write as it lands.
-            materializer = materializer.with_observer(lookup.cache());
+            materializer = materializer.with_observer(Arc::new(CacheObserver(lookup.cache())));
         }
         let run = materializer.run(self.shutdown.clone());
         let (done, finished) = tokio::sync::oneshot::channel();
@@ -293,4 +293,14 @@ fn purge_expired(store: Arc<dyn StatusStore>, shutdown: CancellationToken) {
             }
         }
     });
+}
+
+/// The lookup's cache told of every merge of this process's materializer.
+struct CacheObserver(Arc<healthcode_lookup::cache::FactsCache>);
+
+#[async_trait::async_trait]
+impl healthcode_materializer::MergeObserver for CacheObserver {
+    async fn merged(&self, updates: &[healthcode_store::FactsUpdate]) {
+        self.0.merged(updates).await
+    }
 }
