@@ -14,6 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     // compile_fds does not write the descriptor set; reflection needs it.
     std::fs::write(out_dir.join("healthcode_descriptor.bin"), descriptors.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    let feature = |name: &str| env::var_os(format!("CARGO_FEATURE_{name}")).is_some();
+    tonic_prost_build::configure()
+        .build_server(feature("SERVER"))
+        .build_client(feature("CLIENT"))
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -13,7 +13,6 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use healthcode_core::wire::{color_to_wire, event_to_wire, reason_to_wire};
 use healthcode_core::{Event, EventBody, Policy, ScanKind, TestOutcome};
 use healthcode_proto::Message;
 use healthcode_proto::v1 as pb;
@@ -133,7 +132,7 @@ fn scan(round: &RoundConfig, i: u64, kind: ScanKind, at_ms: u64) -> Event {
 }
 
 fn batch_entry(at_ms: u64, events: &[Event]) -> Entry {
-    let request = pb::SubmitBatchRequest { events: events.iter().map(event_to_wire).collect() };
+    let request = pb::SubmitBatchRequest { events: events.iter().map(pb::Event::from).collect() };
     Entry { at_ms, kind: Kind::SubmitBatch, payload: request.encode_to_vec() }
 }
 
@@ -302,8 +301,8 @@ fn write_expected(round: &RoundConfig, dir: &Path) -> anyhow::Result<()> {
             out,
             "{},{},{},{},{}",
             resident_id(i),
-            color_to_wire(s.color).as_str_name(),
-            reason_to_wire(s.reason).as_str_name(),
+            pb::Color::from(s.color).as_str_name(),
+            pb::Reason::from(s.reason).as_str_name(),
             as_ms(s.last_negative_sampled_at),
             as_ms(s.last_positive_sampled_at)
         )?;

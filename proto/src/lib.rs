@@ -1,12 +1,13 @@
-//! The `healthcode.v1` API: messages, service stubs and the descriptor set
-//! that server reflection serves.
+//! The `healthcode.v1` API: messages, the descriptor set that server
+//! reflection serves, and the service stubs behind the `server` and
+//! `client` features.
 
 pub mod v1 {
-    tonic::include_proto!("healthcode.v1");
+    include!(concat!(env!("OUT_DIR"), "/healthcode.v1.rs"));
 }
 
 /// Encoded `FileDescriptorSet` of the API, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("healthcode_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/healthcode_descriptor.bin"));
 
-pub use prost::Message;
+pub use prost::{DecodeError, Message};
 pub use prost_types::Timestamp;

@@ -108,12 +108,7 @@ impl Validator {
         let resident_id = id(&e.resident_id, p, "resident_id")?;
         let station_id = id(&e.station_id, p, "station_id")?;
         let site_id = id(&e.site_id, p, "site_id")?;
-        let kind = match enum_value::<pb::ScanKind>(e.kind, p, "kind")? {
-            pb::ScanKind::VenueEntry => ScanKind::VenueEntry,
-            pb::ScanKind::Checkpoint => ScanKind::Checkpoint,
-            pb::ScanKind::TestSiteArrival => ScanKind::TestSiteArrival,
-            pb::ScanKind::Unspecified => unreachable!("enum_value refuses 0"),
-        };
+        let kind = enum_field::<pb::ScanKind, ScanKind>(e.kind, p, "kind")?;
         let scanned_at = self.event_time(e.scanned_at.as_ref(), p, "scanned_at", clock)?;
         Ok(Event { event_id, resident_id, body: EventBody::Scan { station_id, site_id, kind, scanned_at } })
     }
@@ -123,18 +118,8 @@ impl Validator {
         let resident_id = id(&e.resident_id, p, "resident_id")?;
         let sample_id = id(&e.sample_id, p, "sample_id")?;
         let lab_id = id(&e.lab_id, p, "lab_id")?;
-        let kind = match enum_value::<pb::TestKind>(e.kind, p, "kind")? {
-            pb::TestKind::Pcr => TestKind::Pcr,
-            pb::TestKind::PcrPooled => TestKind::PcrPooled,
-            pb::TestKind::Antigen => TestKind::Antigen,
-            pb::TestKind::Unspecified => unreachable!("enum_value refuses 0"),
-        };
-        let outcome = match enum_value::<pb::TestOutcome>(e.outcome, p, "outcome")? {
-            pb::TestOutcome::Negative => TestOutcome::Negative,
-            pb::TestOutcome::Positive => TestOutcome::Positive,
-            pb::TestOutcome::Inconclusive => TestOutcome::Inconclusive,
-            pb::TestOutcome::Unspecified => unreachable!("enum_value refuses 0"),
-        };
+        let kind = enum_field::<pb::TestKind, TestKind>(e.kind, p, "kind")?;
+        let outcome = enum_field::<pb::TestOutcome, TestOutcome>(e.outcome, p, "outcome")?;
         let sampled_at = self.event_time(e.sampled_at.as_ref(), p, "sampled_at", clock)?;
         let resulted_at = self.event_time(e.resulted_at.as_ref(), p, "resulted_at", clock)?;
         if resulted_at < sampled_at {
@@ -151,12 +136,7 @@ impl Validator {
         let event_id = id(&e.event_id, p, "event_id")?;
         let resident_id = id(&e.resident_id, p, "resident_id")?;
         let authority_id = id(&e.authority_id, p, "authority_id")?;
-        let color = match enum_value::<pb::Color>(e.color, p, "color")? {
-            pb::Color::Green => Color::Green,
-            pb::Color::Yellow => Color::Yellow,
-            pb::Color::Red => Color::Red,
-            pb::Color::Unspecified => unreachable!("enum_value refuses 0"),
-        };
+        let color = enum_field::<pb::Color, Color>(e.color, p, "color")?;
         if e.note.len() > MAX_NOTE_LEN {
             return Err(ValidationError::new(format!("{p}.note"), format!("must be at most {MAX_NOTE_LEN} bytes")));
         }
@@ -219,12 +199,15 @@ fn timestamp(ts: Option<&Timestamp>, p: &str, name: &str) -> Result<UnixMicros, 
     })
 }
 
-fn enum_value<E: TryFrom<i32> + Default + PartialEq>(raw: i32, p: &str, name: &str) -> Result<E, ValidationError> {
-    match E::try_from(raw) {
-        Ok(v) if v != E::default() => Ok(v),
-        Ok(_) => Err(ValidationError::new(format!("{p}.{name}"), "must not be unspecified")),
-        Err(_) => Err(ValidationError::new(format!("{p}.{name}"), format!("unknown value {raw}"))),
-    }
+/// A wire enum field as its domain value: known and not unspecified.
+fn enum_field<W, D>(raw: i32, p: &str, name: &str) -> Result<D, ValidationError>
+where
+    W: TryFrom<i32>,
+    D: TryFrom<W>,
+{
+    let wire =
+        W::try_from(raw).map_err(|_| ValidationError::new(format!("{p}.{name}"), format!("unknown value {raw}")))?;
+    D::try_from(wire).map_err(|_| ValidationError::new(format!("{p}.{name}"), "must not be unspecified"))
 }
 
 /// Checks an identifier: 1 to 64 characters from `[A-Za-z0-9._:-]`.

@@ -1,5 +1,6 @@
-//! Domain values back to the wire form: the inverse of [`crate::validation`],
-//! for the lookup's replies and for tools that write events.
+//! Conversions between domain values and the wire form: `From` each domain
+//! value to its wire type, `TryFrom` each wire enum back (the event itself
+//! goes back through [`crate::Validator`], which checks it).
 
 use healthcode_proto::v1 as pb;
 
@@ -18,73 +19,92 @@ pub fn event_id(e: &pb::Event) -> &str {
     }
 }
 
-pub fn color_to_wire(color: Color) -> pb::Color {
-    match color {
-        Color::Green => pb::Color::Green,
-        Color::Yellow => pb::Color::Yellow,
-        Color::Red => pb::Color::Red,
-    }
-}
-
-pub fn reason_to_wire(reason: Reason) -> pb::Reason {
-    match reason {
-        Reason::NegativeTestValid => pb::Reason::NegativeTestValid,
-        Reason::NoValidTest => pb::Reason::NoValidTest,
-        Reason::NoRecord => pb::Reason::NoRecord,
-        Reason::PositiveTest => pb::Reason::PositiveTest,
-        Reason::Override => pb::Reason::Override,
-    }
-}
-
-pub fn event_to_wire(event: &Event) -> pb::Event {
-    use pb::event::Kind as W;
-    let ts = |t: UnixMicros| Some(t.to_timestamp());
-    let kind = match &event.body {
-        EventBody::Scan { station_id, site_id, kind, scanned_at } => W::Scan(pb::ScanEvent {
-            event_id: event.event_id.clone(),
-            resident_id: event.resident_id.clone(),
-            station_id: station_id.clone(),
-            site_id: site_id.clone(),
-            kind: match kind {
-                ScanKind::VenueEntry => pb::ScanKind::VenueEntry,
-                ScanKind::Checkpoint => pb::ScanKind::Checkpoint,
-                ScanKind::TestSiteArrival => pb::ScanKind::TestSiteArrival,
-            } as i32,
-            scanned_at: ts(*scanned_at),
-        }),
-        EventBody::TestResult { sample_id, lab_id, kind, outcome, sampled_at, resulted_at } => {
-            W::TestResult(pb::TestResultEvent {
-                event_id: event.event_id.clone(),
-                resident_id: event.resident_id.clone(),
-                sample_id: sample_id.clone(),
-                lab_id: lab_id.clone(),
-                kind: match kind {
-                    TestKind::Pcr => pb::TestKind::Pcr,
-                    TestKind::PcrPooled => pb::TestKind::PcrPooled,
-                    TestKind::Antigen => pb::TestKind::Antigen,
-                } as i32,
-                outcome: match outcome {
-                    TestOutcome::Negative => pb::TestOutcome::Negative,
-                    TestOutcome::Positive => pb::TestOutcome::Positive,
-                    TestOutcome::Inconclusive => pb::TestOutcome::Inconclusive,
-                } as i32,
-                sampled_at: ts(*sampled_at),
-                resulted_at: ts(*resulted_at),
-            })
+/// Each domain enum and its wire enum name the same values; the wire's
+/// `UNSPECIFIED` (0) has no domain value and converts to this error.
+macro_rules! enum_pair {
+    ($domain:ident <=> $wire:ident { $($variant:ident),+ $(,)? }) => {
+        impl From<$domain> for pb::$wire {
+            fn from(value: $domain) -> Self {
+                match value {
+                    $($domain::$variant => pb::$wire::$variant,)+
+                }
+            }
         }
-        EventBody::Override { authority_id, color, note, issued_at, expires_at } => {
-            W::OverrideEvent(pb::OverrideEvent {
-                event_id: event.event_id.clone(),
-                resident_id: event.resident_id.clone(),
-                authority_id: authority_id.clone(),
-                color: color_to_wire(*color) as i32,
-                note: note.clone(),
-                issued_at: ts(*issued_at),
-                expires_at: ts(*expires_at),
-            })
+
+        impl TryFrom<pb::$wire> for $domain {
+            type Error = Unspecified;
+            fn try_from(value: pb::$wire) -> Result<Self, Unspecified> {
+                match value {
+                    $(pb::$wire::$variant => Ok($domain::$variant),)+
+                    pb::$wire::Unspecified => Err(Unspecified),
+                }
+            }
         }
     };
-    pb::Event { kind: Some(kind) }
+}
+
+/// A wire enum left at its `UNSPECIFIED` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unspecified;
+
+enum_pair!(Color <=> Color { Green, Yellow, Red });
+enum_pair!(ScanKind <=> ScanKind { VenueEntry, Checkpoint, TestSiteArrival });
+enum_pair!(TestKind <=> TestKind { Pcr, PcrPooled, Antigen });
+enum_pair!(TestOutcome <=> TestOutcome { Negative, Positive, Inconclusive });
+
+impl From<Reason> for pb::Reason {
+    fn from(reason: Reason) -> Self {
+        match reason {
+            Reason::NegativeTestValid => pb::Reason::NegativeTestValid,
+            Reason::NoValidTest => pb::Reason::NoValidTest,
+            Reason::NoRecord => pb::Reason::NoRecord,
+            Reason::PositiveTest => pb::Reason::PositiveTest,
+            Reason::Override => pb::Reason::Override,
+        }
+    }
+}
+
+/// The wire form of a valid event; [`crate::Validator`] is the way back,
+/// since a wire event must be checked before it is one.
+impl From<&Event> for pb::Event {
+    fn from(event: &Event) -> Self {
+        use pb::event::Kind as W;
+        let ts = |t: UnixMicros| Some(t.to_timestamp());
+        let kind = match &event.body {
+            EventBody::Scan { station_id, site_id, kind, scanned_at } => W::Scan(pb::ScanEvent {
+                event_id: event.event_id.clone(),
+                resident_id: event.resident_id.clone(),
+                station_id: station_id.clone(),
+                site_id: site_id.clone(),
+                kind: pb::ScanKind::from(*kind) as i32,
+                scanned_at: ts(*scanned_at),
+            }),
+            EventBody::TestResult { sample_id, lab_id, kind, outcome, sampled_at, resulted_at } => {
+                W::TestResult(pb::TestResultEvent {
+                    event_id: event.event_id.clone(),
+                    resident_id: event.resident_id.clone(),
+                    sample_id: sample_id.clone(),
+                    lab_id: lab_id.clone(),
+                    kind: pb::TestKind::from(*kind) as i32,
+                    outcome: pb::TestOutcome::from(*outcome) as i32,
+                    sampled_at: ts(*sampled_at),
+                    resulted_at: ts(*resulted_at),
+                })
+            }
+            EventBody::Override { authority_id, color, note, issued_at, expires_at } => {
+                W::OverrideEvent(pb::OverrideEvent {
+                    event_id: event.event_id.clone(),
+                    resident_id: event.resident_id.clone(),
+                    authority_id: authority_id.clone(),
+                    color: pb::Color::from(*color) as i32,
+                    note: note.clone(),
+                    issued_at: ts(*issued_at),
+                    expires_at: ts(*expires_at),
+                })
+            }
+        };
+        pb::Event { kind: Some(kind) }
+    }
 }
 
 #[cfg(test)]
@@ -131,7 +151,7 @@ mod tests {
             },
         ];
         for event in events {
-            assert_eq!(Validator::default().decode_record(&event_to_wire(&event)).unwrap(), event);
+            assert_eq!(Validator::default().decode_record(&pb::Event::from(&event)).unwrap(), event);
         }
     }
 }

@@ -17,10 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use healthcode_auth::{Guard, Principal, Pseudonymizer, Rpc, check_owner};
-use healthcode_core::wire::{event_id, event_to_wire};
+use healthcode_core::wire::event_id;
 use healthcode_core::{Event, EventBody, UnixMicros, ValidationError, Validator, validation::MAX_BATCH_EVENTS};
 use healthcode_log::{EventLog, LogError, Record};
-use healthcode_proto::Message;
 use healthcode_proto::v1::{self as pb, event::Kind, ingest_server::Ingest};
 use healthcode_rpc::{Lane, LaneConfig, ServiceError};
 
@@ -124,7 +123,7 @@ impl EdgeService {
             .iter()
             .map(|event| Record {
                 key: event.resident_id.as_bytes().to_vec(),
-                payload: event_to_wire(event).encode_to_vec(),
+                payload: healthcode_core::record::encode(event),
             })
             .collect();
         self.durably(records).await?;

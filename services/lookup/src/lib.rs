@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use healthcode_auth::{Admitted, Guard, Pseudonymizer, Rpc};
 use healthcode_core::validation::{MAX_LOOKUP_BATCH, check_id};
-use healthcode_core::wire::{color_to_wire, reason_to_wire};
 use healthcode_core::{Color, Facts, Policy, Status, UnixMicros, ValidationError};
 use healthcode_proto::v1::{self as pb, lookup_server::Lookup};
 use healthcode_rpc::{Lane, LaneConfig, ServiceError};
@@ -158,7 +157,7 @@ impl LookupService {
             .map(|o| pb::OverrideRecord {
                 event_id: o.event_id,
                 authority_id: o.authority_id,
-                color: color_to_wire(o.color) as i32,
+                color: pb::Color::from(o.color) as i32,
                 note: o.note,
                 issued_at: ts(o.issued_at),
                 expires_at: ts(o.expires_at),
@@ -210,8 +209,8 @@ pub fn to_wire(resident_id: String, status: &Status, stale: bool) -> pb::Residen
     let ts = |t: Option<UnixMicros>| t.map(UnixMicros::to_timestamp);
     pb::ResidentStatus {
         resident_id,
-        color: color_to_wire(status.color) as i32,
-        reason: reason_to_wire(status.reason) as i32,
+        color: pb::Color::from(status.color) as i32,
+        reason: pb::Reason::from(status.reason) as i32,
         valid_until: ts(status.valid_until),
         last_negative_sampled_at: ts(status.last_negative_sampled_at),
         last_positive_sampled_at: ts(status.last_positive_sampled_at),

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use healthcode_core::{Facts, Validator};
 use healthcode_log::{Delivered, LogConsumer, LogError, Position};
-use healthcode_proto::Message;
-use healthcode_proto::v1 as pb;
 use healthcode_store::{FactsUpdate, StatusStore};
 use tokio_util::sync::CancellationToken;
 
@@ -79,15 +77,12 @@ pub fn fold(batch: &[Delivered], validator: &Validator) -> Folded {
     let mut per_resident: foldhash::HashMap<String, Facts> = foldhash::HashMap::default();
     let mut folded = Folded::default();
     for (index, delivered) in batch.iter().enumerate() {
-        let event = pb::Event::decode(delivered.record.payload.as_slice())
-            .map_err(|e| format!("record: not a healthcode.v1.Event: {e}"))
-            .and_then(|wire| validator.decode_record(&wire).map_err(|e| e.to_string()));
-        match event {
+        match healthcode_core::record::decode(&delivered.record.payload, validator) {
             Ok(event) => {
                 per_resident.entry(event.resident_id.clone()).or_default().apply(&event);
                 folded.events += 1;
             }
-            Err(reason) => folded.poison.push((index, reason)),
+            Err(reason) => folded.poison.push((index, reason.to_string())),
         }
     }
     folded.updates = per_resident.into_iter().map(|(resident, facts)| FactsUpdate { resident, facts }).collect();

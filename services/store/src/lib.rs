@@ -91,4 +91,3 @@ pub trait StatusStore: Send + Sync + 'static {
 pub fn retained(facts: &Facts, retention: Duration, now: UnixMicros) -> Option<Facts> {
     Some(facts.retained(now.saturating_sub(retention))).filter(|f| !f.is_empty())
 }
-
