@@ -73,7 +73,7 @@ fn surface() -> String {
 #[test]
 fn every_flag_keeps_its_name_environment_variable_and_help() {
     let now = surface();
-    if std::env::var_os("HEALTHCODE_BLESS_CLI_SURFACE").is_some() {
+    if std::env::var_os("BLESS_CLI_SURFACE").is_some() {
         std::fs::write(surface_path(), &now).unwrap();
     }
     let pinned = std::fs::read_to_string(surface_path()).unwrap();
@@ -82,7 +82,7 @@ fn every_flag_keeps_its_name_environment_variable_and_help() {
     assert!(
         gone.is_empty() && new.is_empty(),
         "the command line changed; an intended change is pinned with \
-         HEALTHCODE_BLESS_CLI_SURFACE=1 cargo test -p healthcode --test cli_surface\n\
+         BLESS_CLI_SURFACE=1 cargo test -p healthcode --test cli_surface\n\
          changed or gone:\n  {}\nnew:\n  {}",
         gone.join("\n  "),
         new.join("\n  ")
@@ -112,6 +112,7 @@ const SAMPLES: &[(&str, &[&str])] = &[
     ("lookup_concurrency = 7", &[]),
     ("lookup_queue = 9", &[]),
     ("lookup_queue_wait = \"5ms\"", &[]),
+    ("status_token_reuse_for = \"5s\"", &[]),
     ("ingest_concurrency = 11", &[]),
     ("ingest_queue = 13", &[]),
     ("ingest_queue_wait = \"3s\"", &[]),
