@@ -70,6 +70,13 @@ impl FactsCache {
     /// One resident's facts within `deadline`; `Err` only when the store
     /// failed and nothing is cached.
     pub async fn read(&self, key: &str, store: &dyn StatusStore, deadline: Duration) -> Result<Read, ReadError> {
+        // Most lookups find fresh facts: answer them without the entry's
+        // compute lock, which only a read of the store needs.
+        if let Some(known) = self.entries.get(key).await
+            && self.fresh(&known)
+        {
+            return Ok(Read::Cached(known.facts.clone()));
+        }
         let load = self.entries.entry_by_ref(key).and_try_compute_with(|entry| async move {
             match entry {
                 Some(e) if self.fresh(e.value()) => Ok::<_, StoreError>(Op::Nop),

@@ -9,6 +9,7 @@
 //! never cached gets UNAVAILABLE with `retry-after-ms`.
 
 pub mod cache;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use healthcode_status_token::Signer;
 use healthcode_store::StatusStore;
 
 use crate::cache::{FactsCache, ReadError};
+use crate::tokens::TokenReuse;
 use tonic::{Request, Response};
 
 #[derive(Clone, Debug)]
@@ -41,6 +43,9 @@ pub struct LookupConfig {
     /// Concurrent lookups and their queue; the wait counts against no budget,
     /// so it is kept short.
     pub lane: LaneConfig,
+    /// How long a signed status token is reused for the same answer to the
+    /// same resident (see [`tokens`]); zero signs every answer.
+    pub token_reuse_for: Duration,
 }
 
 impl Default for LookupConfig {
@@ -58,6 +63,7 @@ impl Default for LookupConfig {
                 max_wait: Duration::from_millis(20),
                 retry_after: Duration::from_millis(100),
             },
+            token_reuse_for: Duration::from_secs(60),
         }
     }
 }
@@ -70,7 +76,7 @@ pub struct LookupService {
     pseudonyms: Pseudonymizer,
     cache: Arc<FactsCache>,
     lane: Lane,
-    signer: Option<Arc<Signer>>,
+    tokens: Option<TokenReuse>,
 }
 
 impl LookupService {
@@ -83,12 +89,12 @@ impl LookupService {
     ) -> Self {
         let cache = FactsCache::new(config.cache_capacity, config.cache_fresh_for, config.cache_stale_for);
         let lane = Lane::new("lookup", config.lane.clone());
-        LookupService { store, policy, config, guard, pseudonyms, cache: Arc::new(cache), lane, signer: None }
+        LookupService { store, policy, config, guard, pseudonyms, cache: Arc::new(cache), lane, tokens: None }
     }
 
     /// Every answer carries a status token signed by `signer`.
     pub fn with_signer(mut self, signer: Arc<Signer>) -> Self {
-        self.signer = Some(signer);
+        self.tokens = Some(TokenReuse::new(signer, self.config.token_reuse_for, self.config.cache_capacity));
         self
     }
 
@@ -125,8 +131,8 @@ impl LookupService {
         let status = self.policy.evaluate(&facts.unwrap_or_default(), now);
         metrics::counter!("healthcode_lookup_answers_total", "color" => color_label(status.color)).increment(1);
         let mut wire = to_wire(resident_id, &status, stale);
-        if let Some(signer) = &self.signer {
-            wire.status_token = signer.sign(&wire, now);
+        if let Some(tokens) = &self.tokens {
+            wire.status_token = tokens.token(&wire, now);
         }
         wire
     }

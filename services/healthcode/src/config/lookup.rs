@@ -43,6 +43,11 @@ pub struct LookupArgs {
     #[arg(long, env = "HEALTHCODE_LOOKUP_QUEUE_WAIT", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub lookup_queue_wait: Option<Duration>,
+    /// Reuse a signed status token for the same answer to the same resident
+    /// this long (its issued_at is at most this old); 0s signs every answer [default: 60s]
+    #[arg(long, env = "HEALTHCODE_STATUS_TOKEN_REUSE_FOR", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub status_token_reuse_for: Option<Duration>,
 }
 
 impl LookupArgs {
@@ -60,6 +65,7 @@ impl LookupArgs {
                 max_wait: self.lookup_queue_wait.unwrap_or(d.lane.max_wait),
                 ..d.lane.clone()
             },
+            token_reuse_for: self.status_token_reuse_for.unwrap_or(d.token_reuse_for),
             ..d
         }
     }
