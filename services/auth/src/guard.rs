@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use healthcode_rpc::{Lane, ServiceError, grpc_timeout, observe};
+use healthcode_rpc::{CallMetrics, Lane, ServiceError, grpc_timeout};
 use tonic::metadata::MetadataMap;
 
 use crate::{Principal, Rpc, TokenRegistry, principal_from_cert};
@@ -27,6 +27,8 @@ pub struct Guard {
     tokens: Arc<TokenRegistry>,
     limiter: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
+    /// By `Rpc as usize`.
+    calls: Vec<CallMetrics>,
 }
 
 /// The token of an `authorization: Bearer <token>` header, if any.
@@ -78,6 +80,7 @@ impl Guard {
             tokens,
             limiter: RateLimiter::keyed(Quota::per_second(config.rate_per_principal)),
             clock: DefaultClock::default(),
+            calls: Rpc::ALL.iter().map(|rpc| CallMetrics::new(rpc.name())).collect(),
         }
     }
 
@@ -140,7 +143,7 @@ impl Guard {
             },
             Err(e) => Err(e),
         };
-        observe(rpc.name(), started, &result);
+        self.calls[rpc as usize].record(started, &result);
         result.map(tonic::Response::new).map_err(tonic::Status::from)
     }
 

@@ -68,6 +68,17 @@ pub enum Rpc {
 }
 
 impl Rpc {
+    pub const ALL: [Rpc; 8] = [
+        Rpc::SubmitScan,
+        Rpc::SubmitTestResult,
+        Rpc::SubmitOverride,
+        Rpc::SubmitBatch,
+        Rpc::GetStatus,
+        Rpc::BatchGetStatus,
+        Rpc::ListOverrides,
+        Rpc::Metrics,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Rpc::SubmitScan => "SubmitScan",
@@ -127,6 +138,13 @@ pub fn check_owner(principal: &Principal, event: &pb::Event, field: &str) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_rpc_is_listed_at_its_own_index() {
+        for (i, rpc) in Rpc::ALL.iter().enumerate() {
+            assert_eq!(*rpc as usize, i, "{rpc:?}");
+        }
+    }
 
     fn scan(station: &str) -> pb::Event {
         pb::Event { kind: Some(Kind::Scan(pb::ScanEvent { station_id: station.into(), ..Default::default() })) }

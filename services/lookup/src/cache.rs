@@ -10,31 +10,46 @@ use std::time::{Duration, Instant};
 
 use healthcode_core::Facts;
 use healthcode_store::{FactsUpdate, StatusStore, StoreError};
+
+use crate::tokens::TokenSlot;
 use moka::ops::compute::{CompResult, Op};
 
-#[derive(Clone, Debug)]
+/// A resident's facts as last read or merged, shared by every answer made
+/// from them (never copied per lookup), with the status token last signed
+/// for them.
+#[derive(Debug)]
 pub struct Known {
     pub facts: Option<Facts>,
     read_at: Instant,
+    pub token: TokenSlot,
+}
+
+impl Known {
+    fn new(facts: Option<Facts>, read_at: Instant) -> Arc<Known> {
+        Arc::new(Known { facts, read_at, token: TokenSlot::default() })
+    }
 }
 
 /// Where an answer came from.
 #[derive(Clone, Debug)]
 pub enum Read {
     /// Read from the store now.
-    Store(Option<Facts>),
+    Store(Arc<Known>),
     /// From the cache, younger than `fresh_for`.
-    Cached(Option<Facts>),
+    Cached(Arc<Known>),
     /// From the cache, older: the store failed or was too slow.
-    Stale(Option<Facts>),
+    Stale(Arc<Known>),
 }
 
 impl Read {
-    pub fn facts(self) -> (Option<Facts>, bool) {
+    pub fn known(&self) -> &Arc<Known> {
         match self {
-            Read::Store(f) | Read::Cached(f) => (f, false),
-            Read::Stale(f) => (f, true),
+            Read::Store(k) | Read::Cached(k) | Read::Stale(k) => k,
         }
+    }
+
+    pub fn stale(&self) -> bool {
+        matches!(self, Read::Stale(_))
     }
 
     pub fn label(&self) -> &'static str {
@@ -75,14 +90,14 @@ impl FactsCache {
         if let Some(known) = self.entries.get(key).await
             && self.fresh(&known)
         {
-            return Ok(Read::Cached(known.facts.clone()));
+            return Ok(Read::Cached(known));
         }
         let load = self.entries.entry_by_ref(key).and_try_compute_with(|entry| async move {
             match entry {
                 Some(e) if self.fresh(e.value()) => Ok::<_, StoreError>(Op::Nop),
                 _ => {
                     let facts = store.get(key).await?;
-                    Ok(Op::Put(Arc::new(Known { facts, read_at: Instant::now() })))
+                    Ok(Op::Put(Known::new(facts, Instant::now())))
                 }
             }
         });
@@ -90,14 +105,14 @@ impl FactsCache {
             Ok(Ok(result)) => {
                 // Unchanged: the entry was fresh (another caller's read, or the window).
                 let hit = matches!(result, CompResult::Unchanged(_));
-                let facts = result.into_entry().expect("computed or fresh").value().facts.clone();
-                return Ok(if hit { Read::Cached(facts) } else { Read::Store(facts) });
+                let known = result.into_entry().expect("computed or fresh").into_value();
+                return Ok(if hit { Read::Cached(known) } else { Read::Store(known) });
             }
             Ok(Err(e)) => ReadError::Store(e),
             Err(_) => ReadError::Late(deadline),
         };
         match self.entries.get(key).await {
-            Some(known) => Ok(Read::Stale(known.facts.clone())),
+            Some(known) => Ok(Read::Stale(known)),
             None => Err(failure),
         }
     }
@@ -115,7 +130,7 @@ impl FactsCache {
         let mut missing = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             match self.entries.get(key).await {
-                Some(known) if self.fresh(&known) => out.push(Some(Read::Cached(known.facts.clone()))),
+                Some(known) if self.fresh(&known) => out.push(Some(Read::Cached(known))),
                 _ => {
                     out.push(None);
                     missing.push(i);
@@ -129,9 +144,9 @@ impl FactsCache {
         match tokio::time::timeout(deadline, store.get_many(&wanted)).await {
             Ok(Ok(read)) => {
                 for (i, facts) in missing.into_iter().zip(read) {
-                    let known = Arc::new(Known { facts: facts.clone(), read_at: Instant::now() });
-                    self.entries.insert(keys[i].clone(), known).await;
-                    out[i] = Some(Read::Store(facts));
+                    let known = Known::new(facts, Instant::now());
+                    self.entries.insert(keys[i].clone(), known.clone()).await;
+                    out[i] = Some(Read::Store(known));
                 }
             }
             failed => {
@@ -141,7 +156,7 @@ impl FactsCache {
                 });
                 for i in missing {
                     match self.entries.get(&keys[i]).await {
-                        Some(known) => out[i] = Some(Read::Stale(known.facts.clone())),
+                        Some(known) => out[i] = Some(Read::Stale(known)),
                         None => return Err(failure.take().expect("returned at the first miss")),
                     }
                 }
@@ -174,7 +189,7 @@ impl FactsCache {
                         Some(e) => {
                             let known = e.into_value();
                             let facts = Some(known.facts.clone().unwrap_or_default().merged(&update.facts));
-                            Op::Put(Arc::new(Known { facts, read_at: known.read_at }))
+                            Op::Put(Known::new(facts, known.read_at))
                         }
                         None => Op::Nop,
                     }

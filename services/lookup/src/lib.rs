@@ -22,7 +22,7 @@ use healthcode_rpc::{Lane, LaneConfig, ServiceError};
 use healthcode_status_token::Signer;
 use healthcode_store::StatusStore;
 
-use crate::cache::{FactsCache, ReadError};
+use crate::cache::{FactsCache, Read, ReadError};
 use crate::tokens::TokenReuse;
 use tonic::{Request, Response};
 
@@ -68,7 +68,48 @@ impl Default for LookupConfig {
     }
 }
 
+/// The lookup's metrics, registered once (a labelled lookup by name on every
+/// call costs more than the counting).
+struct Meters {
+    read_seconds: metrics::Histogram,
+    /// By [`Read::label`] order: store, cache, stale; then unavailable.
+    reads: [metrics::Counter; 4],
+    /// By color: green, yellow, red.
+    answers: [metrics::Counter; 3],
+}
+
+impl Meters {
+    fn new() -> Meters {
+        let read = |source: &'static str| metrics::counter!("healthcode_lookup_reads_total", "source" => source);
+        let answer = |color: &'static str| metrics::counter!("healthcode_lookup_answers_total", "color" => color);
+        Meters {
+            read_seconds: metrics::histogram!("healthcode_lookup_read_seconds"),
+            reads: [read("store"), read("cache"), read("stale"), read("unavailable")],
+            answers: [answer("green"), answer("yellow"), answer("red")],
+        }
+    }
+
+    fn read(&self, read: &Read) {
+        let i = match read {
+            Read::Store(_) => 0,
+            Read::Cached(_) => 1,
+            Read::Stale(_) => 2,
+        };
+        self.reads[i].increment(1);
+    }
+
+    fn answer(&self, color: Color) {
+        let i = match color {
+            Color::Green => 0,
+            Color::Yellow => 1,
+            Color::Red => 2,
+        };
+        self.answers[i].increment(1);
+    }
+}
+
 pub struct LookupService {
+    meters: Meters,
     store: Arc<dyn StatusStore>,
     policy: Policy,
     config: LookupConfig,
@@ -89,12 +130,22 @@ impl LookupService {
     ) -> Self {
         let cache = FactsCache::new(config.cache_capacity, config.cache_fresh_for, config.cache_stale_for);
         let lane = Lane::new("lookup", config.lane.clone());
-        LookupService { store, policy, config, guard, pseudonyms, cache: Arc::new(cache), lane, tokens: None }
+        LookupService {
+            meters: Meters::new(),
+            store,
+            policy,
+            config,
+            guard,
+            pseudonyms,
+            cache: Arc::new(cache),
+            lane,
+            tokens: None,
+        }
     }
 
     /// Every answer carries a status token signed by `signer`.
     pub fn with_signer(mut self, signer: Arc<Signer>) -> Self {
-        self.tokens = Some(TokenReuse::new(signer, self.config.token_reuse_for, self.config.cache_capacity));
+        self.tokens = Some(TokenReuse::new(signer, self.config.token_reuse_for));
         self
     }
 
@@ -111,28 +162,30 @@ impl LookupService {
     fn unavailable(&self, e: ReadError) -> ServiceError {
         tracing::warn!(error = &e as &dyn std::error::Error, "status store read failed and nothing is cached");
         let detail = e.to_string();
-        metrics::counter!("healthcode_lookup_reads_total", "source" => "unavailable").increment(1);
+        self.meters.reads[3].increment(1);
         ServiceError::Unavailable { what: "status store", detail, retry_after: self.config.retry_after }
     }
 
-    async fn read(&self, resident_id: &str, call: &Admitted) -> Result<(Option<Facts>, bool), ServiceError> {
+    async fn read(&self, resident_id: &str, call: &Admitted) -> Result<Read, ServiceError> {
         let started = std::time::Instant::now();
         let read = self
             .cache
             .read(&self.pseudonyms.pseudonym(resident_id), &*self.store, self.deadline(call, self.config.budget))
             .await;
-        metrics::histogram!("healthcode_lookup_read_seconds").record(started.elapsed());
+        self.meters.read_seconds.record(started.elapsed());
         let read = read.map_err(|e| self.unavailable(e))?;
-        metrics::counter!("healthcode_lookup_reads_total", "source" => read.label()).increment(1);
-        Ok(read.facts())
+        self.meters.read(&read);
+        Ok(read)
     }
 
-    fn status(&self, resident_id: String, facts: Option<Facts>, stale: bool, now: UnixMicros) -> pb::ResidentStatus {
-        let status = self.policy.evaluate(&facts.unwrap_or_default(), now);
-        metrics::counter!("healthcode_lookup_answers_total", "color" => color_label(status.color)).increment(1);
-        let mut wire = to_wire(resident_id, &status, stale);
+    fn status(&self, resident_id: String, read: &Read, now: UnixMicros) -> pb::ResidentStatus {
+        let known = read.known();
+        let none = Facts::default();
+        let status = self.policy.evaluate(known.facts.as_ref().unwrap_or(&none), now);
+        self.meters.answer(status.color);
+        let mut wire = to_wire(resident_id, &status, read.stale());
         if let Some(tokens) = &self.tokens {
-            wire.status_token = tokens.token(&wire, now);
+            wire.status_token = tokens.token(&known.token, &wire, now);
         }
         wire
     }
@@ -143,8 +196,8 @@ impl LookupService {
         request: pb::GetStatusRequest,
     ) -> Result<pb::ResidentStatus, ServiceError> {
         check_id(&request.resident_id, "resident_id")?;
-        let (facts, stale) = self.read(&request.resident_id, &call).await?;
-        Ok(self.status(request.resident_id, facts, stale, UnixMicros::now()))
+        let read = self.read(&request.resident_id, &call).await?;
+        Ok(self.status(request.resident_id, &read, UnixMicros::now()))
     }
 
     async fn list_overrides(
@@ -153,7 +206,8 @@ impl LookupService {
         request: pb::ListOverridesRequest,
     ) -> Result<pb::ListOverridesReply, ServiceError> {
         check_id(&request.resident_id, "resident_id")?;
-        let (facts, _) = self.read(&request.resident_id, &call).await?;
+        let read = self.read(&request.resident_id, &call).await?;
+        let facts = read.known().facts.clone();
         let ts = |t: UnixMicros| Some(t.to_timestamp());
         let overrides = facts
             .map(|f| f.overrides)
@@ -187,27 +241,18 @@ impl LookupService {
         let keys: Vec<String> = ids.iter().map(|id| self.pseudonyms.pseudonym(id)).collect();
         let started = std::time::Instant::now();
         let reads = self.cache.read_many(&keys, &*self.store, self.deadline(&call, self.config.batch_budget)).await;
-        metrics::histogram!("healthcode_lookup_read_seconds").record(started.elapsed());
+        self.meters.read_seconds.record(started.elapsed());
         let reads = reads.map_err(|e| self.unavailable(e))?;
         let now = UnixMicros::now();
         let statuses = ids
             .into_iter()
             .zip(reads)
             .map(|(id, read)| {
-                metrics::counter!("healthcode_lookup_reads_total", "source" => read.label()).increment(1);
-                let (facts, stale) = read.facts();
-                self.status(id, facts, stale, now)
+                self.meters.read(&read);
+                self.status(id, &read, now)
             })
             .collect();
         Ok(pb::BatchGetStatusReply { statuses })
-    }
-}
-
-fn color_label(color: Color) -> &'static str {
-    match color {
-        Color::Green => "green",
-        Color::Yellow => "yellow",
-        Color::Red => "red",
     }
 }
 

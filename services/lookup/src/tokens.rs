@@ -1,5 +1,6 @@
 //! Status tokens, signed once and reused while the answer they vouch for
-//! stays the same. An Ed25519 signature costs more than the rest of a cached
+//! stays the same. The last token of a resident lives beside the resident's
+//! facts in the lookup cache, so a change of facts drops it. An Ed25519 signature costs more than the rest of a cached
 //! lookup; a gate that scans the same resident twice in a minute, or a
 //! station that polls, gets the token signed for the first answer.
 //!
@@ -8,7 +9,7 @@
 //! [`TokenReuse::reuse_for`], and so its life (capped at `issued_at` plus
 //! the signer's maximum age) ends that much sooner.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use healthcode_core::UnixMicros;
@@ -31,27 +32,30 @@ impl Vouched {
     }
 }
 
+#[derive(Debug)]
 struct Signed {
     vouched: Vouched,
     issued_at: UnixMicros,
     token: String,
 }
 
+/// The token last signed for a resident's facts; it lives beside them in the
+/// lookup cache and goes when they change.
+#[derive(Debug, Default)]
+pub struct TokenSlot(Mutex<Option<Signed>>);
+
 pub struct TokenReuse {
     signer: Arc<Signer>,
     reuse_for: Duration,
-    recent: moka::sync::Cache<String, Arc<Signed>, foldhash::fast::RandomState>,
+    reused: metrics::Counter,
+    signed: metrics::Counter,
 }
 
 impl TokenReuse {
-    /// Tokens of at most `capacity` residents kept for `reuse_for`; a zero
-    /// `reuse_for` signs every answer.
-    pub fn new(signer: Arc<Signer>, reuse_for: Duration, capacity: u64) -> TokenReuse {
-        let recent = moka::sync::Cache::builder()
-            .max_capacity(capacity)
-            .time_to_live(reuse_for.max(Duration::from_millis(1)))
-            .build_with_hasher(foldhash::fast::RandomState::default());
-        TokenReuse { signer, reuse_for, recent }
+    /// Reuses tokens for `reuse_for`; zero signs every answer.
+    pub fn new(signer: Arc<Signer>, reuse_for: Duration) -> TokenReuse {
+        let counter = |how: &'static str| metrics::counter!("healthcode_lookup_status_tokens_total", "signed" => how);
+        TokenReuse { signer, reuse_for, reused: counter("reused"), signed: counter("now") }
     }
 
     /// The longest a reused token's `issued_at` lies before the answer it rides on.
@@ -59,22 +63,23 @@ impl TokenReuse {
         self.reuse_for
     }
 
-    /// The token for `status` answered at `now`: one signed for the same
-    /// answer less than `reuse_for` ago, else a new one.
-    pub fn token(&self, status: &pb::ResidentStatus, now: UnixMicros) -> String {
+    /// The token for `status` answered at `now` from the facts whose slot is
+    /// `slot`: the one signed for the same answer less than `reuse_for` ago,
+    /// else a new one.
+    pub fn token(&self, slot: &TokenSlot, status: &pb::ResidentStatus, now: UnixMicros) -> String {
         let vouched = Vouched::of(status);
-        if let Some(signed) = self.recent.get(&status.resident_id) {
+        let mut last = slot.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(signed) = last.as_ref() {
             let age = now.0.saturating_sub(signed.issued_at.0);
             if signed.vouched == vouched && (0..self.reuse_for.as_micros() as i64).contains(&age) {
-                metrics::counter!("healthcode_lookup_status_tokens_total", "signed" => "reused").increment(1);
+                self.reused.increment(1);
                 return signed.token.clone();
             }
         }
         let token = self.signer.sign(status, now);
-        metrics::counter!("healthcode_lookup_status_tokens_total", "signed" => "now").increment(1);
+        self.signed.increment(1);
         if !self.reuse_for.is_zero() {
-            let signed = Signed { vouched, issued_at: now, token: token.clone() };
-            self.recent.insert(status.resident_id.clone(), Arc::new(signed));
+            *last = Some(Signed { vouched, issued_at: now, token: token.clone() });
         }
         token
     }
@@ -97,23 +102,24 @@ mod tests {
         Signer::generate(&signing, &keys, "k1").unwrap();
         let signer = Arc::new(Signer::from_file(&signing, Duration::from_secs(4 * 3600)).unwrap());
         let keyring = Keyring::from_file(&keys).unwrap();
-        let tokens = TokenReuse::new(signer, Duration::from_secs(60), 100);
+        let tokens = TokenReuse::new(signer, Duration::from_secs(60));
+        let (r1, r2) = (TokenSlot::default(), TokenSlot::default());
         let t0 = UnixMicros::now();
         let at = |secs: u64| t0.saturating_add(Duration::from_secs(secs));
         let issued = |token: &str, now| keyring.verify(token, now).unwrap().issued_at;
 
-        let first = tokens.token(&answer("r1", pb::Color::Green), t0);
-        assert_eq!(tokens.token(&answer("r1", pb::Color::Green), at(59)), first, "same answer within 60 s");
+        let first = tokens.token(&r1, &answer("r1", pb::Color::Green), t0);
+        assert_eq!(tokens.token(&r1, &answer("r1", pb::Color::Green), at(59)), first, "same answer within 60 s");
         assert_eq!(issued(&first, at(59)), t0);
 
-        let changed = tokens.token(&answer("r1", pb::Color::Red), at(59));
+        let changed = tokens.token(&r1, &answer("r1", pb::Color::Red), at(59));
         assert_ne!(changed, first, "a changed answer gets its own token");
         assert_eq!(keyring.verify(&changed, at(59)).unwrap().color, pb::Color::Red);
 
-        let other = tokens.token(&answer("r2", pb::Color::Red), at(59));
+        let other = tokens.token(&r2, &answer("r2", pb::Color::Red), at(59));
         assert_ne!(other, changed, "tokens are per resident");
 
-        let later = tokens.token(&answer("r1", pb::Color::Red), at(59 + 60));
+        let later = tokens.token(&r1, &answer("r1", pb::Color::Red), at(59 + 60));
         assert_eq!(issued(&later, at(119)), at(119), "at the bound, a new signature");
     }
 
@@ -123,10 +129,11 @@ mod tests {
         let (signing, keys) = (dir.path().join("signing.toml"), dir.path().join("keys.toml"));
         Signer::generate(&signing, &keys, "k1").unwrap();
         let signer = Arc::new(Signer::from_file(&signing, Duration::from_secs(4 * 3600)).unwrap());
-        let tokens = TokenReuse::new(signer, Duration::ZERO, 100);
+        let tokens = TokenReuse::new(signer, Duration::ZERO);
+        let slot = TokenSlot::default();
         let t0 = UnixMicros::now();
-        let first = tokens.token(&answer("r1", pb::Color::Green), t0);
-        let second = tokens.token(&answer("r1", pb::Color::Green), t0.saturating_add(Duration::from_micros(1)));
+        let first = tokens.token(&slot, &answer("r1", pb::Color::Green), t0);
+        let second = tokens.token(&slot, &answer("r1", pb::Color::Green), t0.saturating_add(Duration::from_micros(1)));
         assert_ne!(first, second);
     }
 }

@@ -28,6 +28,8 @@ pub struct Lane {
     permits: Semaphore,
     waiting: AtomicUsize,
     config: LaneConfig,
+    in_flight_gauge: metrics::Gauge,
+    waiting_gauge: metrics::Gauge,
 }
 
 /// A slot in a lane, held for the call's duration.
@@ -38,7 +40,7 @@ pub struct Slot<'a> {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        metrics::gauge!("healthcode_admission_in_flight", "lane" => self.lane.name).decrement(1.0);
+        self.lane.in_flight_gauge.decrement(1.0);
     }
 }
 
@@ -50,7 +52,14 @@ impl Lane {
         metrics::gauge!("healthcode_admission_limit", "lane" => name, "limit" => "queue").set(config.queue as f64);
         metrics::gauge!("healthcode_admission_limit", "lane" => name, "limit" => "max_wait_seconds")
             .set(config.max_wait.as_secs_f64());
-        Lane { name, permits: Semaphore::new(config.concurrency.max(1)), waiting: AtomicUsize::new(0), config }
+        Lane {
+            name,
+            permits: Semaphore::new(config.concurrency.max(1)),
+            waiting: AtomicUsize::new(0),
+            config,
+            in_flight_gauge: metrics::gauge!("healthcode_admission_in_flight", "lane" => name),
+            waiting_gauge: metrics::gauge!("healthcode_admission_waiting", "lane" => name),
+        }
     }
 
     pub async fn enter(&self) -> Result<Slot<'_>, ServiceError> {
@@ -58,7 +67,7 @@ impl Lane {
             Ok(permit) => permit,
             Err(_) => self.wait().await?,
         };
-        metrics::gauge!("healthcode_admission_in_flight", "lane" => self.name).increment(1.0);
+        self.in_flight_gauge.increment(1.0);
         Ok(Slot { _permit: permit, lane: self })
     }
 
@@ -67,10 +76,10 @@ impl Lane {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(self.shed("queue full"));
         }
-        metrics::gauge!("healthcode_admission_waiting", "lane" => self.name).increment(1.0);
+        self.waiting_gauge.increment(1.0);
         let acquired = tokio::time::timeout(self.config.max_wait, self.permits.acquire()).await;
         self.waiting.fetch_sub(1, Ordering::SeqCst);
-        metrics::gauge!("healthcode_admission_waiting", "lane" => self.name).decrement(1.0);
+        self.waiting_gauge.decrement(1.0);
         match acquired {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(self.shed("no slot within the wait")),

@@ -20,7 +20,10 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Lower-case hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
-    hex::encode(bytes)
+    // encode_to_slice: a table lookup per byte, not a char iterator (pseudonyms are on every call).
+    let mut out = vec![0; bytes.len() * 2];
+    hex::encode_to_slice(bytes, &mut out).expect("twice the length");
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 /// The bytes of hex `text` (surrounding whitespace allowed); `None` when

@@ -27,6 +27,11 @@ use super::Role;
 use crate::config::{LogBackend, Security, Settings, StoreBackend};
 use crate::credentials;
 
+/// How long cached facts answer without a reread when this process's
+/// materializer is the store's only writer (`up` on the embedded store): as
+/// long as the purge of facts past retention takes to come round.
+const COHERENT_CACHE_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// What a process opens once at start and its steps share. A role has only
 /// the parts it needs: the materializer no pseudonyms, the lookup no log.
 pub(super) struct Components {
@@ -69,10 +74,18 @@ impl Components {
         };
         let lookup = match (&store, &pseudonyms) {
             (Some(store), Some(pseudonyms)) if role.lookup() => {
+                let mut config = settings.lookup.clone();
+                if role.materializer() && settings.store == StoreBackend::Embedded {
+                    // The only writer of this store is this process's
+                    // materializer, which tells the cache of every write: the
+                    // cache stays current, and rereads only pick up facts
+                    // the hourly purge removed past retention.
+                    config.cache_fresh_for = config.cache_fresh_for.max(COHERENT_CACHE_FRESH_FOR);
+                }
                 let lookup = LookupService::new(
                     store.clone(),
                     settings.policy.clone(),
-                    settings.lookup.clone(),
+                    config,
                     guard.clone(),
                     pseudonyms.clone(),
                 );
