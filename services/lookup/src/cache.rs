@@ -6,6 +6,7 @@
 //! answer, flagged stale.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use healthcode_core::Facts;
@@ -64,6 +65,9 @@ impl Read {
 pub struct FactsCache {
     entries: moka::future::Cache<String, Arc<Known>, foldhash::fast::RandomState>,
     fresh_for: Duration,
+    /// Counts calls of [`FactsCache::merged`]: a batch read that a merge
+    /// overtook may hold facts from before it, so it is kept as not fresh.
+    merges: AtomicU64,
 }
 
 impl FactsCache {
@@ -75,6 +79,7 @@ impl FactsCache {
                 .time_to_live(stale_for)
                 .build_with_hasher(foldhash::fast::RandomState::default()),
             fresh_for,
+            merges: AtomicU64::new(0),
         }
     }
 
@@ -141,11 +146,29 @@ impl FactsCache {
             return Ok(out.into_iter().flatten().collect());
         }
         let wanted: Vec<String> = missing.iter().map(|i| keys[*i].clone()).collect();
+        let merges_before = self.merges.load(Ordering::SeqCst);
         match tokio::time::timeout(deadline, store.get_many(&wanted)).await {
             Ok(Ok(read)) => {
                 for (i, facts) in missing.into_iter().zip(read) {
-                    let known = Known::new(facts, Instant::now());
-                    self.entries.insert(keys[i].clone(), known.clone()).await;
+                    let read_at = Instant::now();
+                    let known = Known::new(facts, read_at);
+                    // Unlike a single read, this read held no entry's lock:
+                    // a merge may have come between the store's answer and
+                    // now and found nothing to fold into. The entry is then
+                    // kept as not fresh, so the next lookup rereads. Decided
+                    // under the entry's lock, which a merge of it waits for.
+                    let _ = self
+                        .entries
+                        .entry_by_ref(&keys[i])
+                        .and_compute_with(|_| {
+                            let overtaken = self.merges.load(Ordering::SeqCst) != merges_before;
+                            let value = match overtaken {
+                                false => Some(known.clone()),
+                                true => read_at.checked_sub(self.fresh_for).map(|t| Known::new(known.facts.clone(), t)),
+                            };
+                            std::future::ready(value.map_or(Op::Nop, Op::Put))
+                        })
+                        .await;
                     out[i] = Some(Read::Store(known));
                 }
             }
@@ -181,6 +204,8 @@ impl FactsCache {
     /// not cached stay so. The process that runs both wires this to the
     /// materializer's `MergeObserver`.
     pub async fn merged(&self, updates: &[FactsUpdate]) {
+        // Before any entry: a batch read that checks after this sees it.
+        self.merges.fetch_add(1, Ordering::SeqCst);
         for update in updates {
             self.entries
                 .entry_by_ref(&update.resident)
@@ -196,5 +221,76 @@ impl FactsCache {
                 })
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use healthcode_core::UnixMicros;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// A store whose batch reads answer what it held when they began, and
+    /// wait for a permit before answering.
+    struct SlowBatchStore {
+        facts: std::sync::Mutex<Option<Facts>>,
+        gate: Semaphore,
+        reads: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl StatusStore for SlowBatchStore {
+        async fn merge(&self, updates: Vec<FactsUpdate>) -> Result<(), StoreError> {
+            let mut facts = self.facts.lock().unwrap();
+            for u in updates {
+                *facts = Some(facts.clone().unwrap_or_default().merged(&u.facts));
+            }
+            Ok(())
+        }
+        async fn get(&self, _: &str) -> Result<Option<Facts>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(self.facts.lock().unwrap().clone())
+        }
+        async fn get_many(&self, residents: &[String]) -> Result<Vec<Option<Facts>>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let held = self.facts.lock().unwrap().clone();
+            self.gate.acquire().await.unwrap().forget();
+            Ok(residents.iter().map(|_| held.clone()).collect())
+        }
+        async fn purge_expired(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_merge_that_overtakes_a_batch_read_is_not_lost() {
+        let store =
+            Arc::new(SlowBatchStore { facts: Default::default(), gate: Semaphore::new(0), reads: AtomicU64::new(0) });
+        let cache = Arc::new(FactsCache::new(100, Duration::from_secs(3600), Duration::from_secs(3600)));
+        let keys = vec!["p1".to_owned()];
+        let read = {
+            let (cache, store, keys) = (cache.clone(), store.clone(), keys.clone());
+            tokio::spawn(async move { cache.read_many(&keys, &*store, Duration::from_secs(10)).await })
+        };
+        while store.reads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The materializer writes the store, then tells the cache, while the
+        // batch read still holds what the store had before.
+        let positive = UnixMicros(1_800_000_000_000_000);
+        let update = FactsUpdate {
+            resident: "p1".into(),
+            facts: Facts { latest_positive: Some(positive), latest_test: Some(positive), ..Facts::default() },
+        };
+        store.merge(vec![update.clone()]).await.unwrap();
+        cache.merged(&[update]).await;
+        store.gate.add_permits(1);
+        let first = read.await.unwrap().unwrap();
+        assert_eq!(first[0].known().facts, None, "the batch read answers what it read");
+
+        let next = cache.read("p1", &*store, Duration::from_secs(1)).await.unwrap();
+        assert!(matches!(next, Read::Store(_)), "the overtaken read must not be taken as fresh: {next:?}");
+        assert_eq!(next.known().facts.as_ref().and_then(|f| f.latest_positive), Some(positive));
     }
 }
