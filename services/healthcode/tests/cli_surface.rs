@@ -140,6 +140,7 @@ const SAMPLES: &[(&str, &[&str])] = &[
     ("status_token_ttl = \"1h\"", &[]),
     ("rate_limit_per_principal = 29", &[]),
     ("max_message_bytes = 8192", &[]),
+    ("allow_plaintext = true", &[]),
     ("scylla_nodes = \"s7,s8:19042\"", &[]),
     ("scylla_keyspace = \"hc2\"", &[]),
     ("scylla_replication = \"dc1=2\"", &[]),
@@ -255,4 +256,18 @@ fn defaults_named_in_the_help_are_the_defaults_in_force() {
         checked += 1;
     }
     assert!(checked >= 40, "only {checked} defaults checked");
+}
+
+#[test]
+fn up_on_a_public_address_without_tls_refuses_to_start_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_healthcode"))
+        .args(["up", "--grpc-addr", "0.0.0.0:0", "--admin-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("HEALTHCODE_ALLOW_PLAINTEXT")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {stderr}");
+    assert!(stderr.contains("without TLS") && stderr.contains("--allow-plaintext"), "{stderr}");
 }

@@ -102,6 +102,11 @@ fn resolve(origin: &str, args: &[String], env: &[(String, String)]) -> Process {
 /// `healthcode credentials init` must create.
 fn check_credentials(origin: &str, p: &Process, mounted_at: &str, provided: &BTreeSet<String>) {
     let security = &p.settings.security;
+    if p.role != "materializer" {
+        security
+            .check_transport(p.settings.grpc_addr)
+            .unwrap_or_else(|e| panic!("{origin}: the {} would not start: {e:#}", p.role));
+    }
     assert!(!security.dev_credentials, "{origin}: deployments bring their own credentials");
     assert_eq!(security.credentials_dir, Path::new(mounted_at), "{origin}: credentials are mounted elsewhere");
     let mut needed = vec![&security.tokens_file];
@@ -370,6 +375,12 @@ fn the_dockerfile_exposes_the_ports_its_defaults_listen_on() {
         .collect();
     assert!(!env.is_empty());
     let p = resolve("deploy/Dockerfile", &["up".to_owned()], &env);
+    // The image alone serves on every address: without TLS it must refuse,
+    // and a deployment says TLS or plaintext itself.
+    assert!(
+        p.settings.security.check_transport(p.settings.grpc_addr).is_err(),
+        "the image serves plaintext by default"
+    );
     let exposed: BTreeSet<u16> = text
         .lines()
         .filter_map(|l| l.strip_prefix("EXPOSE "))

@@ -113,6 +113,7 @@ async fn bind(role: Role, settings: &Settings) -> anyhow::Result<(TcpListener, O
         .await
         .with_context(|| format!("binding the admin address {}", settings.admin_addr))?;
     let grpc = if role.edge() || role.lookup() {
+        settings.security.check_transport(settings.grpc_addr)?;
         Some(
             TcpListener::bind(settings.grpc_addr)
                 .await

@@ -315,4 +315,17 @@ mod tests {
         assert_eq!(s.edge.spool_capacity, Some(10));
         assert_eq!(s.materializer.group, MaterializerConfig::default().group);
     }
+
+    #[test]
+    fn plaintext_grpc_is_refused_off_loopback_unless_allowed() {
+        let s = resolve(ServeArgs::default(), "").unwrap();
+        assert!(s.security.check_transport("127.0.0.1:50051".parse().unwrap()).is_ok());
+        assert!(s.security.check_transport("[::1]:50051".parse().unwrap()).is_ok());
+        let err = format!("{:#}", s.security.check_transport("0.0.0.0:50051".parse().unwrap()).unwrap_err());
+        assert!(err.contains("--tls-cert-file") && err.contains("--allow-plaintext"), "{err}");
+        let allowed = resolve(ServeArgs::default(), "allow_plaintext = true").unwrap();
+        assert!(allowed.security.check_transport("0.0.0.0:50051".parse().unwrap()).is_ok());
+        let tls = resolve(ServeArgs::default(), "tls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"").unwrap();
+        assert!(tls.security.check_transport("10.0.0.5:50051".parse().unwrap()).is_ok());
+    }
 }

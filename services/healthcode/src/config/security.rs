@@ -53,6 +53,10 @@ pub struct SecurityArgs {
     /// Largest gRPC request accepted, in bytes [default: 2097152]
     #[arg(long, env = "HEALTHCODE_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// Serve gRPC without TLS on an address other than loopback (tokens and
+    /// results then cross the network in clear) [default: false]
+    #[arg(long, env = "HEALTHCODE_ALLOW_PLAINTEXT")]
+    pub allow_plaintext: Option<bool>,
 }
 
 /// Credentials, TLS and limits of the gRPC and admin servers.
@@ -67,6 +71,7 @@ pub struct Security {
     pub status_token_ttl: Duration,
     pub guard: GuardConfig,
     pub max_message_bytes: usize,
+    pub allow_plaintext: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -89,7 +94,23 @@ impl Security {
             status_token_ttl: healthcode_status_token::DEFAULT_MAX_AGE,
             guard: GuardConfig::default(),
             max_message_bytes: healthcode_rpc::DEFAULT_MAX_MESSAGE_BYTES,
+            allow_plaintext: false,
         }
+    }
+}
+
+impl Security {
+    /// Refuses plaintext gRPC on `addr` unless it is loopback or plaintext
+    /// was asked for: a bearer token sent in clear is anyone's on the way.
+    pub fn check_transport(&self, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+        if self.tls.is_some() || self.allow_plaintext || addr.ip().is_loopback() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "refusing to serve gRPC without TLS on {addr}, which is not a loopback address: give \
+             --tls-cert-file and --tls-key-file (`healthcode credentials init --server-name <name>` makes \
+             server.pem and server.key), or --allow-plaintext where the network itself is trusted"
+        )
     }
 }
 
@@ -119,6 +140,7 @@ impl SecurityArgs {
             tls,
             guard,
             max_message_bytes: self.max_message_bytes.unwrap_or(d.max_message_bytes),
+            allow_plaintext: self.allow_plaintext.unwrap_or(d.allow_plaintext),
         };
         anyhow::ensure!(security.max_message_bytes >= 4096, "max_message_bytes must be at least 4096");
         Ok(security)
