@@ -16,7 +16,7 @@ mod tokens;
 
 pub use certs::{ClientCert, principal_from_cert};
 pub use dev::{DEV_PRINCIPALS, DevCredentials, Issuer};
-pub use guard::{Admitted, Bearer, Guard, GuardConfig, bearer, with_token};
+pub use guard::{Admitted, Authenticate, Bearer, Guard, GuardConfig, bearer, with_token};
 pub use pseudonym::Pseudonymizer;
 pub use role::{Principal, Role, Rpc, check_owner, owner};
 pub use tokens::{TokenEntry, TokenRegistry, new_token};

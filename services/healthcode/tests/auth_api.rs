@@ -286,5 +286,16 @@ async fn limits_shed_a_fast_caller_and_refuse_oversized_messages() {
     let ids = (0..500).map(|i| format!("{i:0>200}")).collect();
     let status = lookup.batch_get_status(with_token(pb::BatchGetStatusRequest { resident_id: ids }, &token)).await;
     assert_eq!(status.unwrap_err().code(), Code::OutOfRange, "a 100 KB request over a 64 KiB limit");
+
+    // Without a credential the same request is refused on its headers: its
+    // body is never read (else it would be refused for its size first).
+    let ids: Vec<String> = (0..500).map(|i| format!("{i:0>200}")).collect();
+    for request in [
+        tonic::Request::new(pb::BatchGetStatusRequest { resident_id: ids.clone() }),
+        with_token(pb::BatchGetStatusRequest { resident_id: ids }, "not-a-token"),
+    ] {
+        let refused = lookup.batch_get_status(request).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    }
     app.stop().await.unwrap();
 }

@@ -2,9 +2,10 @@
 //! lookup) and the steps that start its parts from them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use healthcode_auth::{Guard, Pseudonymizer, TokenRegistry};
+use healthcode_auth::{Authenticate, Guard, Pseudonymizer, TokenRegistry};
 use healthcode_core::Validator;
 use healthcode_edge::EdgeService;
 use healthcode_edge::spool::Spool;
@@ -20,6 +21,7 @@ use healthcode_store_scylla::ScyllaStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
@@ -27,10 +29,18 @@ use super::Role;
 use crate::config::{LogBackend, Security, Settings, StoreBackend};
 use crate::credentials;
 
+/// Concurrent calls one HTTP/2 connection may carry (tonic sets no limit).
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Largest header block of a call: a token, a deadline and a few more.
+const MAX_HEADER_BYTES: u32 = 16 * 1024;
+/// Longest a call may take, reading its body included; lookups and submits
+/// have budgets far below it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long cached facts answer without a reread when this process's
 /// materializer is the store's only writer (`up` on the embedded store): as
 /// long as the purge of facts past retention takes to come round.
-const COHERENT_CACHE_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+const COHERENT_CACHE_FRESH_FOR: Duration = Duration::from_secs(3600);
 
 /// What a process opens once at start and its steps share. A role has only
 /// the parts it needs: the materializer no pseudonyms, the lookup no log.
@@ -185,14 +195,16 @@ impl Components {
                 if let Some(spool) = spool {
                     edge = edge.with_spool(spool);
                 }
-                Some(IngestServer::new(edge).max_decoding_message_size(max_message))
+                let server = IngestServer::new(edge).max_decoding_message_size(max_message);
+                Some(InterceptedService::new(server, Authenticate(self.guard.clone())))
             }
             _ => None,
         };
         let lookup = match &self.lookup {
             Some(lookup) => {
                 reporter.set_serving::<LookupServer<LookupService>>().await;
-                Some(LookupServer::from_arc(lookup.clone()).max_decoding_message_size(max_message))
+                let server = LookupServer::from_arc(lookup.clone()).max_decoding_message_size(max_message);
+                Some(InterceptedService::new(server, Authenticate(self.guard.clone())))
             }
             None => None,
         };
@@ -200,7 +212,15 @@ impl Components {
             .register_encoded_file_descriptor_set(healthcode_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let mut builder = tonic::transport::Server::builder();
+        // Bounds on what a connection may hold before anyone is identified:
+        // streams at once, header size, silent peers, and a call's whole life
+        // (a body sent slowly included).
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .http2_max_header_list_size(MAX_HEADER_BYTES)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .timeout(CALL_TIMEOUT);
         if let Some(tls) = tls_config(&self.settings.security)? {
             builder = builder.tls_config(tls).context("configuring TLS")?;
         }
