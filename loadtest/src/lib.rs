@@ -6,6 +6,7 @@ pub mod admin;
 pub mod bench;
 pub mod chaos;
 pub mod credentials;
+pub mod flood;
 pub mod replay;
 pub mod report;
 pub mod round;
@@ -45,6 +46,25 @@ pub enum Command {
     Chaos(ChaosArgs),
     /// Drives a bare tonic server and the target side by side.
     Bench(BenchArgs),
+    /// Sends unauthenticated ~2 MiB SubmitBatch calls on many connections at
+    /// once, as an attacker without credentials would; prints the answers.
+    Flood(FloodArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FloodArgs {
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Calls in flight on each connection.
+    #[arg(long, default_value_t = 100)]
+    pub per_connection: usize,
+    /// Size of each request.
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    pub bytes: usize,
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -202,6 +222,22 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Verify(args) => verify(args).await,
         Command::Chaos(args) => run_chaos(args).await,
         Command::Bench(args) => bench(args).await,
+        Command::Flood(args) => {
+            flood::flood(&args.target, args.connections, args.per_connection, args.bytes, args.duration).await.map(
+                |f| {
+                    println!(
+                        "{} calls in {:.1} s on {} connections x {} in flight, {} bytes each: {:?}",
+                        f.calls,
+                        f.elapsed.as_secs_f64(),
+                        args.connections,
+                        args.per_connection,
+                        args.bytes,
+                        f.codes
+                    );
+                    ExitCode::SUCCESS
+                },
+            )
+        }
     };
     match result {
         Ok(code) => code,
