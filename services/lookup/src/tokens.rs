@@ -95,13 +95,18 @@ mod tests {
         pb::ResidentStatus { resident_id: resident.into(), color: color as i32, ..Default::default() }
     }
 
+    /// A new signing key and the keyring that verifies it.
+    fn keys(dir: &std::path::Path) -> (Arc<Signer>, Keyring) {
+        let (signing, keys) = (dir.join("signing.toml"), dir.join("keys.toml"));
+        Signer::generate(&signing, &keys, "k1").unwrap();
+        let signer = Arc::new(Signer::from_file(&signing, Duration::from_secs(4 * 3600)).unwrap());
+        (signer, Keyring::from_file(&keys).unwrap())
+    }
+
     #[test]
     fn a_token_is_reused_for_the_same_answer_within_its_age_and_no_longer() {
         let dir = tempfile::tempdir().unwrap();
-        let (signing, keys) = (dir.path().join("signing.toml"), dir.path().join("keys.toml"));
-        Signer::generate(&signing, &keys, "k1").unwrap();
-        let signer = Arc::new(Signer::from_file(&signing, Duration::from_secs(4 * 3600)).unwrap());
-        let keyring = Keyring::from_file(&keys).unwrap();
+        let (signer, keyring) = keys(dir.path());
         let tokens = TokenReuse::new(signer, Duration::from_secs(60));
         let (r1, r2) = (TokenSlot::default(), TokenSlot::default());
         let t0 = UnixMicros::now();
@@ -126,9 +131,7 @@ mod tests {
     #[test]
     fn no_reuse_signs_every_answer() {
         let dir = tempfile::tempdir().unwrap();
-        let (signing, keys) = (dir.path().join("signing.toml"), dir.path().join("keys.toml"));
-        Signer::generate(&signing, &keys, "k1").unwrap();
-        let signer = Arc::new(Signer::from_file(&signing, Duration::from_secs(4 * 3600)).unwrap());
+        let (signer, _) = keys(dir.path());
         let tokens = TokenReuse::new(signer, Duration::ZERO);
         let slot = TokenSlot::default();
         let t0 = UnixMicros::now();
