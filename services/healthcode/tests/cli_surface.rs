@@ -109,6 +109,7 @@ const SAMPLES: &[(&str, &[&str])] = &[
     ("lookup_cache_fresh_for = \"1s\"", &[]),
     ("lookup_cache_stale_for = \"2h\"", &[]),
     ("lookup_cache_capacity = 1000", &[]),
+    ("lookup_cache_bytes = 1048576", &[]),
     ("lookup_concurrency = 7", &[]),
     ("lookup_queue = 9", &[]),
     ("lookup_queue_wait = \"5ms\"", &[]),

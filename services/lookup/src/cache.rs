@@ -70,12 +70,40 @@ pub struct FactsCache {
     merges: AtomicU64,
 }
 
+/// What a status token adds to an entry once signed (it is not reweighed).
+const TOKEN_BYTES: usize = 200;
+
+/// About what an entry holds in memory: the key, the facts with their
+/// strings, a status token.
+fn entry_bytes(key: &str, known: &Known) -> usize {
+    let facts = known.facts.as_ref().map_or(0, |f| {
+        let overrides: usize = f
+            .overrides
+            .iter()
+            .map(|o| {
+                size_of::<healthcode_core::OverrideFact>() + o.event_id.len() + o.authority_id.len() + o.note.len()
+            })
+            .sum();
+        let scan = f.latest_scan.as_ref().map_or(0, |s| s.event_id.len() + s.site_id.len() + s.station_id.len());
+        overrides + scan
+    });
+    key.len() + size_of::<Known>() + facts + TOKEN_BYTES
+}
+
 impl FactsCache {
-    pub fn new(capacity: u64, fresh_for: Duration, stale_for: Duration) -> FactsCache {
+    /// At most `capacity` residents and about `max_bytes` of facts: an entry
+    /// weighs its size, but never less than `max_bytes / capacity`, so one
+    /// weight bounds both (a resident with 64 long override notes weighs
+    /// what it holds; typical ones count as residents).
+    pub fn new(capacity: u64, max_bytes: u64, fresh_for: Duration, stale_for: Duration) -> FactsCache {
+        let floor = (max_bytes / capacity.max(1)).clamp(1, u64::from(u32::MAX));
         FactsCache {
             // Keys are pseudonyms (HMAC output): a fast seeded hash is enough.
             entries: moka::future::Cache::builder()
-                .max_capacity(capacity)
+                .max_capacity(max_bytes)
+                .weigher(move |key: &String, known: &Arc<Known>| {
+                    (entry_bytes(key, known) as u64).clamp(floor, u64::from(u32::MAX)) as u32
+                })
                 .time_to_live(stale_for)
                 .build_with_hasher(foldhash::fast::RandomState::default()),
             fresh_for,
@@ -267,7 +295,7 @@ mod tests {
     async fn a_merge_that_overtakes_a_batch_read_is_not_lost() {
         let store =
             Arc::new(SlowBatchStore { facts: Default::default(), gate: Semaphore::new(0), reads: AtomicU64::new(0) });
-        let cache = Arc::new(FactsCache::new(100, Duration::from_secs(3600), Duration::from_secs(3600)));
+        let cache = Arc::new(FactsCache::new(100, 1 << 20, Duration::from_secs(3600), Duration::from_secs(3600)));
         let keys = vec!["p1".to_owned()];
         let read = {
             let (cache, store, keys) = (cache.clone(), store.clone(), keys.clone());
@@ -292,5 +320,39 @@ mod tests {
         let next = cache.read("p1", &*store, Duration::from_secs(1)).await.unwrap();
         assert!(matches!(next, Read::Store(_)), "the overtaken read must not be taken as fresh: {next:?}");
         assert_eq!(next.known().facts.as_ref().and_then(|f| f.latest_positive), Some(positive));
+    }
+
+    fn heavy_facts() -> Facts {
+        let overrides = (0..64)
+            .map(|i| healthcode_core::OverrideFact {
+                issued_at: UnixMicros(1_800_000_000_000_000 + i),
+                event_id: format!("o{i}"),
+                expires_at: UnixMicros(1_800_000_100_000_000),
+                color: healthcode_core::Color::Yellow,
+                authority_id: "cdc".into(),
+                note: "n".repeat(1024),
+            })
+            .collect();
+        Facts { overrides, ..Facts::default() }
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded_in_bytes_and_in_residents() {
+        let (capacity, max_bytes) = (1_000, 400_000);
+        let cache = FactsCache::new(capacity, max_bytes, Duration::from_secs(60), Duration::from_secs(60));
+        let heavy = heavy_facts();
+        assert!(entry_bytes("k", &Known::new(Some(heavy.clone()), Instant::now())) > 64 * 1024);
+        for i in 0..20 {
+            cache.entries.insert(format!("heavy{i}"), Known::new(Some(heavy.clone()), Instant::now())).await;
+        }
+        cache.entries.run_pending_tasks().await;
+        assert!(cache.entries.weighted_size() <= max_bytes, "{} bytes", cache.entries.weighted_size());
+        assert!(cache.entries.entry_count() < 20, "twenty residents of 70 KB each do not fit in 400 KB");
+
+        for i in 0..3_000 {
+            cache.entries.insert(format!("light{i}"), Known::new(None, Instant::now())).await;
+        }
+        cache.entries.run_pending_tasks().await;
+        assert!(cache.entries.entry_count() <= capacity, "{} residents", cache.entries.entry_count());
     }
 }

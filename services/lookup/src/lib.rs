@@ -40,6 +40,9 @@ pub struct LookupConfig {
     pub cache_stale_for: Duration,
     /// Residents kept in the cache.
     pub cache_capacity: u64,
+    /// Bytes of facts kept in the cache: a resident with many long override
+    /// notes weighs what it holds, so the count alone does not bound memory.
+    pub cache_max_bytes: u64,
     /// Concurrent lookups and their queue; the wait counts against no budget,
     /// so it is kept short.
     pub lane: LaneConfig,
@@ -57,6 +60,7 @@ impl Default for LookupConfig {
             cache_fresh_for: Duration::from_millis(250),
             cache_stale_for: Duration::from_secs(24 * 3600),
             cache_capacity: 500_000,
+            cache_max_bytes: 256 * 1024 * 1024,
             lane: LaneConfig {
                 concurrency: 256,
                 queue: 1024,
@@ -128,7 +132,12 @@ impl LookupService {
         guard: Arc<Guard>,
         pseudonyms: Pseudonymizer,
     ) -> Self {
-        let cache = FactsCache::new(config.cache_capacity, config.cache_fresh_for, config.cache_stale_for);
+        let cache = FactsCache::new(
+            config.cache_capacity,
+            config.cache_max_bytes,
+            config.cache_fresh_for,
+            config.cache_stale_for,
+        );
         let lane = Lane::new("lookup", config.lane.clone());
         LookupService {
             meters: Meters::new(),

@@ -33,6 +33,10 @@ pub struct LookupArgs {
     /// Residents the lookup cache holds [default: 500000]
     #[arg(long, env = "HEALTHCODE_LOOKUP_CACHE_CAPACITY")]
     pub lookup_cache_capacity: Option<u64>,
+    /// Bytes of facts the lookup cache holds; a resident weighs what its
+    /// facts take, at least this divided by the capacity [default: 268435456]
+    #[arg(long, env = "HEALTHCODE_LOOKUP_CACHE_BYTES")]
+    pub lookup_cache_bytes: Option<u64>,
     /// Lookups served at once [default: 256]
     #[arg(long, env = "HEALTHCODE_LOOKUP_CONCURRENCY")]
     pub lookup_concurrency: Option<usize>,
@@ -59,6 +63,7 @@ impl LookupArgs {
             cache_fresh_for: self.lookup_cache_fresh_for.unwrap_or(d.cache_fresh_for),
             cache_stale_for: self.lookup_cache_stale_for.unwrap_or(d.cache_stale_for),
             cache_capacity: self.lookup_cache_capacity.unwrap_or(d.cache_capacity),
+            cache_max_bytes: self.lookup_cache_bytes.unwrap_or(d.cache_max_bytes),
             lane: LaneConfig {
                 concurrency: self.lookup_concurrency.unwrap_or(d.lane.concurrency),
                 queue: self.lookup_queue.unwrap_or(d.lane.queue),
