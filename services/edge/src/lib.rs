@@ -12,7 +12,6 @@
 
 pub mod spool;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -198,7 +197,8 @@ impl EdgeService {
         let now = UnixMicros::now();
         let mut results = Vec::with_capacity(request.events.len());
         let mut to_append = Vec::new();
-        let mut in_this_batch = HashSet::new();
+        // foldhash, not SipHash: hashing the keys was 8% of a batch flood's samples.
+        let mut in_this_batch: foldhash::HashSet<EventKey> = foldhash::HashSet::default();
         for (i, wire) in request.events.iter().enumerate() {
             match self.validator.validate(wire, &format!("events[{i}]"), now) {
                 Err(e) => {
