@@ -52,14 +52,6 @@ impl Read {
     pub fn stale(&self) -> bool {
         matches!(self, Read::Stale(_))
     }
-
-    pub fn label(&self) -> &'static str {
-        match self {
-            Read::Store(_) => "store",
-            Read::Cached(_) => "cache",
-            Read::Stale(_) => "stale",
-        }
-    }
 }
 
 pub struct FactsCache {

@@ -76,7 +76,7 @@ impl Default for LookupConfig {
 /// call costs more than the counting).
 struct Meters {
     read_seconds: metrics::Histogram,
-    /// By [`Read::label`] order: store, cache, stale; then unavailable.
+    /// By source: store, cache, stale; then unavailable.
     reads: [metrics::Counter; 4],
     /// By color: green, yellow, red.
     answers: [metrics::Counter; 3],

@@ -6,7 +6,7 @@
 //!
 //! A reused token says what a fresh one would (resident, color, reason,
 //! validity, stale flag); only its `issued_at` is older, by less than
-//! [`TokenReuse::reuse_for`], and so its life (capped at `issued_at` plus
+//! the reuse window (`--status-token-reuse-for`), and so its life (capped at `issued_at` plus
 //! the signer's maximum age) ends that much sooner.
 
 use std::sync::{Arc, Mutex};
@@ -56,11 +56,6 @@ impl TokenReuse {
     pub fn new(signer: Arc<Signer>, reuse_for: Duration) -> TokenReuse {
         let counter = |how: &'static str| metrics::counter!("healthcode_lookup_status_tokens_total", "signed" => how);
         TokenReuse { signer, reuse_for, reused: counter("reused"), signed: counter("now") }
-    }
-
-    /// The longest a reused token's `issued_at` lies before the answer it rides on.
-    pub fn reuse_for(&self) -> Duration {
-        self.reuse_for
     }
 
     /// The token for `status` answered at `now` from the facts whose slot is

@@ -158,7 +158,7 @@ impl ServeArgs {
     }
 
     /// The keys a config file may hold: the serving flags' long names.
-    pub fn file_keys() -> BTreeSet<String> {
+    fn file_keys() -> BTreeSet<String> {
         ServeArgs::augment_args(clap::Command::new("serve"))
             .get_arguments()
             .filter_map(|a| a.get_long())
@@ -204,12 +204,14 @@ fn parse_file(text: &str) -> anyhow::Result<ServeArgs> {
     if let Some(unknown) = table.keys().find(|k| !known.contains(*k)) {
         anyhow::bail!("unknown setting `{unknown}` (settings are the flags' long names with underscores)");
     }
-    // Flattened groups lose the key in serde's error: try key by key to name it.
-    for (key, value) in &table {
-        let one = toml::Table::from_iter([(key.clone(), value.clone())]);
-        ServeArgs::deserialize(one).with_context(|| format!("setting `{key}`"))?;
-    }
-    Ok(ServeArgs::deserialize(table)?)
+    ServeArgs::deserialize(table.clone()).or_else(|whole| {
+        // Flattened groups lose the key in serde's error: find it key by key.
+        for (key, value) in table {
+            let one = toml::Table::from_iter([(key.clone(), value)]);
+            ServeArgs::deserialize(one).with_context(|| format!("setting `{key}`"))?;
+        }
+        Err(whole.into())
+    })
 }
 
 #[cfg(test)]
