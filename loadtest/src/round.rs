@@ -233,7 +233,7 @@ impl RoundConfig {
             let other = self.resident(other);
             if other.outcome == TestOutcome::Positive {
                 for event in self.override_events(&other).iter().filter(|e| e.resident_id == resident_id(i)) {
-                    facts.apply(event);
+                    facts.apply(event.clone());
                 }
             }
         }

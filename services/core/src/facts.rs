@@ -60,49 +60,41 @@ pub struct ScanFact {
 impl Facts {
     /// The facts a single event contributes.
     pub fn from_event(event: &Event) -> Facts {
-        let mut facts = Facts { updated_at: Some(event.occurred_at()), ..Facts::default() };
-        match &event.body {
-            EventBody::Scan { station_id, site_id, kind, scanned_at } => {
-                facts.latest_scan = Some(ScanFact {
-                    scanned_at: *scanned_at,
-                    event_id: event.event_id.clone(),
-                    site_id: site_id.clone(),
-                    station_id: station_id.clone(),
-                    kind: *kind,
-                });
-            }
-            EventBody::TestResult { outcome, sampled_at, .. } => {
-                facts.latest_test = Some(*sampled_at);
-                match outcome {
-                    TestOutcome::Positive => facts.latest_positive = Some(*sampled_at),
-                    TestOutcome::Negative => facts.latest_negatives[0] = Some(*sampled_at),
-                    TestOutcome::Inconclusive => {}
-                }
-            }
-            EventBody::Override { authority_id, color, note, issued_at, expires_at } => {
-                facts.overrides = vec![OverrideFact {
-                    issued_at: *issued_at,
-                    event_id: event.event_id.clone(),
-                    expires_at: *expires_at,
-                    color: *color,
-                    authority_id: authority_id.clone(),
-                    note: note.clone(),
-                }];
-            }
-        }
-        facts
+        Facts::from(event.clone())
     }
 
     /// Join of two fact sets (the semilattice's least upper bound).
     pub fn merge(&mut self, other: &Facts) {
+        self.join_times(other);
+        if !other.overrides.is_empty() {
+            let mut all = std::mem::take(&mut self.overrides);
+            all.extend(other.overrides.iter().cloned());
+            self.overrides = latest(all, OVERRIDES_KEPT);
+        }
+        if other.latest_scan > self.latest_scan {
+            self.latest_scan.clone_from(&other.latest_scan);
+        }
+    }
+
+    /// The same join, taking `other`'s strings instead of copying them.
+    pub fn absorb(&mut self, other: Facts) {
+        self.join_times(&other);
+        if !other.overrides.is_empty() {
+            let mut all = std::mem::take(&mut self.overrides);
+            all.extend(other.overrides);
+            self.overrides = latest(all, OVERRIDES_KEPT);
+        }
+        if other.latest_scan > self.latest_scan {
+            self.latest_scan = other.latest_scan;
+        }
+    }
+
+    /// The max registers of both joins.
+    fn join_times(&mut self, other: &Facts) {
         self.latest_positive = self.latest_positive.max(other.latest_positive);
         self.latest_test = self.latest_test.max(other.latest_test);
         self.updated_at = self.updated_at.max(other.updated_at);
         self.latest_negatives = top_distinct(&self.latest_negatives, &other.latest_negatives);
-        if !other.overrides.is_empty() {
-            self.overrides = latest_union(&self.overrides, &other.overrides, OVERRIDES_KEPT);
-        }
-        max_register(&mut self.latest_scan, &other.latest_scan);
     }
 
     pub fn merged(mut self, other: &Facts) -> Facts {
@@ -110,8 +102,8 @@ impl Facts {
         self
     }
 
-    pub fn apply(&mut self, event: &Event) {
-        self.merge(&Facts::from_event(event));
+    pub fn apply(&mut self, event: Event) {
+        self.absorb(Facts::from(event));
     }
 
     /// The override in force unless expired: the one with the greatest (issued_at, event_id).
@@ -151,15 +143,33 @@ impl Facts {
     }
 }
 
-fn max_register<T: Ord + Clone>(mine: &mut Option<T>, theirs: &Option<T>) {
-    if theirs > mine {
-        mine.clone_from(theirs);
+impl From<Event> for Facts {
+    /// The facts a single event contributes, taking its strings.
+    fn from(event: Event) -> Facts {
+        let mut facts = Facts { updated_at: Some(event.occurred_at()), ..Facts::default() };
+        match event.body {
+            EventBody::Scan { station_id, site_id, kind, scanned_at } => {
+                facts.latest_scan = Some(ScanFact { scanned_at, event_id: event.event_id, site_id, station_id, kind });
+            }
+            EventBody::TestResult { outcome, sampled_at, .. } => {
+                facts.latest_test = Some(sampled_at);
+                match outcome {
+                    TestOutcome::Positive => facts.latest_positive = Some(sampled_at),
+                    TestOutcome::Negative => facts.latest_negatives[0] = Some(sampled_at),
+                    TestOutcome::Inconclusive => {}
+                }
+            }
+            EventBody::Override { authority_id, color, note, issued_at, expires_at } => {
+                facts.overrides =
+                    vec![OverrideFact { issued_at, event_id: event.event_id, expires_at, color, authority_id, note }];
+            }
+        }
+        facts
     }
 }
 
-/// The `keep` greatest distinct elements of two ascending lists, ascending.
-fn latest_union<T: Ord + Clone>(a: &[T], b: &[T], keep: usize) -> Vec<T> {
-    let mut all: Vec<T> = a.iter().chain(b).cloned().collect();
+/// The `keep` greatest distinct elements of `all`, ascending.
+fn latest<T: Ord>(mut all: Vec<T>, keep: usize) -> Vec<T> {
     all.sort_unstable();
     all.dedup();
     let excess = all.len().saturating_sub(keep);
@@ -168,16 +178,26 @@ fn latest_union<T: Ord + Clone>(a: &[T], b: &[T], keep: usize) -> Vec<T> {
 }
 
 /// The `NEGATIVES_KEPT` largest distinct values of both arrays, newest first.
+/// On the stack: this runs for every merge.
 fn top_distinct(
     a: &[Option<UnixMicros>; NEGATIVES_KEPT],
     b: &[Option<UnixMicros>; NEGATIVES_KEPT],
 ) -> [Option<UnixMicros>; NEGATIVES_KEPT] {
-    let mut all: Vec<UnixMicros> = a.iter().chain(b.iter()).flatten().copied().collect();
+    let mut all = [None; 2 * NEGATIVES_KEPT];
+    all[..NEGATIVES_KEPT].copy_from_slice(a);
+    all[NEGATIVES_KEPT..].copy_from_slice(b);
+    // None sorts below every time, so descending order puts it last.
     all.sort_unstable_by(|x, y| y.cmp(x));
-    all.dedup();
     let mut out = [None; NEGATIVES_KEPT];
-    for (slot, t) in out.iter_mut().zip(all) {
-        *slot = Some(t);
+    let mut filled = 0;
+    for t in all.into_iter().flatten() {
+        if filled == NEGATIVES_KEPT {
+            break;
+        }
+        if filled == 0 || out[filled - 1] != Some(t) {
+            out[filled] = Some(t);
+            filled += 1;
+        }
     }
     out
 }
@@ -196,13 +216,15 @@ mod tests {
         assert_eq!(merged, [t(5), t(3)]);
         let merged = top_distinct(&[t(2), None], &[None, None]);
         assert_eq!(merged, [t(2), None]);
+        assert_eq!(top_distinct(&[t(4), t(4)], &[t(4), None]), [t(4), None]);
+        assert_eq!(top_distinct(&[None, None], &[t(1), t(7)]), [t(7), t(1)]);
     }
 
     #[test]
     fn overrides_keep_the_latest_distinct_ones_in_order() {
-        let merged = latest_union(&[1, 3, 5], &[2, 3, 6], 4);
+        let merged = latest(vec![1, 3, 5, 2, 3, 6], 4);
         assert_eq!(merged, vec![2, 3, 5, 6]);
-        assert_eq!(latest_union(&[1, 2], &[], 8), vec![1, 2]);
+        assert_eq!(latest(vec![1, 2], 8), vec![1, 2]);
     }
 
     #[test]

@@ -15,4 +15,4 @@ pub use event::{Color, Event, EventBody, ScanKind, TestKind, TestOutcome};
 pub use facts::{Facts, OverrideFact, ScanFact};
 pub use policy::{Policy, Reason, Status};
 pub use time::UnixMicros;
-pub use validation::{Limits, ValidationError, Validator};
+pub use validation::{EventPath, Limits, ValidationError, Validator};

@@ -26,7 +26,7 @@ pub fn encode(event: &Event) -> Vec<u8> {
 /// it was accepted once, perhaps long ago).
 pub fn decode(payload: &[u8], validator: &Validator) -> Result<Event, RecordError> {
     let wire = pb::Event::decode(payload)?;
-    Ok(validator.decode_record(&wire)?)
+    Ok(validator.decode_record(wire)?)
 }
 
 #[cfg(test)]

@@ -151,7 +151,7 @@ mod tests {
             },
         ];
         for event in events {
-            assert_eq!(Validator::default().decode_record(&pb::Event::from(&event)).unwrap(), event);
+            assert_eq!(Validator::default().decode_record(pb::Event::from(&event)).unwrap(), event);
         }
     }
 }

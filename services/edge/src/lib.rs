@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use healthcode_auth::{Guard, Principal, Pseudonymizer, Rpc, check_owner};
 use healthcode_core::wire::event_id;
-use healthcode_core::{Event, EventBody, UnixMicros, ValidationError, Validator, validation::MAX_BATCH_EVENTS};
+use healthcode_core::{
+    Event, EventBody, EventPath, UnixMicros, ValidationError, Validator, validation::MAX_BATCH_EVENTS,
+};
 use healthcode_log::{EventLog, LogError, Record};
 use healthcode_proto::v1::{self as pb, event::Kind, ingest_server::Ingest};
 use healthcode_rpc::{Lane, LaneConfig, ServiceError};
@@ -170,8 +172,10 @@ impl EdgeService {
 
     async fn submit_one(&self, caller: &Principal, wire: pb::Event) -> Result<pb::SubmitReply, ServiceError> {
         check_owner(caller, &wire, "event")?;
-        let event =
-            self.validator.validate_single(&wire, "event", UnixMicros::now()).inspect_err(|_| count_rejected())?;
+        let event = self
+            .validator
+            .validate_single(wire, EventPath::single("event"), UnixMicros::now())
+            .inspect_err(|_| count_rejected())?;
         let event_id = event.event_id.clone();
         if self.recent.contains_key(&EventKey::of(&event)) {
             duplicate(&event);
@@ -199,12 +203,14 @@ impl EdgeService {
         let mut to_append = Vec::new();
         // foldhash, not SipHash: hashing the keys was 8% of a batch flood's samples.
         let mut in_this_batch: foldhash::HashSet<EventKey> = foldhash::HashSet::default();
-        for (i, wire) in request.events.iter().enumerate() {
-            match self.validator.validate(wire, &format!("events[{i}]"), now) {
+        for (i, wire) in request.events.into_iter().enumerate() {
+            // Taken before validation consumes the event: a rejection names it too.
+            let wire_id = event_id(&wire).to_owned();
+            match self.validator.validate(wire, EventPath::indexed("events", i), now) {
                 Err(e) => {
                     count_rejected();
                     results.push(pb::EventResult {
-                        event_id: event_id(wire).to_owned(),
+                        event_id: wire_id,
                         outcome: pb::Outcome::Rejected as i32,
                         reason: e.to_string(),
                     });
@@ -213,11 +219,7 @@ impl EdgeService {
                     let key = EventKey::of(&event);
                     let fresh = !self.recent.contains_key(&key) && in_this_batch.insert(key);
                     let outcome = if fresh { pb::Outcome::Accepted } else { pb::Outcome::Duplicate };
-                    results.push(pb::EventResult {
-                        event_id: event.event_id.clone(),
-                        outcome: outcome as i32,
-                        reason: String::new(),
-                    });
+                    results.push(pb::EventResult { event_id: wire_id, outcome: outcome as i32, reason: String::new() });
                     if fresh {
                         to_append.push(self.pseudonymized(event));
                     } else {

@@ -261,9 +261,9 @@ mod tests {
 
     #[async_trait::async_trait]
     impl StatusStore for SlowBatchStore {
-        async fn merge(&self, updates: Vec<FactsUpdate>) -> Result<(), StoreError> {
+        async fn merge(&self, updates: Arc<[FactsUpdate]>) -> Result<(), StoreError> {
             let mut facts = self.facts.lock().unwrap();
-            for u in updates {
+            for u in updates.iter() {
                 *facts = Some(facts.clone().unwrap_or_default().merged(&u.facts));
             }
             Ok(())
@@ -303,7 +303,7 @@ mod tests {
             resident: "p1".into(),
             facts: Facts { latest_positive: Some(positive), latest_test: Some(positive), ..Facts::default() },
         };
-        store.merge(vec![update.clone()]).await.unwrap();
+        store.merge(vec![update.clone()].into()).await.unwrap();
         cache.merged(&[update]).await;
         store.gate.add_permits(1);
         let first = read.await.unwrap().unwrap();

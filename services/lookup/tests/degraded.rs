@@ -45,7 +45,10 @@ impl Fixture {
             updated_at: Some(sampled),
             ..Facts::default()
         };
-        self.store.merge(vec![FactsUpdate { resident: self.pseudonyms.pseudonym(resident), facts }]).await.unwrap();
+        self.store
+            .merge(vec![FactsUpdate { resident: self.pseudonyms.pseudonym(resident), facts }].into())
+            .await
+            .unwrap();
         sampled
     }
 
@@ -142,7 +145,7 @@ async fn merges_reported_by_the_materializer_reach_the_cache() {
         resident: f.pseudonyms.pseudonym("erin"),
         facts: Facts { latest_positive: Some(positive), latest_test: Some(positive), ..Facts::default() },
     };
-    f.store.merge(vec![update.clone()]).await.unwrap();
+    f.store.merge(vec![update.clone()].into()).await.unwrap();
     f.lookup.cache().merged(&[update]).await;
     let reads = f.faults.reads();
     assert_eq!(f.get("erin").await.unwrap().color, pb::Color::Red as i32, "the cache saw the write");

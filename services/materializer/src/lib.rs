@@ -64,9 +64,10 @@ pub struct Materializer {
 
 /// What one batch folded into: updates per resident, and the records that
 /// can never be applied with the reason.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Folded {
-    pub updates: Vec<FactsUpdate>,
+    /// Shared: a retried merge and the observer take the same updates.
+    pub updates: Arc<[FactsUpdate]>,
     pub events: usize,
     /// Index in the batch and reason.
     pub poison: Vec<(usize, String)>,
@@ -75,18 +76,19 @@ pub struct Folded {
 /// Folds a batch of log records into one facts update per resident.
 pub fn fold(batch: &[Delivered], validator: &Validator) -> Folded {
     let mut per_resident: foldhash::HashMap<String, Facts> = foldhash::HashMap::default();
-    let mut folded = Folded::default();
+    let (mut events, mut poison) = (0, Vec::new());
     for (index, delivered) in batch.iter().enumerate() {
         match healthcode_core::record::decode(&delivered.record.payload, validator) {
-            Ok(event) => {
-                per_resident.entry(event.resident_id.clone()).or_default().apply(&event);
-                folded.events += 1;
+            Ok(mut event) => {
+                let resident = std::mem::take(&mut event.resident_id);
+                per_resident.entry(resident).or_default().apply(event);
+                events += 1;
             }
-            Err(reason) => folded.poison.push((index, reason.to_string())),
+            Err(reason) => poison.push((index, reason.to_string())),
         }
     }
-    folded.updates = per_resident.into_iter().map(|(resident, facts)| FactsUpdate { resident, facts }).collect();
-    folded
+    let updates = per_resident.into_iter().map(|(resident, facts)| FactsUpdate { resident, facts }).collect();
+    Folded { updates, events, poison }
 }
 
 impl Materializer {

@@ -155,7 +155,7 @@ impl ScyllaStore {
 
     /// One unlogged batch per resident: a single partition, so ScyllaDB
     /// applies it as one mutation.
-    async fn write_resident(&self, update: FactsUpdate, now: UnixMicros) -> Result<(), StoreError> {
+    async fn write_resident(&self, update: &FactsUpdate, now: UnixMicros) -> Result<(), StoreError> {
         let writes = cells::writes(&update.facts, self.config.retention, now);
         if writes.is_empty() {
             return Ok(());
@@ -164,7 +164,7 @@ impl ScyllaStore {
         batch.set_is_idempotent(true);
         batch.set_execution_profile_handle(Some(self.write_profile.clone()));
         let mut values: Vec<Vec<CqlValue>> = Vec::with_capacity(writes.len());
-        let resident = CqlValue::Text(update.resident);
+        let resident = CqlValue::Text(update.resident.clone());
         for write in writes {
             match write {
                 Write::Register { register, value, timestamp, ttl } => {
@@ -295,15 +295,12 @@ fn store_error(op: &'static str, e: &ExecutionError) -> StoreError {
 
 #[async_trait]
 impl StatusStore for ScyllaStore {
-    async fn merge(&self, updates: Vec<FactsUpdate>) -> Result<(), StoreError> {
+    async fn merge(&self, updates: Arc<[FactsUpdate]>) -> Result<(), StoreError> {
         let started = Instant::now();
         let count = updates.len() as u64;
         let now = UnixMicros::now();
-        stream::iter(updates)
-            .map(|update| self.write_resident(update, now))
-            .buffer_unordered(self.config.write_concurrency)
-            .try_collect::<()>()
-            .await?;
+        let writes: Vec<_> = updates.iter().map(|update| self.write_resident(update, now)).collect();
+        stream::iter(writes).buffer_unordered(self.config.write_concurrency).try_collect::<()>().await?;
         metrics::histogram!("healthcode_store_merge_seconds", "store" => "scylla").record(started.elapsed());
         metrics::counter!("healthcode_store_merged_residents_total", "store" => "scylla").increment(count);
         Ok(())

@@ -31,7 +31,7 @@ async fn main() {
     for (label, offset) in [("new residents", 0), ("known residents", 0)] {
         let started = Instant::now();
         for b in 0..batches {
-            store.merge(batch(b + offset)).await.unwrap();
+            store.merge(batch(b + offset).into()).await.unwrap();
         }
         let secs = started.elapsed().as_secs_f64();
         println!(

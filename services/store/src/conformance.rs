@@ -98,7 +98,7 @@ fn update(resident: &str, facts: Facts) -> FactsUpdate {
 pub async fn unknown_residents_have_no_facts(factory: &impl StoreFactory) {
     let store = factory.open().await;
     let known = factory.resident("known");
-    store.merge(vec![update(&known, negative(0))]).await.unwrap();
+    store.merge(vec![update(&known, negative(0))].into()).await.unwrap();
     assert_eq!(store.get(&factory.resident("nobody")).await.unwrap(), None);
     let many = store.get_many(&[factory.resident("nobody"), known.clone(), factory.resident("else")]).await.unwrap();
     assert_eq!(many, vec![None, Some(negative(0)), None], "answers come in the order asked");
@@ -107,8 +107,8 @@ pub async fn unknown_residents_have_no_facts(factory: &impl StoreFactory) {
 pub async fn merged_facts_are_read_back(factory: &impl StoreFactory) {
     let store = factory.open().await;
     let r = factory.resident("merged");
-    store.merge(vec![update(&r, negative(10))]).await.unwrap();
-    store.merge(vec![update(&r, positive(5)), update(&r, negative(20))]).await.unwrap();
+    store.merge(vec![update(&r, negative(10))].into()).await.unwrap();
+    store.merge(vec![update(&r, positive(5)), update(&r, negative(20))].into()).await.unwrap();
     let expected = negative(10).merged(&positive(5)).merged(&negative(20));
     assert_eq!(store.get(&r).await.unwrap(), Some(expected.clone()));
     assert_eq!(expected.latest_negatives, [Some(at(20)), Some(at(10))]);
@@ -118,8 +118,8 @@ pub async fn merging_twice_equals_merging_once(factory: &impl StoreFactory) {
     let store = factory.open().await;
     let r = factory.resident("twice");
     let facts = positive(1).merged(&override_fact(2, "o-1", Color::Yellow));
-    store.merge(vec![update(&r, facts.clone())]).await.unwrap();
-    store.merge(vec![update(&r, facts.clone()), update(&r, facts.clone())]).await.unwrap();
+    store.merge(vec![update(&r, facts.clone())].into()).await.unwrap();
+    store.merge(vec![update(&r, facts.clone()), update(&r, facts.clone())].into()).await.unwrap();
     assert_eq!(store.get(&r).await.unwrap(), Some(facts));
 }
 
@@ -135,10 +135,10 @@ pub async fn merge_order_does_not_matter(factory: &impl StoreFactory) {
     ];
     let (forward, backward) = (factory.resident("forward"), factory.resident("backward"));
     for p in &parts {
-        store.merge(vec![update(&forward, p.clone())]).await.unwrap();
+        store.merge(vec![update(&forward, p.clone())].into()).await.unwrap();
     }
     for p in parts.iter().rev() {
-        store.merge(vec![update(&backward, p.clone())]).await.unwrap();
+        store.merge(vec![update(&backward, p.clone())].into()).await.unwrap();
     }
     let a = store.get(&forward).await.unwrap().unwrap();
     let b = store.get(&backward).await.unwrap().unwrap();
@@ -158,7 +158,7 @@ pub async fn expired_facts_are_neither_read_nor_kept(factory: &impl StoreFactory
     };
     let (old, recent) = (factory.resident("expired"), factory.resident("within-retention"));
     store
-        .merge(vec![update(&old, aged(RETENTION + days(1))), update(&recent, aged(RETENTION - days(1)))])
+        .merge(vec![update(&old, aged(RETENTION + days(1))), update(&recent, aged(RETENTION - days(1)))].into())
         .await
         .unwrap();
     assert_eq!(store.get(&old).await.unwrap(), None, "facts past retention are not returned");
@@ -184,7 +184,7 @@ pub async fn each_fact_expires_on_its_own(factory: &impl StoreFactory) {
         ..Facts::default()
     };
     let r = factory.resident("mixed-ages");
-    store.merge(vec![update(&r, old_positive), update(&r, recent_negative.clone())]).await.unwrap();
+    store.merge(vec![update(&r, old_positive), update(&r, recent_negative.clone())].into()).await.unwrap();
     assert_eq!(
         store.get(&r).await.unwrap(),
         Some(recent_negative),
@@ -208,7 +208,7 @@ pub async fn scans_at_the_same_instant_resolve_by_event_id(factory: &impl StoreF
     let (one, other) = (factory.resident("scan-tie-a"), factory.resident("scan-tie-b"));
     for (r, order) in [(&one, ["scan-b", "scan-a"]), (&other, ["scan-a", "scan-b"])] {
         for id in order {
-            store.merge(vec![update(r, scan(id, &format!("site-of-{id}")))]).await.unwrap();
+            store.merge(vec![update(r, scan(id, &format!("site-of-{id}")))].into()).await.unwrap();
         }
     }
     for r in [one, other] {
@@ -220,8 +220,8 @@ pub async fn scans_at_the_same_instant_resolve_by_event_id(factory: &impl StoreF
 pub async fn many_residents_in_one_merge(factory: &impl StoreFactory) {
     let store = factory.open().await;
     let residents: Vec<String> = (0..1000).map(|i| factory.resident(&format!("many-{i}"))).collect();
-    let updates = residents.iter().enumerate().map(|(i, r)| update(r, negative(i as i64))).collect();
-    store.merge(updates).await.unwrap();
+    let updates: Vec<_> = residents.iter().enumerate().map(|(i, r)| update(r, negative(i as i64))).collect();
+    store.merge(updates.into()).await.unwrap();
     let got = store.get_many(&residents).await.unwrap();
     for (i, facts) in got.into_iter().enumerate() {
         assert_eq!(facts, Some(negative(i as i64)), "resident {i}");
@@ -231,7 +231,7 @@ pub async fn many_residents_in_one_merge(factory: &impl StoreFactory) {
 pub async fn facts_survive_reopen(factory: &impl StoreFactory) {
     let r = factory.resident("durable");
     let store = factory.open().await;
-    store.merge(vec![update(&r, positive(3))]).await.unwrap();
+    store.merge(vec![update(&r, positive(3))].into()).await.unwrap();
     drop(store);
     let store = factory.open().await;
     assert_eq!(store.get(&r).await.unwrap(), Some(positive(3)));

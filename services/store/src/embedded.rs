@@ -91,7 +91,7 @@ pub fn decode_facts(bytes: &[u8]) -> Result<Facts, StoreError> {
 
 #[async_trait]
 impl StatusStore for EmbeddedStore {
-    async fn merge(&self, updates: Vec<FactsUpdate>) -> Result<(), StoreError> {
+    async fn merge(&self, updates: Arc<[FactsUpdate]>) -> Result<(), StoreError> {
         if updates.is_empty() {
             return Ok(());
         }
@@ -103,7 +103,7 @@ impl StatusStore for EmbeddedStore {
             let txn = db.begin_write().map_err(storage)?;
             {
                 let mut table = txn.open_table(FACTS).map_err(storage)?;
-                for update in updates {
+                for update in updates.iter() {
                     let stored = match table.get(update.resident.as_str()).map_err(storage)? {
                         Some(v) => decode_facts(v.value())?,
                         None => Facts::default(),

@@ -73,7 +73,7 @@ impl FaultyStore {
 
 #[async_trait]
 impl StatusStore for FaultyStore {
-    async fn merge(&self, updates: Vec<FactsUpdate>) -> Result<(), StoreError> {
+    async fn merge(&self, updates: Arc<[FactsUpdate]>) -> Result<(), StoreError> {
         self.faults.enter().await?;
         self.inner.merge(updates).await
     }

@@ -1,6 +1,7 @@
 //! Where resident facts live. The store only merges and returns facts; the
 //! color is computed by the lookup from the facts and `now`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -70,7 +71,8 @@ pub struct FactsUpdate {
 pub trait StatusStore: Send + Sync + 'static {
     /// Merges each update into the stored facts (a semilattice join, so the
     /// order and repetition of updates do not matter). Durable when `Ok`.
-    async fn merge(&self, updates: Vec<FactsUpdate>) -> Result<(), StoreError>;
+    /// Shared, so a retry of the same updates copies nothing.
+    async fn merge(&self, updates: Arc<[FactsUpdate]>) -> Result<(), StoreError>;
 
     /// The facts of one resident; `None` when nothing is known.
     async fn get(&self, resident: &str) -> Result<Option<Facts>, StoreError>;
