@@ -22,7 +22,7 @@ use healthcode_core::{
 };
 use healthcode_log::{EventLog, LogError, Record};
 use healthcode_proto::v1::{self as pb, event::Kind, ingest_server::Ingest};
-use healthcode_rpc::{Lane, LaneConfig, ServiceError};
+use healthcode_rpc::{Lane, LaneConfig, LookupsFirst, ServiceError};
 
 use crate::spool::Spool;
 use tonic::{Request, Response, Status};
@@ -72,6 +72,7 @@ pub struct EdgeService {
     lane: Lane,
     spool: Option<Arc<Spool>>,
     spool_after: Duration,
+    priority: Option<Arc<LookupsFirst>>,
 }
 
 impl EdgeService {
@@ -99,6 +100,7 @@ impl EdgeService {
             lane,
             spool: None,
             spool_after: config.spool_after,
+            priority: None,
         }
     }
 
@@ -107,6 +109,21 @@ impl EdgeService {
     pub fn with_spool(mut self, spool: Arc<Spool>) -> Self {
         self.spool = Some(spool);
         self
+    }
+
+    /// Submits yield to lookups served by the same process: `priority`
+    /// paces their events while lookups need the CPU.
+    pub fn with_priority(mut self, priority: Arc<LookupsFirst>) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Waits for this call's turn when submits are paced.
+    async fn pace(&self, events: usize) -> Result<(), ServiceError> {
+        match &self.priority {
+            Some(priority) => priority.pace(events).await,
+            None => Ok(()),
+        }
     }
 
     /// Validated events of the caller, with the resident id replaced by its pseudonym.
@@ -172,6 +189,7 @@ impl EdgeService {
 
     async fn submit_one(&self, caller: &Principal, wire: pb::Event) -> Result<pb::SubmitReply, ServiceError> {
         check_owner(caller, &wire, "event")?;
+        self.pace(1).await?;
         let event = self
             .validator
             .validate_single(wire, EventPath::single("event"), UnixMicros::now())
@@ -198,6 +216,7 @@ impl EdgeService {
         for (i, wire) in request.events.iter().enumerate() {
             check_owner(caller, wire, &format!("events[{i}]"))?;
         }
+        self.pace(request.events.len()).await?;
         let now = UnixMicros::now();
         let mut results = Vec::with_capacity(request.events.len());
         let mut to_append = Vec::new();

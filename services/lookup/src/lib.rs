@@ -18,7 +18,7 @@ use healthcode_auth::{Admitted, Guard, Pseudonymizer, Rpc};
 use healthcode_core::validation::{MAX_LOOKUP_BATCH, check_id};
 use healthcode_core::{Color, Facts, Policy, Status, UnixMicros, ValidationError};
 use healthcode_proto::v1::{self as pb, lookup_server::Lookup};
-use healthcode_rpc::{Lane, LaneConfig, ServiceError};
+use healthcode_rpc::{Lane, LaneConfig, LookupsFirst, ServiceError};
 use healthcode_status_token::Signer;
 use healthcode_store::StatusStore;
 
@@ -122,6 +122,7 @@ pub struct LookupService {
     cache: Arc<FactsCache>,
     lane: Lane,
     tokens: Option<TokenReuse>,
+    priority: Option<Arc<LookupsFirst>>,
 }
 
 impl LookupService {
@@ -149,6 +150,20 @@ impl LookupService {
             cache: Arc::new(cache),
             lane,
             tokens: None,
+            priority: None,
+        }
+    }
+
+    /// Reports every lookup to `priority`, which slows ingest in this
+    /// process while lookups need the CPU.
+    pub fn with_priority(mut self, priority: Arc<LookupsFirst>) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    fn started(&self) {
+        if let Some(priority) = &self.priority {
+            priority.lookup_started();
         }
     }
 
@@ -204,6 +219,7 @@ impl LookupService {
         call: Admitted,
         request: pb::GetStatusRequest,
     ) -> Result<pb::ResidentStatus, ServiceError> {
+        self.started();
         check_id(&request.resident_id, "resident_id")?;
         let read = self.read(&request.resident_id, &call).await?;
         Ok(self.status(request.resident_id, &read, UnixMicros::now()))
@@ -240,6 +256,7 @@ impl LookupService {
         call: Admitted,
         request: pb::BatchGetStatusRequest,
     ) -> Result<pb::BatchGetStatusReply, ServiceError> {
+        self.started();
         let ids = request.resident_id;
         if ids.len() > MAX_LOOKUP_BATCH {
             return Err(ValidationError::new("resident_id", format!("must hold at most {MAX_LOOKUP_BATCH} ids")).into());

@@ -2,8 +2,10 @@
 //! metrics, and admission lanes.
 
 pub mod admission;
+pub mod priority;
 
 pub use admission::{Lane, LaneConfig};
+pub use priority::{LookupsFirst, PriorityConfig};
 
 /// Largest gRPC request a server accepts unless a deployment says otherwise:
 /// a batch of 500 events fits with room to spare.

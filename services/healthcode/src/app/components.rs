@@ -15,6 +15,7 @@ use healthcode_lookup::LookupService;
 use healthcode_materializer::Materializer;
 use healthcode_proto::v1::ingest_server::IngestServer;
 use healthcode_proto::v1::lookup_server::LookupServer;
+use healthcode_rpc::{LookupsFirst, PriorityConfig};
 use healthcode_status_token::Signer;
 use healthcode_store::{EmbeddedStore, FaultyStore, StatusStore, StoreFaults};
 use healthcode_store_scylla::ScyllaStore;
@@ -52,6 +53,8 @@ pub(super) struct Components {
     pub(super) guard: Arc<Guard>,
     pub(super) pseudonyms: Option<Pseudonymizer>,
     pub(super) lookup: Option<Arc<LookupService>>,
+    /// In a process serving lookups and submits: submits yield to lookups.
+    pub(super) priority: Option<Arc<LookupsFirst>>,
 }
 
 impl Components {
@@ -79,6 +82,12 @@ impl Components {
         } else {
             None
         };
+        let shutdown = CancellationToken::new();
+        let priority = (role.lookup() && role.edge() && std::env::var("HC_NO_PRIORITY").is_err()).then(|| {
+            let priority = LookupsFirst::new(PriorityConfig::default());
+            priority.spawn_controller(shutdown.clone());
+            priority
+        });
         let lookup = match (&store, &pseudonyms) {
             (Some(store), Some(pseudonyms)) if role.lookup() => {
                 let mut config = settings.lookup.clone();
@@ -96,6 +105,10 @@ impl Components {
                     guard.clone(),
                     pseudonyms.clone(),
                 );
+                let lookup = match &priority {
+                    Some(priority) => lookup.with_priority(priority.clone()),
+                    None => lookup,
+                };
                 Some(Arc::new(match open_signer(&settings.security)? {
                     Some(signer) => lookup.with_signer(Arc::new(signer)),
                     None => lookup,
@@ -107,13 +120,14 @@ impl Components {
             role,
             validator: Validator::new(settings.limits.clone()),
             settings,
-            shutdown: CancellationToken::new(),
+            shutdown,
             log,
             store,
             store_faults,
             guard,
             pseudonyms,
             lookup,
+            priority,
         })
     }
 
@@ -191,6 +205,9 @@ impl Components {
                 );
                 if let Some(spool) = spool {
                     edge = edge.with_spool(spool);
+                }
+                if let Some(priority) = &self.priority {
+                    edge = edge.with_priority(priority.clone());
                 }
                 let server = IngestServer::new(edge).max_decoding_message_size(max_message);
                 Some(InterceptedService::new(server, Authenticate(self.guard.clone())))
