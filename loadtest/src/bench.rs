@@ -120,6 +120,9 @@ pub struct Measured {
     pub errors: u64,
     pub per_second: f64,
     pub latency: Percentiles,
+    /// For lookups under ingest: the flood's own durable events per second
+    /// and its failed calls (shed ones included).
+    pub ingest_beside: Option<(f64, u64)>,
 }
 
 /// Closed loop: `concurrency` workers send back to back for `duration`.
@@ -207,9 +210,27 @@ impl Workload {
             let events = (n * w.batch..(n + 1) * w.batch)
                 .map(|m| pb::Event { kind: Some(pb::event::Kind::Scan(scan(w.run, m, w.residents, &w.station))) })
                 .collect();
-            Box::pin(async move { c.submit_batch(pb::SubmitBatchRequest { events }).await.map(drop) })
+            Box::pin(async move { honour_retry_after(c.submit_batch(pb::SubmitBatchRequest { events }).await).await })
         }
     }
+}
+
+/// A station told to come back later waits as long as the server asked
+/// before its next call, instead of spinning on refusals.
+async fn honour_retry_after<T>(result: Result<T, Status>) -> Result<(), Status> {
+    let status = match result {
+        Ok(_) => return Ok(()),
+        Err(status) => status,
+    };
+    let wait = status
+        .metadata()
+        .get(healthcode_rpc::RETRY_AFTER_MS)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .filter(|_| status.code() == tonic::Code::ResourceExhausted);
+    if let Some(ms) = wait {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    Err(status)
 }
 
 pub struct BenchOptions {
@@ -242,6 +263,7 @@ pub async fn bench(options: &BenchOptions) -> anyhow::Result<Vec<Measured>> {
                 batch: options.batch.max(1) as u64,
             };
             let (c, d) = (options.concurrency, options.duration);
+            let mut ingest_beside = None;
             let (requests, errors, latency) = match workload {
                 "lookup" => drive(c, d, w.lookups()).await,
                 "ingest-unary" => drive(c, d, w.unary_scans()).await,
@@ -253,7 +275,9 @@ pub async fn bench(options: &BenchOptions) -> anyhow::Result<Vec<Measured>> {
                     let flood = Workload { channel: flood_channel, run: run ^ 1, ..w.clone() };
                     let flooding = tokio::spawn(drive(c, d, flood.batches()));
                     let measured = drive(c, d, w.lookups()).await;
-                    flooding.await?;
+                    let (batches, failed, _) = flooding.await?;
+                    let events = (batches - failed) * w.batch;
+                    ingest_beside = Some((events as f64 / d.as_secs_f64(), failed));
                     measured
                 }
             };
@@ -264,6 +288,7 @@ pub async fn bench(options: &BenchOptions) -> anyhow::Result<Vec<Measured>> {
                 errors,
                 per_second: requests as f64 / options.duration.as_secs_f64(),
                 latency,
+                ingest_beside,
             });
         }
     }

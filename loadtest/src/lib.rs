@@ -446,6 +446,20 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    // Lookups first: their p99 under the flood against their p99 alone,
+    // and what the flood still got through.
+    let p99 = |workload: &str, server: &str| {
+        results.iter().find(|m| m.workload == workload && m.server == server).map(|m| (m.latency.p99_ms, m))
+    };
+    for server in ["bare", "target"] {
+        if let (Some((idle, _)), Some((flooded, m))) = (p99("lookup", server), p99("lookup-under-ingest", server)) {
+            let (events, failed) = m.ingest_beside.unwrap_or_default();
+            println!(
+                "{server}: lookup p99 under ingest {:.1}x idle ({flooded:.2} / {idle:.2} ms); the flood beside them: {events:.0} events/s, {failed} calls failed or shed",
+                flooded / idle.max(1e-9)
+            );
+        }
+    }
     if let Some(out) = args.out {
         std::fs::write(out, serde_json::to_vec_pretty(&results)?)?;
     }

@@ -22,7 +22,7 @@ use healthcode_core::{
 };
 use healthcode_log::{EventLog, LogError, Record};
 use healthcode_proto::v1::{self as pb, event::Kind, ingest_server::Ingest};
-use healthcode_rpc::{Lane, LaneConfig, LookupsFirst, ServiceError};
+use healthcode_rpc::{Lane, LaneConfig, LookupsFirst, PriorityConfig, ServiceError};
 
 use crate::spool::Spool;
 use tonic::{Request, Response, Status};
@@ -42,6 +42,9 @@ pub struct EdgeConfig {
     /// Events the local spool may hold while the log is unreachable or slow;
     /// `None` turns the spool off (submits then fail while the log does).
     pub spool_capacity: Option<u64>,
+    /// Where this process also serves lookups: how submits yield to them.
+    /// `None` never slows submits.
+    pub yield_to_lookups: Option<PriorityConfig>,
 }
 
 impl Default for EdgeConfig {
@@ -58,6 +61,7 @@ impl Default for EdgeConfig {
             },
             spool_after: Duration::from_secs(2),
             spool_capacity: Some(5_000_000),
+            yield_to_lookups: Some(PriorityConfig::default()),
         }
     }
 }

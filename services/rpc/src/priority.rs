@@ -5,7 +5,8 @@
 //! took 80,000 events/s and left lookups at 30x their idle p99 (measured,
 //! docs/benchmarks.md). What bounds it is the event rate. So while lookups
 //! are being served and the runtime falls behind its own schedule (a probe
-//! task that should wake every few milliseconds wakes late), the ingest rate
+//! task that should wake every 5 ms wakes late, in at least a quarter of a
+//! window's probes: one late wake-up is noise, not load), the ingest rate
 //! is cut by half each window; each window the runtime keeps up, it grows
 //! back by a quarter, and with no lookups at all ingest is not paced.
 //! Submits that would wait longer than `max_delay` are shed with
@@ -39,7 +40,7 @@ pub struct PriorityConfig {
 impl Default for PriorityConfig {
     fn default() -> Self {
         PriorityConfig {
-            lag_target: Duration::from_millis(2),
+            lag_target: Duration::from_millis(1),
             window: Duration::from_millis(100),
             min_rate: 2_000,
             max_delay: Duration::from_secs(1),
@@ -136,7 +137,10 @@ impl LookupsFirst {
                 _ = shutdown.cancelled() => return,
             }
             let now = Instant::now();
-            window.worst_lag = window.worst_lag.max(now.saturating_duration_since(due));
+            let lag = now.saturating_duration_since(due);
+            window.worst_lag = window.worst_lag.max(lag);
+            window.probes += 1;
+            window.late += u32::from(lag > self.config.lag_target);
             if now.duration_since(window.began) >= self.config.window {
                 self.adjust(&window, now);
                 window = Window::start(self);
@@ -151,7 +155,7 @@ impl LookupsFirst {
         let current = self.rate.load(Ordering::Relaxed);
         let next = if lookups == 0 {
             UNPACED
-        } else if window.worst_lag > self.config.lag_target {
+        } else if window.running_late() {
             // From what ingest actually took when it was not paced.
             let taken = (events as f64 / seconds) as u64;
             (current.min(taken) / 2).max(self.config.min_rate)
@@ -172,6 +176,8 @@ struct Window {
     lookups: u64,
     events: u64,
     worst_lag: Duration,
+    probes: u32,
+    late: u32,
 }
 
 impl Window {
@@ -181,6 +187,74 @@ impl Window {
             lookups: of.lookups.load(Ordering::Relaxed),
             events: of.events.load(Ordering::Relaxed),
             worst_lag: Duration::ZERO,
+            probes: 0,
+            late: 0,
         }
+    }
+
+    /// At least a quarter of the probes woke later than the target.
+    fn running_late(&self) -> bool {
+        self.late > 0 && self.late * 4 >= self.probes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A window of 20 probes of which those `late` woke `lag_ms` late.
+    fn window(of: &LookupsFirst, lag_ms: u64, late: u32) -> Window {
+        Window { worst_lag: Duration::from_millis(lag_ms), probes: 20, late, ..Window::start(of) }
+    }
+
+    /// One adjustment window of 100 ms in which ingest took `events`.
+    fn after(of: &LookupsFirst, lookups: u64, events: u64, lag_ms: u64) -> Option<u64> {
+        let late = if lag_ms > 1 { 5 } else { 0 };
+        let w = Window { began: Instant::now() - Duration::from_millis(100), ..window(of, lag_ms, late) };
+        of.lookups.fetch_add(lookups, Ordering::Relaxed);
+        of.events.fetch_add(events, Ordering::Relaxed);
+        of.adjust(&w, Instant::now());
+        of.rate()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn submits_slow_only_while_lookups_are_served_and_the_server_runs_late() {
+        let p = LookupsFirst::new(PriorityConfig::default());
+        assert_eq!(p.rate(), None, "not paced at start");
+        assert_eq!(after(&p, 0, 10_000, 50), None, "late, but no lookups: ingest keeps its pace");
+        assert_eq!(after(&p, 10, 10_000, 0), None, "lookups, but on time: not paced");
+        let one_hiccup = Window { began: Instant::now() - Duration::from_millis(100), ..window(&p, 40, 1) };
+        p.lookups.fetch_add(1, Ordering::Relaxed);
+        p.adjust(&one_hiccup, Instant::now());
+        assert_eq!(p.rate(), None, "one late probe in twenty is noise");
+        // Late with lookups: half of what ingest took (10,000 in 100 ms).
+        assert_eq!(after(&p, 10, 10_000, 5), Some(50_000));
+        assert_eq!(after(&p, 10, 5_000, 5), Some(25_000), "halved again");
+        assert_eq!(after(&p, 10, 2_500, 0), Some(31_250), "on time: grows back by a quarter");
+        for _ in 0..20 {
+            after(&p, 10, 0, 5);
+        }
+        assert_eq!(p.rate(), Some(PriorityConfig::default().min_rate), "never below the floor");
+        assert_eq!(after(&p, 0, 0, 5), None, "lookups gone: unpaced at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paced_submits_wait_their_turn_and_are_shed_past_the_longest_delay() {
+        let p = LookupsFirst::new(PriorityConfig { max_delay: Duration::from_secs(1), ..PriorityConfig::default() });
+        p.rate.store(1_000, Ordering::Relaxed);
+        let started = Instant::now();
+        p.pace(500).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::ZERO, "the first call goes at once");
+        p.pace(500).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(500), "the second waits for the first's 500 events");
+        // 1,500 events book the next 1.5 s; a call that would start more
+        // than 1 s out is shed and told when its turn would have come.
+        p.pace(1_500).await.unwrap();
+        let shed = p.pace(10).await.unwrap_err();
+        assert_eq!(shed.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            matches!(shed, ServiceError::ResourceExhausted { retry_after, .. } if retry_after == Duration::from_millis(1_500)),
+            "{shed:?}"
+        );
     }
 }

@@ -15,7 +15,7 @@ use healthcode_lookup::LookupService;
 use healthcode_materializer::Materializer;
 use healthcode_proto::v1::ingest_server::IngestServer;
 use healthcode_proto::v1::lookup_server::LookupServer;
-use healthcode_rpc::{LookupsFirst, PriorityConfig};
+use healthcode_rpc::LookupsFirst;
 use healthcode_status_token::Signer;
 use healthcode_store::{EmbeddedStore, FaultyStore, StatusStore, StoreFaults};
 use healthcode_store_scylla::ScyllaStore;
@@ -83,11 +83,14 @@ impl Components {
             None
         };
         let shutdown = CancellationToken::new();
-        let priority = (role.lookup() && role.edge() && std::env::var("HC_NO_PRIORITY").is_err()).then(|| {
-            let priority = LookupsFirst::new(PriorityConfig::default());
-            priority.spawn_controller(shutdown.clone());
-            priority
-        });
+        let priority = match &settings.edge.yield_to_lookups {
+            Some(config) if role.lookup() && role.edge() => {
+                let priority = LookupsFirst::new(config.clone());
+                priority.spawn_controller(shutdown.clone());
+                Some(priority)
+            }
+            _ => None,
+        };
         let lookup = match (&store, &pseudonyms) {
             (Some(store), Some(pseudonyms)) if role.lookup() => {
                 let mut config = settings.lookup.clone();

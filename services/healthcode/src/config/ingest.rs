@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 use healthcode_edge::EdgeConfig;
 use healthcode_materializer::MaterializerConfig;
-use healthcode_rpc::LaneConfig;
+use healthcode_rpc::{LaneConfig, PriorityConfig};
 use merge::Merge;
 use serde::Deserialize;
 
@@ -38,6 +38,18 @@ pub struct IngestArgs {
     /// Recent event ids the edge remembers for DUPLICATE answers [default: 500000]
     #[arg(long, env = "HEALTHCODE_DEDUP_CAPACITY")]
     pub dedup_capacity: Option<u64>,
+    /// In a process that also serves lookups (`up`), slow submits while
+    /// lookups are served and the server runs late [default: true]
+    #[arg(long, env = "HEALTHCODE_INGEST_YIELDS")]
+    pub ingest_yields: Option<bool>,
+    /// How late the server may run while lookups are served before submits
+    /// are slowed [default: 1ms]
+    #[arg(long, env = "HEALTHCODE_INGEST_YIELD_LAG", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub ingest_yield_lag: Option<Duration>,
+    /// Events per second submits keep however busy lookups are [default: 2000]
+    #[arg(long, env = "HEALTHCODE_INGEST_YIELD_MIN_RATE")]
+    pub ingest_yield_min_rate: Option<u64>,
 }
 
 impl IngestArgs {
@@ -54,6 +66,13 @@ impl IngestArgs {
             },
             spool_after: self.edge_spool_after.unwrap_or(d.spool_after),
             spool_capacity: spool_capacity.filter(|_| self.edge_spool.unwrap_or(true)),
+            yield_to_lookups: d.yield_to_lookups.clone().filter(|_| self.ingest_yields.unwrap_or(true)).map(|p| {
+                PriorityConfig {
+                    lag_target: self.ingest_yield_lag.unwrap_or(p.lag_target),
+                    min_rate: self.ingest_yield_min_rate.unwrap_or(p.min_rate),
+                    ..p
+                }
+            }),
             ..d
         }
     }
