@@ -46,7 +46,8 @@ cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$out/test.log" || sta
 echo "== loadtest smoke rounds"
 if ! ./scripts/loadtest-smoke.sh 2>&1 | tee "$out/smoke.log"; then status=1; fi
 echo "== fuzz (short run; scripts/fuzz.sh 10000000 for the long one)"
-if ! ./scripts/fuzz.sh "${FUZZ_RUNS:-300000}"; then status=1; fi
+fuzz_failed=0
+if ! ./scripts/fuzz.sh "${FUZZ_RUNS:-300000}"; then status=1; fuzz_failed=1; fi
 
 # The summary: cargo's per-binary counts, the smoke rounds' counts, and
 # every SKIPPED line (a case that could not run says so on stderr).
@@ -61,5 +62,5 @@ kafka_on=$([ -n "${HEALTHCODE_KAFKA_BROKERS:-}" ] && echo "Apache Kafka" || echo
 cql_on=$([ -n "${HEALTHCODE_SCYLLA_NODES:-}" ] && echo "Apache Cassandra" || echo "no server (skipped)")
 echo "== EventLog conformance: $kafka_cases cases on $kafka_on; StatusStore conformance: $cql_cases cases on $cql_on"
 [ "$status" = 0 ] || echo "== FAILED: see above"
-echo "suite: $((passed + smoke_passed)) passed, $((failed + smoke_failed)) failed, $skipped skipped"
+echo "suite: $((passed + smoke_passed)) passed, $((failed + smoke_failed + fuzz_failed)) failed, $skipped skipped"
 exit "$status"

@@ -20,7 +20,7 @@ fuzz_target!(|records: Vec<(Vec<u8>, Vec<u8>)>| {
         .collect();
     let folded = fold(&batch, &Validator::default());
     assert_eq!(folded.events + folded.poison.len(), batch.len(), "every record is folded or poison");
-    for update in &folded.updates {
+    for update in folded.updates.iter() {
         assert_eq!(update.facts.clone().merged(&update.facts), update.facts, "merge is idempotent");
     }
 });

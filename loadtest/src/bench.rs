@@ -222,13 +222,8 @@ async fn honour_retry_after<T>(result: Result<T, Status>) -> Result<(), Status> 
         Ok(_) => return Ok(()),
         Err(status) => status,
     };
-    let wait = status
-        .metadata()
-        .get(healthcode_rpc::RETRY_AFTER_MS)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .filter(|_| status.code() == tonic::Code::ResourceExhausted);
-    if let Some(ms) = wait {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    if let Some(wait) = healthcode_rpc::retry_after(&status) {
+        tokio::time::sleep(wait).await;
     }
     Err(status)
 }

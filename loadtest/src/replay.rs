@@ -180,7 +180,8 @@ fn retryable(status: &tonic::Status) -> bool {
 }
 
 /// Calls as a station does: retries what [`retryable`] allows with jittered
-/// backoff (100 ms to 2 s), `attempts` times in all.
+/// backoff (100 ms to 2 s), or after the `retry-after-ms` the server gave,
+/// `attempts` times in all.
 pub async fn as_station<T, Fut>(attempts: usize, call: impl FnMut() -> Fut) -> Result<T, tonic::Status>
 where
     Fut: Future<Output = Result<T, tonic::Status>>,
@@ -190,7 +191,11 @@ where
         .with_max_delay(Duration::from_secs(2))
         .with_jitter()
         .with_max_times(attempts.saturating_sub(1));
-    call.retry(backoff).when(retryable).await
+    call.retry(backoff)
+        .when(retryable)
+        // Only while attempts are left: `None` ends the retries.
+        .adjust(|status, wait| wait.map(|w| healthcode_rpc::retry_after(status).unwrap_or(w)))
+        .await
 }
 
 pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::Result<ReplayReport> {

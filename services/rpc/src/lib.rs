@@ -75,6 +75,13 @@ impl From<ServiceError> for Status {
     }
 }
 
+/// How long a refused caller was asked to wait (`retry-after-ms`), if the
+/// server said.
+pub fn retry_after(status: &Status) -> Option<Duration> {
+    let ms = status.metadata().get(RETRY_AFTER_MS)?.to_str().ok()?.parse().ok()?;
+    Some(Duration::from_millis(ms))
+}
+
 /// The caller's deadline from the `grpc-timeout` header (digits and a unit:
 /// H, M, S, m, u, n), if it sent one.
 pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
