@@ -180,8 +180,8 @@ fn retryable(status: &tonic::Status) -> bool {
 }
 
 /// Calls as a station does: retries what [`retryable`] allows with jittered
-/// backoff (100 ms to 2 s), or after the `retry-after-ms` the server gave,
-/// `attempts` times in all.
+/// backoff (100 ms to 2 s), waiting at least the `retry-after-ms` the server
+/// gave, `attempts` times in all.
 pub async fn as_station<T, Fut>(attempts: usize, call: impl FnMut() -> Fut) -> Result<T, tonic::Status>
 where
     Fut: Future<Output = Result<T, tonic::Status>>,
@@ -193,8 +193,10 @@ where
         .with_max_times(attempts.saturating_sub(1));
     call.retry(backoff)
         .when(retryable)
+        // At least what the server asked, and never less than the backoff:
+        // a short hint must not burn the attempts that ride out an outage.
         // Only while attempts are left: `None` ends the retries.
-        .adjust(|status, wait| wait.map(|w| healthcode_rpc::retry_after(status).unwrap_or(w)))
+        .adjust(|status, wait| wait.map(|w| healthcode_rpc::retry_after(status).map_or(w, |asked| asked.max(w))))
         .await
 }
 
@@ -483,5 +485,36 @@ mod tests {
         assert_eq!(latencies[0], Duration::from_millis(50));
         // Sent at 450 ms instead of 90 ms, done at 500 ms: 410 ms, not 50 ms.
         assert_eq!(latencies[9], Duration::from_millis(410));
+    }
+
+    /// A refusal carrying `retry-after-ms`.
+    fn refused(code: tonic::Code, ms: u64) -> tonic::Status {
+        let mut status = tonic::Status::new(code, "busy");
+        status.metadata_mut().insert(healthcode_rpc::RETRY_AFTER_MS, ms.to_string().parse().unwrap());
+        status
+    }
+
+    /// How long `as_station` takes when the first two calls are refused.
+    async fn time_to_succeed(refusal: tonic::Status) -> Duration {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        as_station(3, || {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let refusal = refusal.clone();
+            async move { if n < 2 { Err(refusal) } else { Ok(()) } }
+        })
+        .await
+        .unwrap();
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_station_waits_what_the_server_asks_and_never_less_than_its_backoff() {
+        // Asked for 3 s twice: at least 6 s, more than the backoff's own 2 s cap.
+        let asked = time_to_succeed(refused(tonic::Code::ResourceExhausted, 3_000)).await;
+        assert!(asked >= Duration::from_secs(6), "{asked:?}");
+        // A 1 ms hint does not shorten the backoff (at least 100 ms, then 200 ms).
+        let short = time_to_succeed(refused(tonic::Code::Unavailable, 1)).await;
+        assert!(short >= Duration::from_millis(300), "{short:?}");
     }
 }
