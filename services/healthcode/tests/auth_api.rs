@@ -259,7 +259,7 @@ async fn health_stays_open_and_metrics_are_for_ops() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn limits_shed_a_fast_caller_and_refuse_oversized_messages() {
+async fn limits_shed_a_fast_caller_and_refuse_oversized_and_undecodable_messages() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings::ephemeral(dir.path());
     settings.security.guard.rate_per_principal = std::num::NonZeroU32::new(3).unwrap();
@@ -267,7 +267,7 @@ async fn limits_shed_a_fast_caller_and_refuse_oversized_messages() {
     let app = App::start(Role::Up, settings).await.unwrap();
     let token = DevCredentials::at(&dir.path().join("credentials")).token(Caller::Station).unwrap();
     let channel = Endpoint::from_shared(format!("http://{}", app.grpc_addr.unwrap())).unwrap().connect().await.unwrap();
-    let mut lookup = LookupClient::new(channel);
+    let mut lookup = LookupClient::new(channel.clone());
     let get = || with_token(pb::GetStatusRequest { resident_id: "R-1".into() }, &token);
     let mut shed = None;
     for _ in 0..10 {
@@ -285,7 +285,26 @@ async fn limits_shed_a_fast_caller_and_refuse_oversized_messages() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let ids = (0..500).map(|i| format!("{i:0>200}")).collect();
     let status = lookup.batch_get_status(with_token(pb::BatchGetStatusRequest { resident_id: ids }, &token)).await;
-    assert_eq!(status.unwrap_err().code(), Code::OutOfRange, "a 100 KB request over a 64 KiB limit");
+    assert_eq!(status.unwrap_err().code(), Code::ResourceExhausted, "a 100 KB request over a 64 KiB limit");
+
+    // Bytes that are not the message (a Timestamp's varint where a string
+    // belongs): the caller's error, not the server's.
+    let mut raw = tonic::client::Grpc::new(channel.clone());
+    raw.ready().await.unwrap();
+    let not_a_request = with_token(healthcode_proto::Timestamp { seconds: 5, nanos: 0 }, &token);
+    let codec = tonic_prost::ProstCodec::<healthcode_proto::Timestamp, pb::ResidentStatus>::default();
+    let path = http::uri::PathAndQuery::from_static("/healthcode.v1.Lookup/GetStatus");
+    let refused = raw.unary(not_a_request, path, codec).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    // Both are counted with the calls the handlers answered.
+    let ops = DevCredentials::at(&dir.path().join("credentials")).token(Caller::Ops).unwrap();
+    let (_, metrics) = healthcode_loadtest::admin::http(app.admin_addr, "GET", "/metrics", Some(&ops)).await.unwrap();
+    for counted in [
+        r#"healthcode_grpc_requests_total{rpc="BatchGetStatus",code="RESOURCE_EXHAUSTED"}"#,
+        r#"healthcode_grpc_requests_total{rpc="GetStatus",code="INVALID_ARGUMENT"}"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted} missing from /metrics");
+    }
 
     // Without a credential the same request is refused on its headers: its
     // body is never read (else it would be refused for its size first).

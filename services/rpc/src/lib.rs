@@ -2,6 +2,7 @@
 //! metrics, and admission lanes.
 
 pub mod admission;
+pub mod codes;
 pub mod priority;
 
 pub use admission::{Lane, LaneConfig};

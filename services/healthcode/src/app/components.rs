@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use healthcode_auth::{Authenticate, Guard, Pseudonymizer, TokenRegistry};
+use healthcode_auth::{Authenticate, Guard, Pseudonymizer, Rpc, TokenRegistry};
 use healthcode_core::Validator;
 use healthcode_edge::EdgeService;
 use healthcode_edge::spool::Spool;
@@ -16,6 +16,7 @@ use healthcode_materializer::Materializer;
 use healthcode_proto::v1::ingest_server::IngestServer;
 use healthcode_proto::v1::lookup_server::LookupServer;
 use healthcode_rpc::LookupsFirst;
+use healthcode_rpc::codes::DecodeErrorsLayer;
 use healthcode_status_token::Signer;
 use healthcode_store::{EmbeddedStore, FaultyStore, StatusStore, StoreFaults};
 use healthcode_store_scylla::ScyllaStore;
@@ -241,7 +242,11 @@ impl Components {
         if let Some(tls) = tls_config(&self.settings.security)? {
             builder = builder.tls_config(tls).context("configuring TLS")?;
         }
+        // Requests tonic could not decode get RESOURCE_EXHAUSTED or
+        // INVALID_ARGUMENT, counted, instead of OUT_OF_RANGE or INTERNAL.
+        let grpc_method = |method: &str| Rpc::ALL.iter().map(|r| r.name()).find(|name| *name == method);
         let server = builder
+            .layer(DecodeErrorsLayer::new(grpc_method))
             .add_service(health)
             .add_service(reflection)
             .add_optional_service(ingest)
