@@ -105,6 +105,9 @@ impl KafkaConsumer {
     }
 }
 
+/// How long a rebuild waits for the partitions' end offsets.
+const WATERMARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub(crate) struct KafkaConsumer {
     consumer: StreamConsumer<ConsumerStats>,
     topic: String,
@@ -174,6 +177,28 @@ impl LogConsumer for KafkaConsumer {
                 Err(e) => return Err(unavailable(e)),
             }
         }
+        Ok(())
+    }
+
+    async fn end_offsets(&self) -> Result<Vec<Position>, LogError> {
+        // librdkafka's metadata and watermark calls block; a rebuild makes
+        // them once, before it reads.
+        let metadata = self.consumer.fetch_metadata(Some(&self.topic), WATERMARK_TIMEOUT).map_err(unavailable)?;
+        let partitions: Vec<i32> =
+            metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+        partitions
+            .into_iter()
+            .filter_map(|p| match self.consumer.fetch_watermarks(&self.topic, p, WATERMARK_TIMEOUT) {
+                // A partition with nothing left to read has no end to reach.
+                Ok((low, high)) if high <= low => None,
+                Ok((_, high)) => Some(Ok(Position { partition: p as u32, offset: high as u64 })),
+                Err(e) => Some(Err(unavailable(e))),
+            })
+            .collect()
+    }
+
+    /// The broker expires the offsets of a group nobody resumes.
+    async fn leave_group(&mut self) -> Result<(), LogError> {
         Ok(())
     }
 

@@ -40,6 +40,7 @@ macro_rules! event_log_conformance {
             closed_log_refuses_appends,
             dead_letters_keep_the_record_and_reason,
             pause_holds_records_until_resume,
+            end_offsets_mark_where_the_log_ends,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -242,4 +243,22 @@ impl LogFactory for EmbeddedLogFactory {
     async fn open(&self) -> Arc<dyn EventLog> {
         Arc::new(crate::EmbeddedLog::open(self.dir.path()).expect("open embedded log"))
     }
+}
+
+pub async fn end_offsets_mark_where_the_log_ends(factory: &impl LogFactory) {
+    let log = factory.open().await;
+    let mut consumer = log.consumer(&factory.group()).await.unwrap();
+    assert!(consumer.end_offsets().await.unwrap().is_empty(), "an empty log has no end to reach");
+    log.append((0..6).map(|n| record(["a", "b", "c"][n % 3], n)).collect()).await.unwrap();
+    let got = drain(consumer.as_mut(), 6).await;
+    assert_eq!(got.len(), 6);
+    let ends = consumer.end_offsets().await.unwrap();
+    let mut next: HashMap<u32, u64> = HashMap::new();
+    for d in &got {
+        let n = next.entry(d.position.partition).or_default();
+        *n = (*n).max(d.position.offset + 1);
+    }
+    let ends: HashMap<u32, u64> = ends.iter().map(|p| (p.partition, p.offset)).collect();
+    assert_eq!(ends, next, "each partition ends just past its last record");
+    log.close().await.unwrap();
 }

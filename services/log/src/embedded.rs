@@ -4,7 +4,9 @@
 //! Appends from many concurrent callers are gathered by one writer thread into
 //! a single write transaction, so one fsync acknowledges many events. A record
 //! is visible to consumers only after its transaction committed, so everything
-//! a consumer sees is durable. Records every group has committed are trimmed.
+//! a consumer sees is durable. What is trimmed depends on [`Retention`]: a
+//! spool forgets what every group has committed; the event log keeps its
+//! records for the retention window, so a lost store can be rebuilt from it.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -21,11 +23,35 @@ const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const GROUP_OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("group_offsets");
 /// Dead letters: sequence -> reason length (u32 LE), reason, encoded record.
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+/// One row per write transaction: its first offset -> (appended at, µs since
+/// the epoch; bytes of its records). What retention trims by.
+const SEGMENTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("segments");
+/// Running totals: `bytes` of the records kept.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Segments looked at per trim: bounds the work one commit does.
+const SEGMENTS_PER_TRIM: usize = 1024;
+
+/// What the log forgets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retention {
+    /// Records every group has committed (an edge spool).
+    UntilConsumed,
+    /// Records older than `window` (by append time: their facts have expired
+    /// too), and, while the records held exceed `max_bytes`, the oldest ones
+    /// that every group has committed. Unconsumed records within the window
+    /// are never trimmed.
+    Window { window: Duration, max_bytes: u64 },
+}
 
 /// Pending appends the writer takes into one transaction at most.
 const MAX_RECORDS_PER_TRANSACTION: usize = 20_000;
 /// Appends that may wait for the writer before callers are slowed down.
 const QUEUE_DEPTH: usize = 4_096;
+
+/// Microseconds since the epoch, as segments record their append.
+fn now_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
 
 fn storage<E: Into<redb::Error>>(e: E) -> LogError {
     LogError::storage_from("redb", e.into())
@@ -38,6 +64,7 @@ struct Append {
 
 pub struct EmbeddedLog {
     db: Arc<Database>,
+    retention: Retention,
     appends: Mutex<Option<mpsc::Sender<Append>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// The next offset to be written: every record below it is durable.
@@ -45,8 +72,14 @@ pub struct EmbeddedLog {
 }
 
 impl EmbeddedLog {
-    /// Opens (or creates) the log in `dir/log.redb`.
+    /// Opens (or creates) a log in `dir/log.redb` that forgets what every
+    /// group has committed (a spool).
     pub fn open(dir: &Path) -> Result<EmbeddedLog, LogError> {
+        Self::open_with(dir, Retention::UntilConsumed)
+    }
+
+    /// Opens (or creates) the log in `dir/log.redb`, trimmed by `retention`.
+    pub fn open_with(dir: &Path, retention: Retention) -> Result<EmbeddedLog, LogError> {
         std::fs::create_dir_all(dir).map_err(|e| LogError::storage_from(format!("creating {}", dir.display()), e))?;
         let db = Database::create(dir.join("log.redb")).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
@@ -54,6 +87,16 @@ impl EmbeddedLog {
             let records = txn.open_table(RECORDS).map_err(storage)?;
             txn.open_table(GROUP_OFFSETS).map_err(storage)?;
             txn.open_table(DEAD_LETTERS).map_err(storage)?;
+            txn.open_table(META).map_err(storage)?;
+            let mut segments = txn.open_table(SEGMENTS).map_err(storage)?;
+            // Records written before segments were kept: one segment of
+            // unknown size, as old as now (kept for a window from here).
+            if let Some((first, _)) = records.first().map_err(storage)? {
+                let covered = segments.first().map_err(storage)?.is_some_and(|(s, _)| s.value() <= first.value());
+                if !covered {
+                    segments.insert(first.value(), (now_micros(), 0)).map_err(storage)?;
+                }
+            }
             let last = records.last().map_err(storage)?;
             last.map(|(k, _)| k.value() + 1).unwrap_or(0)
         };
@@ -67,7 +110,7 @@ impl EmbeddedLog {
             .name("log-writer".into())
             .spawn(move || write_loop(&writer_db, rx, next, head_tx))
             .map_err(|e| LogError::storage_from("starting the log writer", e))?;
-        Ok(EmbeddedLog { db, appends: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), head })
+        Ok(EmbeddedLog { db, retention, appends: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), head })
     }
 }
 
@@ -109,13 +152,20 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Append>, mut next: u64, head
 fn write_batch(db: &Database, mut next: u64, batch: &[Append]) -> Result<(), LogError> {
     let txn = db.begin_write().map_err(storage)?;
     {
+        let first = next;
+        let mut bytes = 0u64;
         let mut table = txn.open_table(RECORDS).map_err(storage)?;
         let mut buf = Vec::new();
         for record in batch.iter().flat_map(|a| &a.records) {
             encode(record, &mut buf);
             table.insert(next, buf.as_slice()).map_err(storage)?;
+            bytes += buf.len() as u64;
             next += 1;
         }
+        txn.open_table(SEGMENTS).map_err(storage)?.insert(first, (now_micros(), bytes)).map_err(storage)?;
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        let held = meta.get("bytes").map_err(storage)?.map(|v| v.value()).unwrap_or(0);
+        meta.insert("bytes", held + bytes).map_err(storage)?;
     }
     txn.commit().map_err(storage)
 }
@@ -176,6 +226,7 @@ impl EventLog for EmbeddedLog {
         .map_err(|e| LogError::storage_from("a blocking task of the log failed", e))??;
         Ok(Box::new(EmbeddedConsumer {
             db: self.db.clone(),
+            retention: self.retention,
             group: group.to_owned(),
             next: committed,
             committed,
@@ -217,6 +268,7 @@ impl EventLog for EmbeddedLog {
 
 struct EmbeddedConsumer {
     db: Arc<Database>,
+    retention: Retention,
     group: String,
     next: u64,
     committed: u64,
@@ -264,9 +316,8 @@ impl LogConsumer for EmbeddedConsumer {
         if upto <= self.committed {
             return Ok(());
         }
-        let db = self.db.clone();
-        let group = self.group.clone();
-        tokio::task::spawn_blocking(move || commit_offset(&db, &group, upto))
+        let (db, group, retention) = (self.db.clone(), self.group.clone(), self.retention);
+        tokio::task::spawn_blocking(move || commit_offset(&db, &group, upto, retention))
             .await
             .map_err(|e| LogError::storage_from("a blocking task of the log failed", e))??;
         self.committed = upto;
@@ -275,6 +326,29 @@ impl LogConsumer for EmbeddedConsumer {
 
     fn lag(&self) -> Option<u64> {
         Some(self.head.borrow().saturating_sub(self.committed))
+    }
+
+    async fn end_offsets(&self) -> Result<Vec<Position>, LogError> {
+        let head = *self.head.borrow();
+        let db = self.db.clone();
+        let holds_records = tokio::task::spawn_blocking(move || -> Result<bool, LogError> {
+            let txn = db.begin_read().map_err(storage)?;
+            Ok(txn.open_table(RECORDS).map_err(storage)?.first().map_err(storage)?.is_some())
+        })
+        .await
+        .map_err(|e| LogError::storage_from("a blocking task of the log failed", e))??;
+        Ok(if holds_records { vec![Position { partition: 0, offset: head }] } else { Vec::new() })
+    }
+
+    async fn leave_group(&mut self) -> Result<(), LogError> {
+        let (db, group) = (self.db.clone(), self.group.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), LogError> {
+            let txn = db.begin_write().map_err(storage)?;
+            txn.open_table(GROUP_OFFSETS).map_err(storage)?.remove(group.as_str()).map_err(storage)?;
+            txn.commit().map_err(storage)
+        })
+        .await
+        .map_err(|e| LogError::storage_from("a blocking task of the log failed", e))?
     }
 
     async fn pause(&mut self) -> Result<(), LogError> {
@@ -320,7 +394,7 @@ fn read_range(db: &Database, from: u64, to: u64) -> Result<Vec<Delivered>, LogEr
     Ok(out)
 }
 
-fn commit_offset(db: &Database, group: &str, upto: u64) -> Result<(), LogError> {
+fn commit_offset(db: &Database, group: &str, upto: u64, retention: Retention) -> Result<(), LogError> {
     let mut txn = db.begin_write().map_err(storage)?;
     // No fsync of its own: the next append's commit persists it. An offset
     // lost in a crash only replays records, which the facts merge absorbs.
@@ -328,15 +402,53 @@ fn commit_offset(db: &Database, group: &str, upto: u64) -> Result<(), LogError> 
     {
         let mut offsets = txn.open_table(GROUP_OFFSETS).map_err(storage)?;
         offsets.insert(group, upto).map_err(storage)?;
-        // Trim what every group has consumed.
-        let mut min = u64::MAX;
+        let mut consumed = u64::MAX;
         for item in offsets.iter().map_err(storage)? {
-            min = min.min(item.map_err(storage)?.1.value());
+            consumed = consumed.min(item.map_err(storage)?.1.value());
         }
+        let trim_below = match retention {
+            Retention::UntilConsumed => consumed,
+            Retention::Window { window, max_bytes } => trim_segments(&txn, consumed, window, max_bytes)?,
+        };
         let mut records = txn.open_table(RECORDS).map_err(storage)?;
-        records.retain_in(..min, |_, _| false).map_err(storage)?;
+        records.retain_in(..trim_below, |_, _| false).map_err(storage)?;
     }
     txn.commit().map_err(storage)
+}
+
+/// Drops the oldest segments that retention lets go, oldest first, and
+/// returns the offset below which records go with them.
+fn trim_segments(
+    txn: &redb::WriteTransaction,
+    consumed: u64,
+    window: Duration,
+    max_bytes: u64,
+) -> Result<u64, LogError> {
+    let cutoff = now_micros().saturating_sub(window.as_micros() as u64);
+    let mut segments = txn.open_table(SEGMENTS).map_err(storage)?;
+    let mut meta = txn.open_table(META).map_err(storage)?;
+    let mut held = meta.get("bytes").map_err(storage)?.map(|v| v.value()).unwrap_or(0);
+    let oldest: Vec<(u64, (u64, u64))> = segments
+        .iter()
+        .map_err(storage)?
+        .take(SEGMENTS_PER_TRIM + 1)
+        .map(|item| item.map(|(k, v)| (k.value(), v.value())).map_err(storage))
+        .collect::<Result<_, _>>()?;
+    let mut trim_below = 0;
+    // A segment ends where the next begins; the newest one looked at stays.
+    for pair in oldest.windows(2) {
+        let ((start, (at, bytes)), (end, _)) = (pair[0], pair[1]);
+        let expired = at < cutoff;
+        let over = held > max_bytes && end <= consumed;
+        if !(expired || over) {
+            break;
+        }
+        segments.remove(start).map_err(storage)?;
+        held = held.saturating_sub(bytes);
+        trim_below = end;
+    }
+    meta.insert("bytes", held).map_err(storage)?;
+    Ok(trim_below)
 }
 
 #[cfg(test)]
@@ -358,5 +470,45 @@ mod tests {
     fn truncated_values_are_an_error_not_a_panic() {
         assert!(decode(&[1, 0]).is_err());
         assert!(decode(&[9, 0, 0, 0, 1]).is_err());
+    }
+
+    fn one(n: usize) -> Vec<Record> {
+        vec![Record { key: b"k".to_vec(), payload: vec![n as u8; 100] }]
+    }
+
+    /// Appends three records, one transaction (segment) each, lets `group`
+    /// consume the first `consumed`, and returns what a new group reads.
+    async fn kept_after(retention: Retention, consumed: usize) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open_with(dir.path(), retention).unwrap();
+        let mut group = log.consumer("materializer").await.unwrap();
+        for n in 0..3 {
+            log.append(one(n)).await.unwrap();
+        }
+        let read = group.poll(consumed, Duration::from_secs(5)).await.unwrap();
+        group.commit(&[read.last().unwrap().position]).await.unwrap();
+        let mut rebuild = log.consumer("rebuild").await.unwrap();
+        let kept = rebuild.poll(10, Duration::from_secs(5)).await.unwrap();
+        log.close().await.unwrap();
+        kept.iter().map(|d| d.record.payload[0]).collect()
+    }
+
+    #[tokio::test]
+    async fn the_event_log_keeps_consumed_records_for_its_window() {
+        let window = Retention::Window { window: Duration::from_secs(3600), max_bytes: u64::MAX };
+        assert_eq!(kept_after(window, 3).await, vec![0, 1, 2], "all consumed, all kept for a rebuild");
+        assert_eq!(kept_after(Retention::UntilConsumed, 2).await, vec![2], "a spool forgets what was consumed");
+    }
+
+    #[tokio::test]
+    async fn expired_records_go_and_size_trims_only_what_every_group_consumed() {
+        // Past the window: every segment but the newest goes, consumed or not.
+        let expired = Retention::Window { window: Duration::ZERO, max_bytes: u64::MAX };
+        assert_eq!(kept_after(expired, 1).await, vec![2]);
+        // Over the size bound: the oldest consumed segments go, never an
+        // unconsumed one.
+        let small = Retention::Window { window: Duration::from_secs(3600), max_bytes: 1 };
+        assert_eq!(kept_after(small, 1).await, vec![1, 2], "the consumed first one goes");
+        assert_eq!(kept_after(small, 2).await, vec![2], "then the second");
     }
 }

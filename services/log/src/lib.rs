@@ -13,7 +13,7 @@ use async_trait::async_trait;
 pub mod conformance;
 pub mod embedded;
 
-pub use embedded::EmbeddedLog;
+pub use embedded::{EmbeddedLog, Retention};
 
 /// A record to append: `key` keeps one resident's records together
 /// (one partition on Kafka), `payload` is an encoded `healthcode.v1.Event`.
@@ -122,4 +122,12 @@ pub trait LogConsumer: Send + Sync {
 
     /// Fetches again after [`LogConsumer::pause`]; nothing is skipped.
     async fn resume(&mut self) -> Result<(), LogError>;
+
+    /// Where the log ends now: the next offset of every partition that holds
+    /// records. A rebuild reads up to these.
+    async fn end_offsets(&self) -> Result<Vec<Position>, LogError>;
+
+    /// This group will not be resumed (a rebuild's own): the log may forget
+    /// its position and need not keep records for it.
+    async fn leave_group(&mut self) -> Result<(), LogError>;
 }

@@ -44,6 +44,12 @@ impl LogConsumer for Watched {
         self.resumes.fetch_add(1, Ordering::SeqCst);
         self.inner.resume().await
     }
+    async fn end_offsets(&self) -> Result<Vec<Position>, LogError> {
+        self.inner.end_offsets().await
+    }
+    async fn leave_group(&mut self) -> Result<(), LogError> {
+        self.inner.leave_group().await
+    }
 }
 
 fn negative(n: usize) -> Record {
