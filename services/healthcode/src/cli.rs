@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::app::{App, Role};
@@ -29,6 +30,9 @@ pub enum Command {
     Materializer(ServeArgs),
     /// Runs the Lookup service only.
     Lookup(ServeArgs),
+    /// Rebuilds every resident's facts from the event log into the store,
+    /// after the store was lost (stop `up` first on the embedded default).
+    Rebuild(ServeArgs),
     /// Submits a scan (as a scanning station would).
     Scan(client::ScanArgs),
     /// Submits a test result (as a lab would).
@@ -53,6 +57,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Edge(args) => return serve(Role::Edge, args).await,
         Command::Materializer(args) => return serve(Role::Materializer, args).await,
         Command::Lookup(args) => return serve(Role::Lookup, args).await,
+        Command::Rebuild(args) => rebuild(args).await,
         Command::Scan(args) => client::scan(args).await,
         Command::Test(args) => client::test(args).await,
         Command::Override(args) => client::override_event(args).await,
@@ -74,6 +79,20 @@ pub async fn run(cli: Cli) -> ExitCode {
 
 fn closed_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+async fn rebuild(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = args.resolve().context("invalid configuration")?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.cancel();
+    });
+    let caught = crate::app::rebuild(settings, stop).await?;
+    let rate = caught.records as f64 / caught.seconds.max(1e-9);
+    client::out!("rebuilt from {} log records in {:.1} s ({rate:.0} records/s)", caught.records, caught.seconds)?;
+    Ok(())
 }
 
 async fn serve(role: Role, args: ServeArgs) -> ExitCode {

@@ -123,6 +123,7 @@ const SAMPLES: &[(&str, &[&str])] = &[
     ("fault_injection = true", &[]),
     ("dedup_capacity = 19", &[]),
     ("ingest_yields = false", &[]),
+    ("log_max_bytes = 31", &[]),
     ("ingest_yield_lag = \"7ms\"", &[]),
     ("ingest_yield_min_rate = 29", &[]),
     ("materializer_batch = 23", &[]),

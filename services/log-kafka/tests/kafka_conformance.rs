@@ -39,6 +39,15 @@ impl LogFactory for KafkaLogFactory {
     fn group(&self) -> String {
         self.group.clone()
     }
+
+    fn cannot_run(&self, case: &str) -> Option<&'static str> {
+        // Measured: after 4 records in one produce batch, tansu answered a
+        // high watermark of 1 (the batch's base offset + 1), Apache Kafka 4.
+        let tansu = matches!(self.broker, TestBroker::Tansu(_));
+        (tansu && case == "end_offsets_mark_where_the_log_ends").then_some(
+            "tansu reports a partition's end as its last batch's base offset + 1; Apache Kafka runs this case",
+        )
+    }
 }
 
 healthcode_log::event_log_conformance!(KafkaLogFactory::start());

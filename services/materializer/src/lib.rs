@@ -52,6 +52,17 @@ impl Default for MaterializerConfig {
 pub enum MaterializerError {
     #[error(transparent)]
     Log(#[from] LogError),
+    /// Shutdown came before a rebuild reached the log's end.
+    #[error("stopped before reaching the end of the log")]
+    Interrupted,
+}
+
+/// What a rebuild read and how long it took.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CaughtUp {
+    /// Log records merged (or set aside as poison).
+    pub records: u64,
+    pub seconds: f64,
 }
 
 pub struct Materializer {
@@ -111,30 +122,72 @@ impl Materializer {
     /// (merged and committed) unless the store is failing at that moment.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), MaterializerError> {
         while !shutdown.is_cancelled() {
-            let batch = tokio::select! {
-                batch = self.gather() => batch?,
-                _ = shutdown.cancelled() => break,
-            };
-            if let Some(lag) = self.consumer.lag() {
-                metrics::gauge!("healthcode_materializer_lag_records").set(lag as f64);
-            }
-            if batch.is_empty() {
-                continue;
-            }
-            let Some(poison) = self.apply(&batch, &shutdown).await else { break };
-            for (index, reason) in poison {
-                if !self.dead_letter(&batch[index], &reason, &shutdown).await {
-                    return Ok(());
-                }
-            }
-            let positions: Vec<Position> = batch.iter().map(|d| d.position).collect();
-            self.consumer.commit(&last_per_partition(&positions)).await?;
-            if let Some(lag) = self.consumer.lag() {
-                metrics::gauge!("healthcode_materializer_lag_records").set(lag as f64);
+            if self.step(&shutdown).await?.is_none() {
+                break;
             }
         }
         tracing::info!("materializer stopped");
         Ok(())
+    }
+
+    /// Rebuilds: merges every record from the group's position (a new
+    /// group starts at the oldest record kept) up to where the log ends
+    /// when it starts, then leaves the group. Events that arrive meanwhile
+    /// are the running materializer's; merging them twice changes nothing.
+    pub async fn catch_up(mut self, shutdown: CancellationToken) -> Result<CaughtUp, MaterializerError> {
+        let started = Instant::now();
+        let mut left: HashMap<u32, u64> =
+            self.consumer.end_offsets().await?.into_iter().map(|p| (p.partition, p.offset)).collect();
+        let total: u64 = left.values().sum();
+        let mut caught = CaughtUp::default();
+        while !left.is_empty() {
+            if shutdown.is_cancelled() {
+                return Err(MaterializerError::Interrupted);
+            }
+            let Some(batch) = self.step(&shutdown).await? else {
+                return Err(MaterializerError::Interrupted);
+            };
+            caught.records += batch.len() as u64;
+            for p in batch {
+                if left.get(&p.partition).is_some_and(|end| p.offset + 1 >= *end) {
+                    left.remove(&p.partition);
+                }
+            }
+            if caught.records % 100_000 < self.config.batch_size as u64 {
+                tracing::info!(records = caught.records, of_at_most = total, "rebuilding");
+            }
+        }
+        self.consumer.leave_group().await?;
+        caught.seconds = started.elapsed().as_secs_f64();
+        Ok(caught)
+    }
+
+    /// Gathers one batch, merges it, sets its poison aside and commits it.
+    /// Returns the positions committed (none when nothing came), or `None`
+    /// when shutdown interrupted it.
+    async fn step(&mut self, shutdown: &CancellationToken) -> Result<Option<Vec<Position>>, MaterializerError> {
+        let batch = tokio::select! {
+            batch = self.gather() => batch?,
+            _ = shutdown.cancelled() => return Ok(None),
+        };
+        if let Some(lag) = self.consumer.lag() {
+            metrics::gauge!("healthcode_materializer_lag_records").set(lag as f64);
+        }
+        if batch.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let Some(poison) = self.apply(&batch, shutdown).await else { return Ok(None) };
+        for (index, reason) in poison {
+            if !self.dead_letter(&batch[index], &reason, shutdown).await {
+                return Ok(None);
+            }
+        }
+        let positions: Vec<Position> = batch.iter().map(|d| d.position).collect();
+        self.consumer.commit(&last_per_partition(&positions)).await?;
+        if let Some(lag) = self.consumer.lag() {
+            metrics::gauge!("healthcode_materializer_lag_records").set(lag as f64);
+        }
+        Ok(Some(positions))
     }
 
     /// Up to `batch_size` records: waits `poll_wait` for the first, then

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use healthcode_auth::{Authenticate, Guard, Pseudonymizer, Rpc, TokenRegistry};
-use healthcode_core::Validator;
+use healthcode_core::{UnixMicros, Validator};
 use healthcode_edge::EdgeService;
 use healthcode_edge::spool::Spool;
-use healthcode_log::{EmbeddedLog, EventLog};
+use healthcode_log::{EmbeddedLog, EventLog, Retention};
 use healthcode_log_kafka::KafkaLog;
 use healthcode_lookup::LookupService;
-use healthcode_materializer::Materializer;
+use healthcode_materializer::{CaughtUp, Materializer};
 use healthcode_proto::v1::ingest_server::IngestServer;
 use healthcode_proto::v1::lookup_server::LookupServer;
 use healthcode_rpc::LookupsFirst;
@@ -169,6 +169,19 @@ impl Components {
         Ok(Some(finished))
     }
 
+    /// Re-materialises every resident from the log: a consumer group of
+    /// its own reads from the oldest record kept to where the log ends now.
+    pub(super) async fn rebuild(&self) -> anyhow::Result<CaughtUp> {
+        let (Some(log), Some(store)) = (&self.log, &self.store) else {
+            anyhow::bail!("a rebuild needs the event log and the store");
+        };
+        let group = format!("{}-rebuild-{}", self.settings.materializer.group, UnixMicros::now().0);
+        let consumer = log.consumer(&group).await?;
+        let config = self.settings.materializer.clone();
+        let materializer = Materializer::new(consumer, store.clone(), self.validator.clone(), config);
+        Ok(materializer.catch_up(self.shutdown.clone()).await?)
+    }
+
     /// The edge's spool and its drainer into the log.
     pub(super) async fn start_spool(&self) -> anyhow::Result<(Option<Arc<Spool>>, Option<JoinHandle<()>>)> {
         let (Some(log), Some(capacity)) = (&self.log, self.settings.edge.spool_capacity) else {
@@ -270,8 +283,11 @@ async fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
     match settings.log {
         LogBackend::Embedded => {
             let dir = settings.data_dir.join("log");
+            // Kept for the retention window, so a lost store can be rebuilt.
+            let retention = Retention::Window { window: settings.limits.retention, max_bytes: settings.log_max_bytes };
             Ok(Arc::new(
-                EmbeddedLog::open(&dir).with_context(|| format!("opening the event log in {}", dir.display()))?,
+                EmbeddedLog::open_with(&dir, retention)
+                    .with_context(|| format!("opening the event log in {}", dir.display()))?,
             ))
         }
         LogBackend::Kafka => Ok(Arc::new(

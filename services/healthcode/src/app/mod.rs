@@ -20,6 +20,7 @@ use crate::admin::{self, Readiness};
 use crate::config::Settings;
 use crate::telemetry;
 use components::Components;
+pub use healthcode_materializer::CaughtUp;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -105,6 +106,23 @@ impl App {
         self.shutdown.cancel();
         self.supervisor.await?
     }
+}
+
+/// Re-materialises every resident from the event log into the store, after
+/// the store was lost; `stop` interrupts it. On the embedded log and store
+/// no server may run on the same data directory meanwhile.
+pub async fn rebuild(settings: Settings, stop: CancellationToken) -> anyhow::Result<CaughtUp> {
+    let c = Components::open(Role::Materializer, settings).await?;
+    let forward = c.shutdown.clone();
+    let _stop = tokio::spawn(async move {
+        stop.cancelled().await;
+        forward.cancel();
+    });
+    let caught = c.rebuild().await;
+    if let Some(log) = &c.log {
+        log.close().await.context("closing the event log")?;
+    }
+    caught
 }
 
 /// The admin address always; the gRPC address for the edge and the lookup.

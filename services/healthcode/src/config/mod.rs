@@ -76,6 +76,11 @@ pub struct ServeArgs {
     /// Event log backend [default: embedded]
     #[arg(long, env = "HEALTHCODE_LOG", value_enum)]
     pub log: Option<LogBackend>,
+    /// Most bytes of records the embedded log keeps; past it, the oldest
+    /// records every consumer has read go before their retention window
+    /// ends (a rebuild then cannot restore what they held) [default: 68719476736]
+    #[arg(long, env = "HEALTHCODE_LOG_MAX_BYTES")]
+    pub log_max_bytes: Option<u64>,
     /// Facts store backend [default: embedded]
     #[arg(long, env = "HEALTHCODE_STORE", value_enum)]
     pub store: Option<StoreBackend>,
@@ -114,6 +119,10 @@ pub struct ServeArgs {
     pub security: SecurityArgs,
 }
 
+/// 64 GiB: about ten days of a 13-million city's events (about 130 bytes
+/// each, some 52 million a day); docs/operations.md sizes it.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 64 << 30;
+
 /// Resolved settings of a serving process.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -121,6 +130,8 @@ pub struct Settings {
     pub admin_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub log: LogBackend,
+    /// The embedded log's size bound (its time bound is the retention window).
+    pub log_max_bytes: u64,
     pub store: StoreBackend,
     pub policy: Policy,
     pub limits: Limits,
@@ -177,6 +188,7 @@ impl ServeArgs {
             grpc_addr: self.grpc_addr.unwrap_or(([127, 0, 0, 1], 50051).into()),
             admin_addr: self.admin_addr.unwrap_or(([127, 0, 0, 1], 9090).into()),
             log,
+            log_max_bytes: self.log_max_bytes.unwrap_or(DEFAULT_LOG_MAX_BYTES),
             store,
             edge: self.ingest.into_config(),
             fault_injection: self.fault_injection.unwrap_or(false),
