@@ -281,6 +281,9 @@ mod tests {
         async fn purge_expired(&self) -> Result<u64, StoreError> {
             Ok(0)
         }
+        async fn scan(&self, _: Option<String>, _: usize) -> Result<healthcode_store::ScanPage, StoreError> {
+            unreachable!("lookups never scan")
+        }
     }
 
     #[tokio::test]

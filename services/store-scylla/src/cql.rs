@@ -212,6 +212,15 @@ impl Cql {
         )
     }
 
+    /// Binds: the token to start after, the page size. The residents in
+    /// token order: a scan of the whole ring, page by page.
+    pub fn scan_residents(&self) -> String {
+        format!(
+            "SELECT DISTINCT token(resident), resident FROM {}.resident_facts WHERE token(resident) > ? LIMIT ?",
+            self.keyspace
+        )
+    }
+
     /// Binds: resident. One single-partition read per resident.
     pub fn read_facts(&self) -> String {
         format!(

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use healthcode_core::{Facts, UnixMicros};
-use healthcode_store::{FactsUpdate, StatusStore, StoreError, retained};
+use healthcode_store::{FactsUpdate, ScanPage, StatusStore, StoreError, retained};
 use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -41,6 +41,7 @@ type ReadRow =
 pub struct ScyllaStore {
     session: Session,
     read: PreparedStatement,
+    scan: PreparedStatement,
     registers: [PreparedStatement; 4],
     /// Rows with a payload (overrides) and without (negatives).
     row: PreparedStatement,
@@ -129,6 +130,7 @@ impl ScyllaStore {
             }
         };
         let read = prepare_fact(cql.read_facts(), &read_profile).await?;
+        let scan = prepare_fact(cql.scan_residents(), &read_profile).await?;
         let mut registers = Vec::with_capacity(Register::ALL.len());
         for register in Register::ALL {
             registers.push(prepare_fact(cql.write_register(register), &write_profile).await?);
@@ -145,6 +147,7 @@ impl ScyllaStore {
         Ok(ScyllaStore {
             session,
             read,
+            scan,
             registers: registers.try_into().expect("one statement per register"),
             row,
             bare_row,
@@ -320,6 +323,37 @@ impl StatusStore for ScyllaStore {
         let facts = stream::iter(reads).buffered(self.config.read_concurrency).try_collect().await;
         metrics::histogram!("healthcode_store_read_seconds", "store" => "scylla").record(started.elapsed());
         facts
+    }
+
+    async fn scan(&self, cursor: Option<String>, limit: usize) -> Result<ScanPage, StoreError> {
+        // The cursor is the last token read; Murmur3 tokens start above i64::MIN.
+        let after: i64 = match cursor {
+            Some(c) => c.parse().map_err(|_| StoreError::storage(format!("not a scan cursor: {c}")))?,
+            None => i64::MIN,
+        };
+        let limit = limit.clamp(1, i32::MAX as usize);
+        let result = self
+            .session
+            .execute_unpaged(&self.scan, (after, limit as i32))
+            .await
+            .map_err(|e| store_error("read", &e))?;
+        let rows = result.into_rows_result().map_err(|e| StoreError::storage_from("scanning residents", e))?;
+        let keys: Vec<(i64, String)> = rows
+            .rows::<(i64, String)>()
+            .map_err(|e| StoreError::storage_from("facts table has unexpected columns", e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::storage_from("undecodable resident key", e))?;
+        let now = UnixMicros::now();
+        let reads: Vec<_> = keys.iter().map(|(_, r)| self.read_resident(r, now)).collect();
+        let facts: Vec<Option<Facts>> =
+            stream::iter(reads).buffered(self.config.read_concurrency).try_collect().await?;
+        let next = keys.last().filter(|_| keys.len() == limit).map(|(token, _)| token.to_string());
+        let residents = keys
+            .into_iter()
+            .zip(facts)
+            .filter_map(|((_, resident), facts)| facts.map(|facts| FactsUpdate { resident, facts }))
+            .collect();
+        Ok(ScanPage { residents, next })
     }
 
     /// Every cell carries its TTL: ScyllaDB expires facts by itself.

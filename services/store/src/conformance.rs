@@ -33,6 +33,7 @@ macro_rules! status_store_conformance {
             merging_twice_equals_merging_once,
             merge_order_does_not_matter,
             many_residents_in_one_merge,
+            a_scan_pages_through_every_resident_once,
             facts_survive_reopen,
             expired_facts_are_neither_read_nor_kept,
             each_fact_expires_on_its_own,
@@ -225,6 +226,32 @@ pub async fn many_residents_in_one_merge(factory: &impl StoreFactory) {
     let got = store.get_many(&residents).await.unwrap();
     for (i, facts) in got.into_iter().enumerate() {
         assert_eq!(facts, Some(negative(i as i64)), "resident {i}");
+    }
+}
+
+pub async fn a_scan_pages_through_every_resident_once(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let residents: Vec<String> = (0..50).map(|i| factory.resident(&format!("scan-{i}"))).collect();
+    let updates: Vec<_> = residents.iter().enumerate().map(|(i, r)| update(r, negative(i as i64))).collect();
+    store.merge(updates.into()).await.unwrap();
+    // Small pages: the cursor is used many times. (The store may hold
+    // other cases' residents too.)
+    let (mut seen, mut cursor, mut pages) = (std::collections::HashMap::new(), None, 0);
+    loop {
+        let page = store.scan(cursor.take(), 7).await.unwrap();
+        assert!(page.residents.len() <= 7, "a page holds at most its limit");
+        for u in page.residents {
+            assert!(seen.insert(u.resident.clone(), u.facts).is_none(), "{} seen twice", u.resident);
+        }
+        pages += 1;
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert!(pages >= 8, "50 residents in pages of 7: {pages} pages");
+    for (i, r) in residents.iter().enumerate() {
+        assert_eq!(seen.get(r), Some(&negative(i as i64)), "resident {i} in the scan with its facts");
     }
 }
 

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use healthcode_core::{Facts, UnixMicros};
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::{FactsUpdate, StatusStore, StoreError, retained};
+use crate::{FactsUpdate, ScanPage, StatusStore, StoreError, retained};
 
 const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
 /// Version 2 added the override audit trail (and notes) to the facts.
@@ -140,6 +140,36 @@ impl StatusStore for EmbeddedStore {
                     None => Ok(None),
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn scan(&self, cursor: Option<String>, limit: usize) -> Result<ScanPage, StoreError> {
+        let retention = self.retention;
+        self.blocking(move |db| {
+            let now = UnixMicros::now();
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(FACTS).map_err(storage)?;
+            let range = match &cursor {
+                Some(after) => {
+                    table.range::<&str>((std::ops::Bound::Excluded(after.as_str()), std::ops::Bound::Unbounded))
+                }
+                None => table.range::<&str>(..),
+            }
+            .map_err(storage)?;
+            let limit = limit.max(1);
+            let (mut page, mut read, mut last) = (ScanPage::default(), 0, None);
+            for entry in range.take(limit) {
+                let (key, value) = entry.map_err(storage)?;
+                let resident = key.value().to_owned();
+                if let Some(facts) = retained(&decode_facts(value.value())?, retention, now) {
+                    page.residents.push(FactsUpdate { resident: resident.clone(), facts });
+                }
+                (read, last) = (read + 1, Some(resident));
+            }
+            // A short page is the last one.
+            page.next = last.filter(|_| read == limit);
+            Ok(page)
         })
         .await
     }

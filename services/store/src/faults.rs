@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use healthcode_core::Facts;
 
-use crate::{FactsUpdate, StatusStore, StoreError};
+use crate::{FactsUpdate, ScanPage, StatusStore, StoreError};
 
 /// The switches of a [`FaultyStore`], shared with whoever injects faults.
 #[derive(Debug, Default)]
@@ -76,6 +76,11 @@ impl StatusStore for FaultyStore {
     async fn merge(&self, updates: Arc<[FactsUpdate]>) -> Result<(), StoreError> {
         self.faults.enter().await?;
         self.inner.merge(updates).await
+    }
+
+    async fn scan(&self, cursor: Option<String>, limit: usize) -> Result<ScanPage, StoreError> {
+        self.faults.enter().await?;
+        self.inner.scan(cursor, limit).await
     }
 
     async fn get(&self, resident: &str) -> Result<Option<Facts>, StoreError> {

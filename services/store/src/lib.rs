@@ -80,11 +80,25 @@ pub trait StatusStore: Send + Sync + 'static {
     /// The facts of many residents, in the order asked.
     async fn get_many(&self, residents: &[String]) -> Result<Vec<Option<Facts>>, StoreError>;
 
+    /// One page of every resident's facts, in the store's own order,
+    /// starting after `cursor` (`None`: from the start). Residents whose
+    /// facts retention has emptied are left out. For whole-city questions
+    /// (a policy's shadow evaluation), never for lookups.
+    async fn scan(&self, cursor: Option<String>, limit: usize) -> Result<ScanPage, StoreError>;
+
     /// Deletes the facts past retention (see [`retained`]); how many
     /// residents' facts it deleted or shrank.
     /// Reads never return such facts, purged or not. Stores that expire data
     /// by themselves (TTL) have nothing to do here.
     async fn purge_expired(&self) -> Result<u64, StoreError>;
+}
+
+/// A page of a [`StatusStore::scan`].
+#[derive(Clone, Debug, Default)]
+pub struct ScanPage {
+    pub residents: Vec<FactsUpdate>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<String>,
 }
 
 /// What retention keeps of stored facts at `now`: each fact lives for the
