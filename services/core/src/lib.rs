@@ -7,6 +7,7 @@ pub mod event;
 pub mod facts;
 pub mod policy;
 pub mod record;
+pub mod shadow;
 pub mod time;
 pub mod validation;
 pub mod wire;

@@ -6,7 +6,7 @@ use crate::event::Color;
 use crate::facts::{Facts, NEGATIVES_KEPT};
 use crate::time::UnixMicros;
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {
     NegativeTestValid,
     NoValidTest,

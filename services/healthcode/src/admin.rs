@@ -1,5 +1,6 @@
 //! Admin HTTP: `/metrics` (Prometheus, ops role), `/live` (the process runs),
-//! `/ready` (it can serve: stores open, listeners bound, not shutting down).
+//! `/ready` (it can serve: stores open, listeners bound, not shutting down),
+//! `POST /policy/diff` (ops role; a candidate policy file as the body).
 //! Probes stay open, like the gRPC health service.
 
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use axum::routing::{get, post};
 use healthcode_auth::{Guard, Rpc};
 use healthcode_rpc::ServiceError;
 use healthcode_store::StoreFaults;
+
+use crate::policy_diff::ShadowRules;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +40,7 @@ struct AdminState {
     guard: Arc<Guard>,
     store_faults: Option<Arc<StoreFaults>>,
     readiness: Readiness,
+    shadow: Option<Arc<ShadowRules>>,
 }
 
 /// The ops role's check for an admin endpoint; the refusal as a response.
@@ -78,14 +82,44 @@ async fn store_fault(State(s): State<AdminState>, Path(state): Path<String>, hea
     }
 }
 
+/// `POST /policy/diff`: the candidate policy file in the body; the diff as
+/// JSON. A bad file is a 400 that names the key.
+async fn policy_diff(State(s): State<AdminState>, headers: HeaderMap, body: String) -> Response {
+    if let Err(refused) = ops_only(&s, &headers) {
+        return refused.into_response();
+    }
+    let Some(shadow) = &s.shadow else {
+        return (StatusCode::NOT_FOUND, "this process has no store and no rules (run it on up or lookup)\n")
+            .into_response();
+    };
+    let candidate = match crate::config::parse_policy(&body) {
+        Ok(candidate) => candidate,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e:#}\n")).into_response(),
+    };
+    match shadow.diff(&candidate).await {
+        Ok(report) => match serde_json::to_string_pretty(&report) {
+            Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json + "\n").into_response(),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        },
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("the store failed during the diff: {e}\n")).into_response(),
+    }
+}
+
+/// What the admin port serves besides metrics and probes.
+pub struct AdminParts {
+    pub guard: Arc<Guard>,
+    pub store_faults: Option<Arc<StoreFaults>>,
+    pub shadow: Option<Arc<ShadowRules>>,
+}
+
 pub async fn serve(
     listener: TcpListener,
     metrics: PrometheusHandle,
-    guard: Arc<Guard>,
-    store_faults: Option<Arc<StoreFaults>>,
+    parts: AdminParts,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let AdminParts { guard, store_faults, shadow } = parts;
     // Histograms are drained into buckets by upkeep; run it between scrapes too.
     let upkeep = metrics.clone();
     let upkeep_stop = shutdown.clone();
@@ -101,6 +135,7 @@ pub async fn serve(
     let router = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/faults/store/{state}", post(store_fault))
+        .route("/policy/diff", post(policy_diff))
         .route("/live", get(|| async { "live\n" }))
         .route(
             "/ready",
@@ -112,6 +147,6 @@ pub async fn serve(
                 }
             }),
         )
-        .with_state(AdminState { metrics, guard, store_faults, readiness });
+        .with_state(AdminState { metrics, guard, store_faults, readiness, shadow });
     axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }

@@ -45,6 +45,9 @@ pub enum Command {
     VerifyToken(client::VerifyTokenArgs),
     /// Lists the overrides on record for a resident (authority role).
     Overrides(client::OverridesArgs),
+    /// Rule changes: evaluate a candidate policy beside the one in force.
+    #[command(subcommand)]
+    Policy(client::PolicyCommand),
     /// Issues bearer tokens and client certificates.
     #[command(subcommand)]
     Credentials(client::CredentialsCommand),
@@ -65,6 +68,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Overrides(args) => client::overrides(args).await,
         Command::VerifyToken(args) => client::verify_token(args),
         Command::Credentials(command) => client::credentials(command),
+        Command::Policy(command) => client::policy(command).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

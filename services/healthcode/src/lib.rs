@@ -9,4 +9,5 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod credentials;
+pub mod policy_diff;
 pub mod telemetry;

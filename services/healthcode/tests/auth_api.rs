@@ -293,7 +293,7 @@ async fn limits_shed_a_fast_caller_and_refuse_oversized_and_undecodable_messages
     raw.ready().await.unwrap();
     let not_a_request = with_token(healthcode_proto::Timestamp { seconds: 5, nanos: 0 }, &token);
     let codec = tonic_prost::ProstCodec::<healthcode_proto::Timestamp, pb::ResidentStatus>::default();
-    let path = http::uri::PathAndQuery::from_static("/healthcode.v1.Lookup/GetStatus");
+    let path = axum::http::uri::PathAndQuery::from_static("/healthcode.v1.Lookup/GetStatus");
     let refused = raw.unary(not_a_request, path, codec).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     // Both are counted with the calls the handlers answered.

@@ -91,6 +91,8 @@ fn every_flag_keeps_its_name_environment_variable_and_help() {
 
 /// Stands for a password file the test writes.
 const PASSWORD: &str = "{password}";
+/// Replaced by the path of a policy file the test writes.
+const POLICY: &str = "{policy}";
 
 /// One sample value per serving setting, as a config-file line, with the
 /// other flags it needs to be valid. Each must differ from the default.
@@ -124,6 +126,7 @@ const SAMPLES: &[(&str, &[&str])] = &[
     ("dedup_capacity = 19", &[]),
     ("ingest_yields = false", &[]),
     ("log_max_bytes = 31", &[]),
+    ("policy = \"{policy}\"", &[]),
     ("ingest_yield_lag = \"7ms\"", &[]),
     ("ingest_yield_min_rate = 29", &[]),
     ("materializer_batch = 23", &[]),
@@ -196,9 +199,13 @@ fn every_serving_setting_means_the_same_from_flag_environment_and_file() {
     let password = dir.path().join("scylla.password");
     std::fs::write(&password, "secret\n").unwrap();
     let password = password.display().to_string();
+    let policy = dir.path().join("rules-v9.toml");
+    std::fs::write(&policy, "version = \"v9\"\nnegative_valid_for = \"36h\"\nnegatives_to_clear_positive = 1\n")
+        .unwrap();
+    let policy = policy.display().to_string();
     let mut covered = Vec::new();
     for (sample, extra) in SAMPLES {
-        let sample = sample.replace(PASSWORD, &password);
+        let sample = sample.replace(PASSWORD, &password).replace(POLICY, &policy);
         let (key, value) = split(&sample);
         let flag = format!("--{}", key.replace('_', "-"));
         let extra: Vec<String> = extra.iter().map(|s| s.replace(PASSWORD, &password)).collect();

@@ -20,6 +20,9 @@ use healthcode_rpc::codes::DecodeErrorsLayer;
 use healthcode_status_token::Signer;
 use healthcode_store::{EmbeddedStore, FaultyStore, StatusStore, StoreFaults};
 use healthcode_store_scylla::ScyllaStore;
+
+use crate::config::VersionedPolicy;
+use crate::policy_diff::ShadowRules;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -180,6 +183,14 @@ impl Components {
         let config = self.settings.materializer.clone();
         let materializer = Materializer::new(consumer, store.clone(), self.validator.clone(), config);
         Ok(materializer.catch_up(self.shutdown.clone()).await?)
+    }
+
+    /// What a policy diff needs, where this process answers lookups.
+    pub(super) fn shadow_rules(&self) -> Option<Arc<ShadowRules>> {
+        let store = self.store.clone().filter(|_| self.role.lookup())?;
+        let current =
+            VersionedPolicy { version: self.settings.policy_version.clone(), policy: self.settings.policy.clone() };
+        Some(Arc::new(ShadowRules { store, current }))
     }
 
     /// The edge's spool and its drainer into the log.

@@ -79,14 +79,12 @@ impl App {
             None => None,
         };
         let readiness = Readiness::default();
-        let admin = tokio::spawn(admin::serve(
-            admin_listener,
-            metrics,
-            c.guard.clone(),
-            c.store_faults.clone(),
-            readiness.clone(),
-            c.shutdown.clone(),
-        ));
+        let parts = admin::AdminParts {
+            guard: c.guard.clone(),
+            store_faults: c.store_faults.clone(),
+            shadow: c.shadow_rules(),
+        };
+        let admin = tokio::spawn(admin::serve(admin_listener, metrics, parts, readiness.clone(), c.shutdown.clone()));
         readiness.set(true);
 
         let running = Running { grpc, drainer, materializer, log: c.log.clone(), spool, admin };

@@ -4,6 +4,7 @@
 //! they share: where the service is and how to reach it.
 
 mod credentials;
+mod policy;
 mod read;
 mod submit;
 
@@ -21,6 +22,7 @@ use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub use credentials::{CredentialsCommand, InitArgs, IssueArgs, credentials};
+pub use policy::{DiffArgs, PolicyCommand, policy};
 pub use read::{OverridesArgs, StatusArgs, VerifyTokenArgs, overrides, status, verify_token};
 pub use submit::{
     ColorArg, OutcomeArg, OverrideArgs, ScanArgs, ScanKindArg, TestArgs, TestKindArg, override_event, scan, test,

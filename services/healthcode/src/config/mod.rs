@@ -31,7 +31,7 @@ use serde::Deserialize;
 pub use ingest::{IngestArgs, MaterializerArgs};
 pub use kafka::KafkaArgs;
 pub use lookup::LookupArgs;
-pub use rules::RulesArgs;
+pub use rules::{RulesArgs, VersionedPolicy, parse_policy};
 pub use scylla::ScyllaArgs;
 pub use security::{Security, SecurityArgs, Tls};
 
@@ -134,6 +134,8 @@ pub struct Settings {
     pub log_max_bytes: u64,
     pub store: StoreBackend,
     pub policy: Policy,
+    /// The name of the rules in force: the policy file's `version`, or `built-in`.
+    pub policy_version: String,
     pub limits: Limits,
     pub lookup: LookupConfig,
     pub edge: EdgeConfig,
@@ -179,7 +181,8 @@ impl ServeArgs {
     }
 
     fn into_settings(self) -> anyhow::Result<Settings> {
-        let (policy, limits) = self.rules.into_config()?;
+        let (versioned, limits) = self.rules.into_config()?;
+        let (policy, policy_version) = (versioned.policy, versioned.version);
         let lookup = self.lookup.into_config();
         let log = self.log.unwrap_or(LogBackend::Embedded);
         let store = self.store.unwrap_or(StoreBackend::Embedded);
@@ -198,6 +201,7 @@ impl ServeArgs {
             security: self.security.into_config(&data_dir)?,
             data_dir,
             policy,
+            policy_version,
             limits,
             lookup,
         })
