@@ -23,6 +23,10 @@ negative_valid_for = "24h"
 negatives_to_clear_positive = 1
 "#;
 
+/// A group of residents: its name, how many, their tests (outcome, hours
+/// ago) and the colors (now, candidate) the documented rules give them.
+type Group = (&'static str, usize, Vec<(pb::TestOutcome, i64)>, (&'static str, &'static str));
+
 fn test_event(resident: &str, n: usize, outcome: pb::TestOutcome, sampled: UnixMicros) -> pb::Event {
     pb::Event {
         kind: Some(pb::event::Kind::TestResult(pb::TestResultEvent {
@@ -51,7 +55,7 @@ async fn a_candidate_policy_is_counted_per_transition_on_a_live_server() {
     // Groups of residents, each with the colors the documented rules give
     // now under the rules in force (48 h, two negatives clear a positive)
     // and under the candidate (24 h, one negative).
-    let groups: [(&str, usize, Vec<(pb::TestOutcome, i64)>, (&str, &str)); 5] = [
+    let groups: [Group; 5] = [
         // A negative 30 h old: valid for 48 h, not for 24 h.
         ("fresh-enough", 10, vec![(Negative, 30)], ("GREEN", "YELLOW")),
         // A negative 10 h old: valid under both.
