@@ -2,8 +2,8 @@
 //! revoke, pausing, and dead-lettering what can never be applied.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,11 +13,11 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::{DEAD_LETTER_REASON_HEADER, KafkaConfig, ProducerContext, unavailable};
+use crate::{DEAD_LETTER_REASON_HEADER, KafkaConfig, RenewableProducer, unavailable};
 
 /// Consumer statistics (lag per partition) and the commit on revoke.
 #[derive(Default)]
@@ -69,7 +69,7 @@ impl KafkaConsumer {
     pub(crate) fn subscribe(
         config: &KafkaConfig,
         group: &str,
-        producer: FutureProducer<ProducerContext>,
+        producer: Arc<RenewableProducer>,
     ) -> Result<KafkaConsumer, LogError> {
         let consumer: StreamConsumer<ConsumerStats> =
             config.consumer_config(group).create_with_context(ConsumerStats::default()).map_err(unavailable)?;
@@ -112,7 +112,8 @@ pub(crate) struct KafkaConsumer {
     consumer: StreamConsumer<ConsumerStats>,
     topic: String,
     dead_letter_topic: String,
-    producer: FutureProducer<ProducerContext>,
+    /// The log's producer: a dead one is renewed here as on an append.
+    producer: Arc<RenewableProducer>,
     paused: bool,
     /// Records that arrived while paused (fetched before the pause took
     /// effect), handed out first after resume.
@@ -231,7 +232,11 @@ impl LogConsumer for KafkaConsumer {
             .key(&record.record.key)
             .payload(&record.record.payload)
             .headers(headers);
-        self.producer.send(message, Duration::from_secs(1)).await.map_err(|(e, _)| unavailable(e))?;
+        let producer = self.producer.get();
+        if let Err((e, _)) = producer.send(message, Duration::from_secs(1)).await {
+            self.producer.renew_if_dead(&producer, std::slice::from_ref(&e));
+            return Err(unavailable(e));
+        }
         Ok(())
     }
 }

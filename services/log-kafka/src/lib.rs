@@ -6,8 +6,8 @@
 //! and on close. Records that cannot be applied go to a dead-letter topic
 //! with the reason in a header.
 
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -50,37 +50,38 @@ impl ClientContext for ProducerContext {
 
 pub struct KafkaLog {
     config: KafkaConfig,
-    /// Replaced when librdkafka declares it dead (a fatal error, such as an
-    /// idempotent producer fenced after its messages timed out while the
-    /// broker hung): a fatal producer never sends again.
-    producer: RwLock<FutureProducer<ProducerContext>>,
+    /// Shared with the consumers, which write dead letters with it.
+    producer: Arc<RenewableProducer>,
     closed: AtomicBool,
 }
 
-impl KafkaLog {
-    /// Connects and creates the events and dead-letter topics when missing.
-    pub async fn connect(config: KafkaConfig) -> Result<KafkaLog, LogError> {
-        let producer = RwLock::new(Self::new_producer(&config)?);
-        let log = KafkaLog { config, producer, closed: AtomicBool::new(false) };
-        if log.config.create_topics {
-            log.create_topics().await?;
-        }
-        Ok(log)
+/// The one producer of a log, replaced when librdkafka declares it dead (a
+/// fatal error, such as an idempotent producer fenced after its messages
+/// timed out while the broker hung): a fatal producer never sends again.
+/// Appends and dead letters both renew it.
+pub(crate) struct RenewableProducer {
+    config: KafkaConfig,
+    current: RwLock<FutureProducer<ProducerContext>>,
+}
+
+impl RenewableProducer {
+    fn new(config: &KafkaConfig) -> Result<RenewableProducer, LogError> {
+        Ok(RenewableProducer { config: config.clone(), current: RwLock::new(Self::create(config)?) })
     }
 
-    fn new_producer(config: &KafkaConfig) -> Result<FutureProducer<ProducerContext>, LogError> {
+    fn create(config: &KafkaConfig) -> Result<FutureProducer<ProducerContext>, LogError> {
         config.producer_config().create_with_context(ProducerContext).map_err(unavailable)
     }
 
-    fn producer(&self) -> FutureProducer<ProducerContext> {
-        self.producer.read().expect("producer lock").clone()
+    pub(crate) fn get(&self) -> FutureProducer<ProducerContext> {
+        self.current.read().expect("producer lock").clone()
     }
 
     /// Replaces `failed` when it can never send again: librdkafka declared
     /// it dead, or the broker fenced its producer id (as tansu does after
-    /// the producer's messages timed out). The next append then gets a fresh
+    /// the producer's messages timed out). The next send then gets a fresh
     /// producer id and succeeds once the broker is back.
-    fn renew_if_dead(&self, failed: &FutureProducer<ProducerContext>, errors: &[KafkaError]) {
+    pub(crate) fn renew_if_dead(&self, failed: &FutureProducer<ProducerContext>, errors: &[KafkaError]) {
         let fenced = errors.iter().any(|e| {
             matches!(
                 e.rdkafka_error_code(),
@@ -91,12 +92,12 @@ impl KafkaLog {
         if !fenced && fatal.is_none() {
             return;
         }
-        let mut current = self.producer.write().expect("producer lock");
-        // Another append may have renewed it already.
+        let mut current = self.current.write().expect("producer lock");
+        // Another send may have renewed it already.
         if !std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
             return;
         }
-        match Self::new_producer(&self.config) {
+        match Self::create(&self.config) {
             Ok(fresh) => {
                 let reason = fatal.map(|(_, r)| r).unwrap_or_else(|| "producer fenced by the broker".into());
                 tracing::warn!(reason, "the Kafka producer can no longer send; replaced it");
@@ -105,6 +106,18 @@ impl KafkaLog {
             }
             Err(e) => tracing::error!(error = %e, "replacing the failed Kafka producer failed"),
         }
+    }
+}
+
+impl KafkaLog {
+    /// Connects and creates the events and dead-letter topics when missing.
+    pub async fn connect(config: KafkaConfig) -> Result<KafkaLog, LogError> {
+        let producer = Arc::new(RenewableProducer::new(&config)?);
+        let log = KafkaLog { config, producer, closed: AtomicBool::new(false) };
+        if log.config.create_topics {
+            log.create_topics().await?;
+        }
+        Ok(log)
     }
 
     async fn create_topics(&self) -> Result<(), LogError> {
@@ -142,7 +155,7 @@ impl EventLog for KafkaLog {
         }
         let started = Instant::now();
         let count = records.len();
-        let producer = self.producer();
+        let producer = self.producer.get();
         // All sends are in flight together; the call is acknowledged when all are.
         let sends = records.iter().map(|r| {
             let headers = OwnedHeaders::new().insert(Header { key: SCHEMA_HEADER, value: Some(SCHEMA_V1) });
@@ -154,7 +167,7 @@ impl EventLog for KafkaLog {
         let failed: Vec<KafkaError> = results.into_iter().filter_map(|r| r.err().map(|(e, _)| e)).collect();
         if let Some(first) = failed.first() {
             metrics::counter!("healthcode_kafka_produce_failures_total").increment(failed.len() as u64);
-            self.renew_if_dead(&producer, &failed);
+            self.producer.renew_if_dead(&producer, &failed);
             return Err(LogError::unavailable_from(
                 format!("{} of {count} records not acknowledged", failed.len()),
                 first.clone(),
@@ -165,12 +178,12 @@ impl EventLog for KafkaLog {
     }
 
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError> {
-        Ok(Box::new(consumer::KafkaConsumer::subscribe(&self.config, group, self.producer())?))
+        Ok(Box::new(consumer::KafkaConsumer::subscribe(&self.config, group, self.producer.clone())?))
     }
 
     async fn close(&self) -> Result<(), LogError> {
         self.closed.store(true, Ordering::SeqCst);
-        let producer = self.producer();
+        let producer = self.producer.get();
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
             .await
             .map_err(|e| LogError::storage_from("a blocking task of the Kafka client failed", e))?
@@ -189,5 +202,68 @@ impl EventLog for KafkaLog {
         tokio::task::spawn_blocking(move || dead_letters::read_all(&consumer, &topic))
             .await
             .map_err(|e| LogError::storage_from("a blocking task of the Kafka client failed", e))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use healthcode_log::{Delivered, Position};
+    use rdkafka::bindings::{rd_kafka_resp_err_t, rd_kafka_test_fatal_error};
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+
+    /// librdkafka's own test hook: the producer dies as a fenced one does.
+    fn kill(producer: &FutureProducer<ProducerContext>) {
+        let reason = std::ffi::CString::new("fenced in a test").unwrap();
+        // SAFETY: a live client handle and a NUL-terminated reason.
+        unsafe {
+            rd_kafka_test_fatal_error(
+                producer.client().native_ptr(),
+                rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_PRODUCER_FENCED,
+                reason.as_ptr(),
+            );
+        }
+        assert!(producer.client().fatal_error().is_some(), "the hook made it fatal");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_producer_is_renewed_by_a_dead_letter_as_by_an_append() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("renew", 1, 1).unwrap();
+        cluster.create_topic("renew.dead-letter", 1, 1).unwrap();
+        let mut config = KafkaConfig::new(cluster.bootstrap_servers());
+        config.topic = "renew".into();
+        config.dead_letter_topic = "renew.dead-letter".into();
+        config.create_topics = false;
+        let log = KafkaLog::connect(config).await.unwrap();
+        let mut consumer = log.consumer("renew-group").await.unwrap();
+        let poison = Delivered {
+            position: Position { partition: 0, offset: 0 },
+            record: Record { key: b"k".to_vec(), payload: b"not an event".to_vec() },
+        };
+
+        // A dead letter through a dead producer fails once, renews it, and
+        // the retry (the materializer retries dead letters) goes through.
+        let dead = log.producer.get();
+        kill(&dead);
+        assert!(consumer.dead_letter(&poison, "undecodable").await.is_err());
+        let renewed = log.producer.get();
+        assert!(!std::ptr::eq(renewed.client().native_ptr(), dead.client().native_ptr()), "a fresh producer");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while consumer.dead_letter(&poison, "undecodable").await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "the renewed producer never wrote the dead letter");
+        }
+        let letters = log.dead_letters().await.unwrap();
+        assert_eq!(letters, vec![(poison.record.clone(), "undecodable".to_owned())]);
+
+        // The append path shares the same producer and renews it the same way.
+        kill(&log.producer.get());
+        assert!(log.append(vec![poison.record.clone()]).await.is_err());
+        while log.append(vec![poison.record.clone()]).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "the renewed producer never appended");
+        }
     }
 }
