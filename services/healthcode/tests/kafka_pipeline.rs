@@ -136,7 +136,12 @@ async fn a_materializer_killed_mid_flow_loses_nothing() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Killed mid-flow: once a third of the events are acknowledged.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while acked.lock().unwrap().len() < 1000 {
+        assert!(tokio::time::Instant::now() < deadline, "the stations never got going");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     doomed.kill_9();
     writer.await.unwrap();
 

@@ -138,8 +138,10 @@ pub async fn append_wakes_a_waiting_consumer(factory: &impl LogFactory) {
     let mut consumer = log.consumer(&factory.group()).await.unwrap();
     // Let the consumer settle (Kafka joins its group) before the append.
     let _ = consumer.poll(1, Duration::from_millis(200)).await.unwrap();
+    let (polling, about_to_poll) = tokio::sync::oneshot::channel();
     let waiting = tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + PATIENCE;
+        let _ = polling.send(());
         loop {
             let got = consumer.poll(1, Duration::from_secs(5)).await.unwrap();
             if !got.is_empty() || tokio::time::Instant::now() > deadline {
@@ -147,7 +149,8 @@ pub async fn append_wakes_a_waiting_consumer(factory: &impl LogFactory) {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The append goes once the consumer is in its poll, not after a guess.
+    about_to_poll.await.unwrap();
     log.append(vec![record("wake", 0)]).await.unwrap();
     let got = waiting.await.unwrap();
     assert_eq!(payloads(&got), vec!["wake/0".to_string()]);

@@ -135,7 +135,10 @@ mod tests {
             let lane = lane.clone();
             tokio::spawn(async move { lane.enter().await.is_ok() })
         };
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The slot is freed once the waiter is in the queue, not after a guess.
+        while lane.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
         drop(held);
         assert!(waiter.await.unwrap(), "the waiter got the slot");
     }
