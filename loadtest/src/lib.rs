@@ -7,6 +7,7 @@ pub mod bench;
 pub mod chaos;
 pub mod credentials;
 pub mod flood;
+pub mod oracle;
 pub mod replay;
 pub mod report;
 pub mod round;

@@ -5,7 +5,9 @@
 //! Times are milliseconds from the round's start; the replay maps them onto
 //! the wall clock.
 
-use healthcode_core::{Color, Event, EventBody, Facts, Policy, Status, TestKind, TestOutcome, UnixMicros};
+use healthcode_core::{Color, Event, EventBody, TestKind, TestOutcome, UnixMicros};
+
+use crate::oracle::{Code, Happened, Judged, Outcome, Rules, judge};
 use serde::{Deserialize, Serialize};
 
 pub const MINUTE: u64 = 60_000;
@@ -225,19 +227,34 @@ impl RoundConfig {
             .collect()
     }
 
-    /// The expected status of resident `i` at the round's end, by the domain's own policy.
-    pub fn expected(&self, i: u64, policy: &Policy) -> Status {
+    /// Everything the round does to resident `i` that a color depends on,
+    /// in the oracle's plain terms.
+    pub fn history(&self, i: u64) -> Vec<Happened> {
         let me = self.resident(i);
-        let mut facts = Facts::from_event(&self.test_event(&me));
-        for other in self.household_of(i) {
-            let other = self.resident(other);
+        let outcome = match me.outcome {
+            TestOutcome::Positive => Outcome::Positive,
+            TestOutcome::Negative => Outcome::Negative,
+            TestOutcome::Inconclusive => Outcome::Inconclusive,
+        };
+        let mut history = vec![Happened::Test { outcome, sampled_ms: me.sampled_ms as i64 }];
+        for other in self.household_of(i).map(|o| self.resident(o)) {
             if other.outcome == TestOutcome::Positive {
-                for event in self.override_events(&other).iter().filter(|e| e.resident_id == resident_id(i)) {
-                    facts.apply(event.clone());
-                }
+                let issued = self.override_ms(&other);
+                history.push(Happened::Override {
+                    color: Code::Yellow,
+                    issued_ms: issued as i64,
+                    expires_ms: (issued + OVERRIDE_DAYS * 24 * HOUR) as i64,
+                    id: format!("o-{}-{i}", other.index),
+                });
             }
         }
-        policy.evaluate(&facts, ms(self.end_ms()))
+        history
+    }
+
+    /// The expected status of resident `i` at the round's end, by the
+    /// load test's own oracle (not the code under test).
+    pub fn expected(&self, i: u64, rules: &Rules) -> Judged {
+        judge(&self.history(i), rules, self.end_ms() as i64)
     }
 }
 
@@ -299,14 +316,45 @@ mod tests {
     #[test]
     fn contacts_of_a_positive_are_yellow_and_positives_red() {
         let c = RoundConfig { residents: 30_000, ..RoundConfig::default() };
-        let policy = Policy::default();
+        let rules = Rules::default();
         let positive = (0..c.residents).find(|i| c.resident(*i).outcome == TestOutcome::Positive).unwrap();
-        assert_eq!(c.expected(positive, &policy).color, Color::Red);
+        assert_eq!(c.expected(positive, &rules).color, "RED");
         for contact in c.household_of(positive) {
-            let s = c.expected(contact, &policy);
+            let s = c.expected(contact, &rules);
             if c.resident(contact).outcome != TestOutcome::Positive {
-                assert_eq!(s.color, Color::Yellow, "contact {contact}");
+                assert_eq!(s.color, "YELLOW", "contact {contact}");
             }
         }
+    }
+
+    /// The facts of everything the round sends resident `i`, merged and
+    /// judged by the code under test (services/core).
+    fn by_the_system(c: &RoundConfig, i: u64, policy: &healthcode_core::Policy) -> (String, String) {
+        let me = c.resident(i);
+        let mut facts = healthcode_core::Facts::from_event(&c.test_event(&me));
+        for other in c.household_of(i).map(|o| c.resident(o)).filter(|o| o.outcome == TestOutcome::Positive) {
+            for event in c.override_events(&other).into_iter().filter(|e| e.resident_id == resident_id(i)) {
+                facts.apply(event);
+            }
+        }
+        let s = policy.evaluate(&facts, ms(c.end_ms()));
+        let color = healthcode_proto::v1::Color::from(s.color).as_str_name().to_owned();
+        (color, healthcode_proto::v1::Reason::from(s.reason).as_str_name().to_owned())
+    }
+
+    #[test]
+    fn the_oracle_agrees_with_the_system_and_catches_a_planted_rule_change() {
+        let c = RoundConfig { residents: 5_000, ..RoundConfig::default() };
+        let judged = |i, rules: &Rules| {
+            let j = c.expected(i, rules);
+            (j.color.to_owned(), j.reason.to_owned())
+        };
+        let system = healthcode_core::Policy::default();
+        let disagree =
+            |rules: &Rules| (0..c.residents).filter(|i| judged(*i, rules) != by_the_system(&c, *i, &system)).count();
+        assert_eq!(disagree(&Rules::default()), 0, "the two readings of the rules agree on the round");
+        // One rule flipped in a copy: negatives valid for an hour, not 48.
+        let planted = Rules { negative_valid_ms: HOUR as i64, ..Rules::default() };
+        assert!(disagree(&planted) > 100, "the oracle sees the changed rule");
     }
 }

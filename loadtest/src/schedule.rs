@@ -12,8 +12,9 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
+use crate::oracle::Rules;
 use anyhow::Context;
-use healthcode_core::{Event, EventBody, Policy, ScanKind, TestOutcome};
+use healthcode_core::{Event, EventBody, ScanKind, TestOutcome};
 use healthcode_proto::Message;
 use healthcode_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -291,20 +292,21 @@ impl Lookups<'_> {
 
 /// One line per resident: id, color, reason, last negative and positive sample (ms from start).
 fn write_expected(round: &RoundConfig, dir: &Path) -> anyhow::Result<()> {
-    let policy = Policy::default();
+    // The load test's own oracle, not the code under test.
+    let rules = Rules::default();
     let mut out = BufWriter::with_capacity(1 << 20, File::create(dir.join(EXPECTED_FILE))?);
     writeln!(out, "resident_id,color,reason,last_negative_ms,last_positive_ms")?;
-    let as_ms = |t: Option<healthcode_core::UnixMicros>| t.map(|t| (t.0 / 1000).to_string()).unwrap_or_default();
+    let as_ms = |t: Option<i64>| t.map(|t| t.to_string()).unwrap_or_default();
     for i in 0..round.residents {
-        let s = round.expected(i, &policy);
+        let s = round.expected(i, &rules);
         writeln!(
             out,
             "{},{},{},{},{}",
             resident_id(i),
-            pb::Color::from(s.color).as_str_name(),
-            pb::Reason::from(s.reason).as_str_name(),
-            as_ms(s.last_negative_sampled_at),
-            as_ms(s.last_positive_sampled_at)
+            s.color,
+            s.reason,
+            as_ms(s.last_negative_ms),
+            as_ms(s.last_positive_ms)
         )?;
     }
     out.flush()?;
