@@ -43,6 +43,20 @@ impl PolicyDiff {
         *self.reasons.entry((from.reason, to.reason)).or_default() += 1;
     }
 
+    /// Adds the counts of a diff over other residents (another shard).
+    pub fn absorb(&mut self, other: PolicyDiff) {
+        self.residents += other.residents;
+        for (pair, theirs) in other.colors {
+            let mine = self.colors.entry(pair).or_default();
+            mine.count += theirs.count;
+            let room = SAMPLES_PER_TRANSITION.saturating_sub(mine.samples.len());
+            mine.samples.extend(theirs.samples.into_iter().take(room));
+        }
+        for (pair, count) in other.reasons {
+            *self.reasons.entry(pair).or_default() += count;
+        }
+    }
+
     /// Residents whose color the candidate changes.
     pub fn changed(&self) -> u64 {
         self.colors.iter().filter(|((from, to), _)| from != to).map(|(_, t)| t.count).sum()
@@ -75,5 +89,18 @@ mod tests {
         assert_eq!(diff.colors[&(Color::Yellow, Color::Yellow)].count, 1, "unchanged ones are counted too");
         assert_eq!(diff.reasons[&(Reason::NegativeTestValid, Reason::NoValidTest)], 12);
         assert_eq!(diff.changed(), 12);
+
+        // Two shards' diffs add up to the diff of all, samples still capped.
+        let mut halves = PolicyDiff::default();
+        for i in 0..6 {
+            halves.add(&format!("r{i}"), &negative_30h_ago, &current, &shorter, now);
+        }
+        let mut other = PolicyDiff::default();
+        for i in 6..12 {
+            other.add(&format!("r{i}"), &negative_30h_ago, &current, &shorter, now);
+        }
+        other.add("nobody", &Facts::default(), &current, &shorter, now);
+        halves.absorb(other);
+        assert_eq!(halves, diff);
     }
 }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use healthcode_core::UnixMicros;
 use healthcode_core::shadow::PolicyDiff;
 use healthcode_proto::v1 as pb;
@@ -17,9 +18,12 @@ use crate::config::VersionedPolicy;
 
 /// Residents read per store page.
 const PAGE: usize = 1_000;
-/// Most residents evaluated per second: a store read per resident on CQL,
-/// so the scan takes a bounded share of the store and of the CPU.
+/// Most residents evaluated per second, all shards together: a store read
+/// per resident on CQL, so the scan takes a bounded share of the store and
+/// of the CPU.
 const MAX_RATE: f64 = 50_000.0;
+/// Shards (token ranges on CQL) scanned at once.
+const PARALLEL_SHARDS: usize = 4;
 
 /// What a diff needs: the store and the rules in force.
 pub struct ShadowRules {
@@ -62,26 +66,44 @@ impl ShadowRules {
         let now = UnixMicros::now();
         let progress = metrics::gauge!("healthcode_policy_diff_residents");
         progress.set(0.0);
+        let shards = self.store.scan_shards();
+        let parallel = PARALLEL_SHARDS.min(shards.len()).max(1);
+        let rate = MAX_RATE / parallel as f64;
+        let mut diffs = futures_util::stream::iter(shards)
+            .map(|start| self.diff_shard(start, candidate, now, rate, &progress))
+            .buffer_unordered(parallel);
         let mut diff = PolicyDiff::default();
-        let mut cursor = None;
+        while let Some(shard) = diffs.next().await {
+            diff.absorb(shard?);
+        }
+        Ok(self.report(&diff, candidate, now))
+    }
+
+    /// One shard, page by page, at `rate` residents/s.
+    async fn diff_shard(
+        &self,
+        start: Option<String>,
+        candidate: &VersionedPolicy,
+        now: UnixMicros,
+        rate: f64,
+        progress: &metrics::Gauge,
+    ) -> Result<PolicyDiff, StoreError> {
+        let mut diff = PolicyDiff::default();
+        let mut cursor = start;
         loop {
             let page_started = tokio::time::Instant::now();
             let page = self.store.scan(cursor, PAGE).await?;
             for u in &page.residents {
                 diff.add(&u.resident, &u.facts, &self.current.policy, &candidate.policy, now);
             }
-            progress.set(diff.residents as f64);
-            if diff.residents % 100_000 < PAGE as u64 {
-                tracing::info!(residents = diff.residents, "policy diff in progress");
-            }
+            progress.increment(page.residents.len() as f64);
             match page.next {
                 Some(next) => cursor = Some(next),
-                None => break,
+                None => return Ok(diff),
             }
-            let paced = Duration::from_secs_f64(page.residents.len() as f64 / MAX_RATE);
+            let paced = Duration::from_secs_f64(page.residents.len() as f64 / rate);
             tokio::time::sleep_until(page_started + paced).await;
         }
-        Ok(self.report(&diff, candidate, now))
     }
 
     fn report(&self, diff: &PolicyDiff, candidate: &VersionedPolicy, now: UnixMicros) -> DiffReport {

@@ -212,11 +212,12 @@ impl Cql {
         )
     }
 
-    /// Binds: the token to start after, the page size. The residents in
-    /// token order: a scan of the whole ring, page by page.
+    /// Binds: the token to start after, the last token of the range, the
+    /// page size. The residents of a token range in token order.
     pub fn scan_residents(&self) -> String {
         format!(
-            "SELECT DISTINCT token(resident), resident FROM {}.resident_facts WHERE token(resident) > ? LIMIT ?",
+            "SELECT DISTINCT token(resident), resident FROM {}.resident_facts \
+             WHERE token(resident) > ? AND token(resident) <= ? LIMIT ?",
             self.keyspace
         )
     }

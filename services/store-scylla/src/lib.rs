@@ -220,6 +220,28 @@ impl ScyllaStore {
     }
 }
 
+/// Token ranges a whole-store scan is split into, read in parallel.
+const SCAN_SHARDS: u64 = 16;
+
+/// `n` contiguous token ranges (after, last] covering the whole ring.
+fn ring_shards(n: u64) -> Vec<(i64, i64)> {
+    let width = (u64::MAX / n) as i128;
+    (0..n as i128)
+        .map(|k| {
+            let after = i64::MIN as i128 + k * width;
+            let last = if k + 1 == n as i128 { i64::MAX as i128 } else { after + width };
+            (after as i64, last as i64)
+        })
+        .collect()
+}
+
+/// A scan cursor: the token to start after and the range's last token.
+/// (Murmur3 never assigns i64::MIN, so "after i64::MIN" is the ring's start.)
+fn token_range(cursor: &str) -> Option<(i64, i64)> {
+    let (after, last) = cursor.split_once(':')?;
+    Some((after.parse().ok()?, last.parse().ok()?))
+}
+
 /// Why the schema step failed: a keyspace written by a newer build (final),
 /// or anything else (retried).
 #[derive(Debug, thiserror::Error)]
@@ -326,15 +348,14 @@ impl StatusStore for ScyllaStore {
     }
 
     async fn scan(&self, cursor: Option<String>, limit: usize) -> Result<ScanPage, StoreError> {
-        // The cursor is the last token read; Murmur3 tokens start above i64::MIN.
-        let after: i64 = match cursor {
-            Some(c) => c.parse().map_err(|_| StoreError::storage(format!("not a scan cursor: {c}")))?,
-            None => i64::MIN,
+        let (after, last) = match &cursor {
+            Some(c) => token_range(c).ok_or_else(|| StoreError::storage(format!("not a scan cursor: {c}")))?,
+            None => (i64::MIN, i64::MAX),
         };
         let limit = limit.clamp(1, i32::MAX as usize);
         let result = self
             .session
-            .execute_unpaged(&self.scan, (after, limit as i32))
+            .execute_unpaged(&self.scan, (after, last, limit as i32))
             .await
             .map_err(|e| store_error("read", &e))?;
         let rows = result.into_rows_result().map_err(|e| StoreError::storage_from("scanning residents", e))?;
@@ -347,13 +368,18 @@ impl StatusStore for ScyllaStore {
         let reads: Vec<_> = keys.iter().map(|(_, r)| self.read_resident(r, now)).collect();
         let facts: Vec<Option<Facts>> =
             stream::iter(reads).buffered(self.config.read_concurrency).try_collect().await?;
-        let next = keys.last().filter(|_| keys.len() == limit).map(|(token, _)| token.to_string());
+        let next = keys.last().filter(|_| keys.len() == limit).map(|(token, _)| format!("{token}:{last}"));
         let residents = keys
             .into_iter()
             .zip(facts)
             .filter_map(|((_, resident), facts)| facts.map(|facts| FactsUpdate { resident, facts }))
             .collect();
         Ok(ScanPage { residents, next })
+    }
+
+    /// The ring in `SCAN_SHARDS` equal token ranges.
+    fn scan_shards(&self) -> Vec<Option<String>> {
+        ring_shards(SCAN_SHARDS).into_iter().map(|(after, last)| Some(format!("{after}:{last}"))).collect()
     }
 
     /// Every cell carries its TTL: ScyllaDB expires facts by itself.
@@ -367,3 +393,21 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Limit of each schema statement at start (create, version check).
 const SCHEMA_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_shards_cover_the_ring_once() {
+        let shards = ring_shards(SCAN_SHARDS);
+        assert_eq!(shards.len(), SCAN_SHARDS as usize);
+        assert_eq!((shards[0].0, shards.last().unwrap().1), (i64::MIN, i64::MAX));
+        for pair in shards.windows(2) {
+            assert_eq!(pair[0].1, pair[1].0, "each range starts after the previous one's last token");
+            assert!(pair[0].0 < pair[0].1);
+        }
+        assert_eq!(token_range("-5:17"), Some((-5, 17)));
+        assert_eq!(token_range("17"), None);
+    }
+}

@@ -83,6 +83,10 @@ impl StatusStore for FaultyStore {
         self.inner.scan(cursor, limit).await
     }
 
+    fn scan_shards(&self) -> Vec<Option<String>> {
+        self.inner.scan_shards()
+    }
+
     async fn get(&self, resident: &str) -> Result<Option<Facts>, StoreError> {
         self.faults.reads.fetch_add(1, Ordering::SeqCst);
         self.faults.enter().await?;

@@ -80,11 +80,19 @@ pub trait StatusStore: Send + Sync + 'static {
     /// The facts of many residents, in the order asked.
     async fn get_many(&self, residents: &[String]) -> Result<Vec<Option<Facts>>, StoreError>;
 
-    /// One page of every resident's facts, in the store's own order,
-    /// starting after `cursor` (`None`: from the start). Residents whose
-    /// facts retention has emptied are left out. For whole-city questions
-    /// (a policy's shadow evaluation), never for lookups.
+    /// One page of residents' facts, in the store's own order, from
+    /// `cursor`: `None` (the whole store), a shard's start from
+    /// [`StatusStore::scan_shards`], or the `next` of the page before; `next`
+    /// is `None` at the end of the shard. Residents whose facts retention
+    /// has emptied are left out. For whole-city questions (a policy's
+    /// shadow evaluation), never for lookups.
     async fn scan(&self, cursor: Option<String>, limit: usize) -> Result<ScanPage, StoreError>;
+
+    /// Where independent scans that together cover the store once start,
+    /// to read in parallel (ScyllaDB: ranges of the token ring).
+    fn scan_shards(&self) -> Vec<Option<String>> {
+        vec![None]
+    }
 
     /// Deletes the facts past retention (see [`retained`]); how many
     /// residents' facts it deleted or shrank.
