@@ -136,24 +136,33 @@ async fn health_and_reflection_are_served() {
         assert_eq!(reply.status, ServingStatus::Serving as i32, "service {service:?}");
     }
 
-    use tokio_stream::StreamExt;
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut reflection = ServerReflectionClient::new(t.channel.clone());
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut replies = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
-    let reply = replies.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-        panic!("unexpected {reply:?}")
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in ["healthcode.v1.Ingest", "healthcode.v1.Lookup", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    // The services as a reflection client of either version lists them
+    // (v1, and v1alpha for grpc_cli and Python's grpcio-reflection).
+    macro_rules! listed_services {
+        ($version:ident) => {{
+            use tokio_stream::StreamExt;
+            use tonic_reflection::pb::$version::{
+                ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            };
+            let mut reflection = ServerReflectionClient::new(t.channel.clone());
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut replies =
+                reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+            let reply = replies.next().await.unwrap().unwrap();
+            let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+                panic!("unexpected {reply:?}")
+            };
+            list.service.into_iter().map(|s| s.name).collect::<Vec<String>>()
+        }};
+    }
+    for (version, names) in [("v1", listed_services!(v1)), ("v1alpha", listed_services!(v1alpha))] {
+        for expected in ["healthcode.v1.Ingest", "healthcode.v1.Lookup", "grpc.health.v1.Health"] {
+            assert!(names.iter().any(|n| n == expected), "{version}: {expected} missing from {names:?}");
+        }
     }
     t.app.stop().await.unwrap();
 }

@@ -250,10 +250,14 @@ impl Components {
             }
             None => None,
         };
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(healthcode_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Reflection in both versions: grpc_cli, Python's grpcio-reflection
+        // and some GUI clients still speak only v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(healthcode_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
         // Bounds on what a connection may hold: streams at once, header
         // size, silent peers. (A per-call timeout cost lookups about 5% of
         // their rate, measured; calls without a credential never get to send
@@ -272,7 +276,8 @@ impl Components {
         let server = builder
             .layer(DecodeErrorsLayer::new(grpc_method))
             .add_service(health)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_optional_service(ingest)
             .add_optional_service(lookup);
         let stop = self.shutdown.clone();
