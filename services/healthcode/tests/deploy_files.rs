@@ -392,3 +392,52 @@ fn the_dockerfile_exposes_the_ports_its_defaults_listen_on() {
     let manifest = std::fs::read_to_string(loadtest).unwrap();
     assert!(manifest.contains("name = \"healthcode-loadtest\""), "deploy/README.md replays with it from the image");
 }
+
+/// The `healthcode_*` names in `text`, with a histogram's `_bucket`, `_sum`
+/// and `_count` series named by the histogram.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (at, _) in text.match_indices("healthcode_") {
+        let name: String =
+            text[at..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+        let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
+        names.insert(base.to_owned());
+    }
+    names
+}
+
+/// Every Rust source file under `dir`.
+fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_dashboard_queries_only_metrics_the_binary_exports() {
+    // What the code registers: the names in the services' sources (not
+    // their tests, which may name a metric that no longer exists).
+    let services = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut sources = Vec::new();
+    for crate_dir in std::fs::read_dir(&services).unwrap().map(|e| e.unwrap().path()) {
+        if crate_dir.join("src").is_dir() {
+            rust_sources(&crate_dir.join("src"), &mut sources);
+        }
+    }
+    let exported: BTreeSet<String> =
+        sources.iter().flat_map(|p| metric_names(&std::fs::read_to_string(p).unwrap())).collect();
+    assert!(exported.contains("healthcode_grpc_requests_total"), "the scan found the registrations");
+    let dashboards = deploy().join("compose/grafana/dashboards");
+    let mut queried = BTreeSet::new();
+    for dashboard in std::fs::read_dir(&dashboards).unwrap().map(|e| e.unwrap().path()) {
+        queried.extend(metric_names(&std::fs::read_to_string(&dashboard).unwrap()));
+    }
+    assert!(queried.len() >= 5, "the dashboards query healthcode metrics: {queried:?}");
+    let unknown: Vec<&String> = queried.difference(&exported).collect();
+    assert!(unknown.is_empty(), "the dashboards query metrics the binary never exports: {unknown:?}");
+}
