@@ -226,26 +226,17 @@ impl Deployment {
             }
             Backend::Engines(engines) => {
                 let kafka_rf = engines.replication(Engine::Kafka).to_string();
-                let cql_rf = format!("datacenter1={}", engines.replication(Engine::Cql));
-                let args: Vec<String> = [
+                let mut args: Vec<String> = [
                     ["--kafka-brokers", &engines.kafka_brokers],
                     ["--kafka-replication-factor", &kafka_rf],
                     ["--kafka-dead-letter-topic", &format!("{run}.dead-letter")],
                     ["--kafka-group", &run],
-                    ["--store", "scylla"],
-                    ["--scylla-nodes", &engines.cql_nodes],
-                    ["--scylla-replication", &cql_rf],
-                    ["--scylla-keyspace", &run],
-                    // Six JVMs, three roles and the load share two cores:
-                    // reads take longer here than the production budget.
-                    ["--scylla-read-timeout", "400ms"],
-                    ["--lookup-budget", "1s"],
-                    ["--lookup-batch-budget", "3s"],
                 ]
                 .into_iter()
                 .flatten()
                 .map(String::from)
                 .collect();
+                args.extend(engines.cql_store_args(&run));
                 (Log::Cluster(engines.clone()), args)
             }
         };

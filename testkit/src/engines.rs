@@ -66,6 +66,27 @@ impl Engines {
         self.nodes(engine).min(3)
     }
 
+    /// The flags that put a healthcode process's facts in `keyspace` on
+    /// these CQL nodes. Six JVMs, the roles and the load share two cores
+    /// here: reads take longer than the production budgets (40 ms, 50 ms)
+    /// allow, so the read timeout and lookup budgets are raised.
+    pub fn cql_store_args(&self, keyspace: &str) -> Vec<String> {
+        let replication = format!("datacenter1={}", self.replication(Engine::Cql));
+        [
+            ["--store", "scylla"],
+            ["--scylla-nodes", &self.cql_nodes],
+            ["--scylla-replication", &replication],
+            ["--scylla-keyspace", keyspace],
+            ["--scylla-read-timeout", "400ms"],
+            ["--lookup-budget", "1s"],
+            ["--lookup-batch-budget", "3s"],
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::from)
+        .collect()
+    }
+
     async fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = tokio::process::Command::new("bash")
             .arg(&self.script)

@@ -36,22 +36,17 @@ async fn every_acknowledged_event_survives_sigkill_on_kafka_and_cql() {
         return;
     };
     let run = format!("crash_{}", std::process::id());
-    let args = [
+    let kafka = [
         ["--log", "kafka"],
         ["--kafka-brokers", &engines.kafka_brokers],
         ["--kafka-replication-factor", &engines.replication(Engine::Kafka).to_string()],
         ["--kafka-topic", &format!("{run}.events")],
         ["--kafka-dead-letter-topic", &format!("{run}.dead-letter")],
         ["--kafka-group", &run],
-        ["--store", "scylla"],
-        ["--scylla-nodes", &engines.cql_nodes],
-        ["--scylla-replication", &format!("datacenter1={}", engines.replication(Engine::Cql))],
-        ["--scylla-keyspace", &run],
-        ["--scylla-read-timeout", "400ms"],
-        ["--lookup-budget", "1s"],
-        ["--lookup-batch-budget", "3s"],
     ];
-    survives_sigkill(&args.into_iter().flatten().map(String::from).collect::<Vec<_>>()).await;
+    let mut args: Vec<String> = kafka.into_iter().flatten().map(String::from).collect();
+    args.extend(engines.cql_store_args(&run));
+    survives_sigkill(&args).await;
 }
 
 async fn survives_sigkill(backend: &[String]) {

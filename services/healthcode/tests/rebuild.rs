@@ -16,7 +16,7 @@ use healthcode::config::Settings;
 use healthcode_auth::Role as Caller;
 use healthcode_core::UnixMicros;
 use healthcode_proto::v1 as pb;
-use healthcode_testkit::engines::{Engine, Engines};
+use healthcode_testkit::engines::Engines;
 use support::bearer;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -178,22 +178,8 @@ async fn rebuild_into_an_empty_cql_keyspace_reproduces_every_status() {
         healthcode_testkit::skipped("rebuild_into_an_empty_cql_keyspace_reproduces_every_status", "no engines");
         return;
     };
-    let cql = |keyspace: String| {
-        [
-            ["--store", "scylla"],
-            ["--scylla-nodes", &engines.cql_nodes],
-            ["--scylla-replication", &format!("datacenter1={}", engines.replication(Engine::Cql))],
-            ["--scylla-keyspace", &keyspace],
-            ["--scylla-read-timeout", "400ms"],
-            ["--lookup-budget", "1s"],
-            ["--lookup-batch-budget", "3s"],
-        ]
-        .into_iter()
-        .flatten()
-        .map(String::from)
-        .collect::<Vec<_>>()
-    };
     let run = std::process::id();
     // The keyspace the facts were in is gone; the rebuild fills a new one.
-    rebuild_reproduces_every_status(&cql(format!("rebuild_{run}_lost")), &cql(format!("rebuild_{run}_new"))).await;
+    let (lost, new) = (format!("rebuild_{run}_lost"), format!("rebuild_{run}_new"));
+    rebuild_reproduces_every_status(&engines.cql_store_args(&lost), &engines.cql_store_args(&new)).await;
 }
