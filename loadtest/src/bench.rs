@@ -39,6 +39,7 @@ fn canned_status(resident_id: String) -> pb::ResidentStatus {
         stale: false,
         override_expires_at: None,
         status_token: String::new(),
+        exposed_at: None,
     }
 }
 
@@ -65,6 +66,12 @@ impl Lookup for Bare {
     ) -> Result<Response<pb::ListOverridesReply>, Status> {
         Ok(Response::new(pb::ListOverridesReply::default()))
     }
+    async fn list_site_risks(
+        &self,
+        _: Request<pb::ListSiteRisksRequest>,
+    ) -> Result<Response<pb::ListSiteRisksReply>, Status> {
+        Ok(Response::new(pb::ListSiteRisksReply::default()))
+    }
 }
 
 #[tonic::async_trait]
@@ -81,6 +88,12 @@ impl Ingest for Bare {
     async fn submit_override(
         &self,
         r: Request<pb::SubmitOverrideRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        Ok(Response::new(accepted(r.into_inner().event.map(|e| e.event_id).unwrap_or_default())))
+    }
+    async fn submit_site_risk(
+        &self,
+        r: Request<pb::SubmitSiteRiskRequest>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
         Ok(Response::new(accepted(r.into_inner().event.map(|e| e.event_id).unwrap_or_default())))
     }

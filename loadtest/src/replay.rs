@@ -79,6 +79,11 @@ pub fn rebase_event(event: &mut pb::Event, anchor_ms: i64) {
             rebase(&mut e.issued_at, anchor_ms);
             rebase(&mut e.expires_at, anchor_ms);
         }
+        Some(K::SiteRisk(e)) => {
+            rebase(&mut e.issued_at, anchor_ms);
+            rebase(&mut e.risky_from, anchor_ms);
+            rebase(&mut e.risky_until, anchor_ms);
+        }
         None => {}
     }
 }

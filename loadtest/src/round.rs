@@ -337,7 +337,7 @@ mod tests {
                 facts.apply(event);
             }
         }
-        let s = policy.evaluate(&facts, ms(c.end_ms()));
+        let s = policy.evaluate(&facts, &healthcode_core::SiteRisks::none(), ms(c.end_ms()));
         let color = healthcode_proto::v1::Color::from(s.color).as_str_name().to_owned();
         (color, healthcode_proto::v1::Reason::from(s.reason).as_str_name().to_owned())
     }

@@ -64,11 +64,13 @@ pub enum Rpc {
     GetStatus,
     BatchGetStatus,
     ListOverrides,
+    SubmitSiteRisk,
+    ListSiteRisks,
     Metrics,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 8] = [
+    pub const ALL: [Rpc; 10] = [
         Rpc::SubmitScan,
         Rpc::SubmitTestResult,
         Rpc::SubmitOverride,
@@ -76,6 +78,8 @@ impl Rpc {
         Rpc::GetStatus,
         Rpc::BatchGetStatus,
         Rpc::ListOverrides,
+        Rpc::SubmitSiteRisk,
+        Rpc::ListSiteRisks,
         Rpc::Metrics,
     ];
 
@@ -88,6 +92,8 @@ impl Rpc {
             Rpc::GetStatus => "GetStatus",
             Rpc::BatchGetStatus => "BatchGetStatus",
             Rpc::ListOverrides => "ListOverrides",
+            Rpc::SubmitSiteRisk => "SubmitSiteRisk",
+            Rpc::ListSiteRisks => "ListSiteRisks",
             Rpc::Metrics => "metrics",
         }
     }
@@ -98,7 +104,8 @@ impl Rpc {
         match self {
             Rpc::SubmitScan | Rpc::GetStatus | Rpc::BatchGetStatus => &[Role::Station],
             Rpc::SubmitTestResult => &[Role::Lab],
-            Rpc::SubmitOverride | Rpc::ListOverrides => &[Role::Authority],
+            Rpc::SubmitOverride | Rpc::ListOverrides | Rpc::SubmitSiteRisk => &[Role::Authority],
+            Rpc::ListSiteRisks => &[Role::Authority, Role::Ops],
             Rpc::SubmitBatch => &[Role::Station, Role::Lab, Role::Authority],
             Rpc::Metrics => &[Role::Ops],
         }
@@ -111,6 +118,7 @@ pub fn owner(event: &pb::Event) -> Option<(Role, &'static str, &str)> {
         Some(Kind::Scan(e)) => Some((Role::Station, "station_id", &e.station_id)),
         Some(Kind::TestResult(e)) => Some((Role::Lab, "lab_id", &e.lab_id)),
         Some(Kind::OverrideEvent(e)) => Some((Role::Authority, "authority_id", &e.authority_id)),
+        Some(Kind::SiteRisk(e)) => Some((Role::Authority, "authority_id", &e.authority_id)),
         None => None,
     }
 }

@@ -65,6 +65,20 @@ pub enum EventBody {
         issued_at: UnixMicros,
         expires_at: UnixMicros,
     },
+    /// A health authority declares (or moves, or withdraws) an exposure
+    /// site: who scanned in at `site_id` in `[risky_from, risky_until)`
+    /// was exposed. Not about one resident: its `resident_id` is
+    /// [`crate::facts::SITE_RISKS_KEY`].
+    SiteRisk {
+        risk_id: String,
+        site_id: String,
+        authority_id: String,
+        risky_from: UnixMicros,
+        risky_until: UnixMicros,
+        issued_at: UnixMicros,
+        retracted: bool,
+        note: String,
+    },
 }
 
 impl Event {
@@ -73,7 +87,7 @@ impl Event {
         match &self.body {
             EventBody::Scan { scanned_at, .. } => *scanned_at,
             EventBody::TestResult { resulted_at, .. } => *resulted_at,
-            EventBody::Override { issued_at, .. } => *issued_at,
+            EventBody::Override { issued_at, .. } | EventBody::SiteRisk { issued_at, .. } => *issued_at,
         }
     }
 
@@ -83,6 +97,7 @@ impl Event {
             EventBody::Scan { .. } => "scan",
             EventBody::TestResult { .. } => "test_result",
             EventBody::Override { .. } => "override",
+            EventBody::SiteRisk { .. } => "site_risk",
         }
     }
 }

@@ -19,6 +19,17 @@ pub const OVERRIDES_KEPT: usize = 64;
 /// two latest to decide whether a positive has been cleared.
 pub const NEGATIVES_KEPT: usize = 2;
 
+/// How many visits (site, scan time) a resident's facts keep: the latest.
+/// An exposure site can only reach the visits kept, so this bounds both
+/// the facts a lookup reads and how far back a very busy scanner is
+/// traceable (512 is 17 scans a day for 30 days).
+pub const VISITS_KEPT: usize = 512;
+
+/// The store key under which the city's site risks are kept, as the facts
+/// of no resident. `~` is outside the id alphabet, and pseudonyms are hex,
+/// so no resident can ever have this key.
+pub const SITE_RISKS_KEY: &str = "~site-risks";
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Facts {
     /// Latest `sampled_at` of a positive result.
@@ -34,6 +45,35 @@ pub struct Facts {
     pub latest_scan: Option<ScanFact>,
     /// The latest event time folded in (resulted_at, issued_at or scanned_at).
     pub updated_at: Option<UnixMicros>,
+    /// Every site the resident scanned in at and when, ascending; the
+    /// latest [`VISITS_KEPT`]. A grow-only set: exposure is judged at read
+    /// time against the site risks, so a risk declared after the visit and a
+    /// visit uploaded after the risk meet the same way.
+    pub visits: Vec<VisitFact>,
+    /// Only under [`SITE_RISKS_KEY`]: per `risk_id` the version with the
+    /// greatest (issued_at, event_id), ascending by risk_id.
+    pub site_risks: Vec<SiteRiskFact>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VisitFact {
+    // Field order is the keep-the-latest order.
+    pub scanned_at: UnixMicros,
+    pub site_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SiteRiskFact {
+    // Field order: per risk_id, the LWW order (issued_at, then event_id).
+    pub risk_id: String,
+    pub issued_at: UnixMicros,
+    pub event_id: String,
+    pub site_id: String,
+    pub authority_id: String,
+    pub risky_from: UnixMicros,
+    pub risky_until: UnixMicros,
+    pub retracted: bool,
+    pub note: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -74,6 +114,16 @@ impl Facts {
         if other.latest_scan > self.latest_scan {
             self.latest_scan.clone_from(&other.latest_scan);
         }
+        if !other.visits.is_empty() {
+            let mut all = std::mem::take(&mut self.visits);
+            all.extend(other.visits.iter().cloned());
+            self.visits = latest(all, VISITS_KEPT);
+        }
+        if !other.site_risks.is_empty() {
+            let mut all = std::mem::take(&mut self.site_risks);
+            all.extend(other.site_risks.iter().cloned());
+            self.site_risks = latest_per_risk(all);
+        }
     }
 
     /// The same join, taking `other`'s strings instead of copying them.
@@ -86,6 +136,20 @@ impl Facts {
         }
         if other.latest_scan > self.latest_scan {
             self.latest_scan = other.latest_scan;
+        }
+        if !other.visits.is_empty() {
+            if self.visits.is_empty() {
+                self.visits = other.visits;
+            } else {
+                let mut all = std::mem::take(&mut self.visits);
+                all.extend(other.visits);
+                self.visits = latest(all, VISITS_KEPT);
+            }
+        }
+        if !other.site_risks.is_empty() {
+            let mut all = std::mem::take(&mut self.site_risks);
+            all.extend(other.site_risks);
+            self.site_risks = latest_per_risk(all);
         }
     }
 
@@ -134,6 +198,10 @@ impl Facts {
             overrides: self.overrides.iter().filter(|o| o.issued_at >= cutoff).cloned().collect(),
             latest_scan: self.latest_scan.clone().filter(|s| s.scanned_at >= cutoff),
             updated_at: keep(&self.updated_at),
+            visits: self.visits.iter().filter(|v| v.scanned_at >= cutoff).cloned().collect(),
+            // A newer version of a risk is always issued later, so it outlives
+            // the older ones: an expired retraction never revives its risk.
+            site_risks: self.site_risks.iter().filter(|r| r.issued_at >= cutoff).cloned().collect(),
         }
     }
 
@@ -149,6 +217,7 @@ impl From<Event> for Facts {
         let mut facts = Facts { updated_at: Some(event.occurred_at()), ..Facts::default() };
         match event.body {
             EventBody::Scan { station_id, site_id, kind, scanned_at } => {
+                facts.visits = vec![VisitFact { scanned_at, site_id: site_id.clone() }];
                 facts.latest_scan = Some(ScanFact { scanned_at, event_id: event.event_id, site_id, station_id, kind });
             }
             EventBody::TestResult { outcome, sampled_at, .. } => {
@@ -163,6 +232,28 @@ impl From<Event> for Facts {
                 facts.overrides =
                     vec![OverrideFact { issued_at, event_id: event.event_id, expires_at, color, authority_id, note }];
             }
+            EventBody::SiteRisk {
+                risk_id,
+                site_id,
+                authority_id,
+                risky_from,
+                risky_until,
+                issued_at,
+                retracted,
+                note,
+            } => {
+                facts.site_risks = vec![SiteRiskFact {
+                    risk_id,
+                    issued_at,
+                    event_id: event.event_id,
+                    site_id,
+                    authority_id,
+                    risky_from,
+                    risky_until,
+                    retracted,
+                    note,
+                }];
+            }
         }
         facts
     }
@@ -175,6 +266,21 @@ fn latest<T: Ord>(mut all: Vec<T>, keep: usize) -> Vec<T> {
     let excess = all.len().saturating_sub(keep);
     all.drain(..excess);
     all
+}
+
+/// Per risk_id the greatest version, ascending by risk_id: a map of LWW
+/// registers, so still a semilattice join.
+fn latest_per_risk(mut all: Vec<SiteRiskFact>) -> Vec<SiteRiskFact> {
+    all.sort_unstable();
+    let mut out: Vec<SiteRiskFact> = Vec::with_capacity(all.len());
+    for risk in all {
+        match out.last_mut() {
+            // Sorted, so a later element with the same id is a newer version.
+            Some(last) if last.risk_id == risk.risk_id => *last = risk,
+            _ => out.push(risk),
+        }
+    }
+    out
 }
 
 /// The `NEGATIVES_KEPT` largest distinct values of both arrays, newest first.

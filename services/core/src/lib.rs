@@ -4,6 +4,7 @@
 //! facts and `now`. Nothing here does I/O.
 
 pub mod event;
+pub mod exposure;
 pub mod facts;
 pub mod policy;
 pub mod record;
@@ -13,7 +14,8 @@ pub mod validation;
 pub mod wire;
 
 pub use event::{Color, Event, EventBody, ScanKind, TestKind, TestOutcome};
-pub use facts::{Facts, OverrideFact, ScanFact};
+pub use exposure::SiteRisks;
+pub use facts::{Facts, OverrideFact, SITE_RISKS_KEY, ScanFact, SiteRiskFact, VisitFact};
 pub use policy::{Policy, Reason, Status};
 pub use time::UnixMicros;
 pub use validation::{EventPath, Limits, ValidationError, Validator};

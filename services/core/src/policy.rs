@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::event::Color;
+use crate::exposure::SiteRisks;
 use crate::facts::{Facts, NEGATIVES_KEPT};
 use crate::time::UnixMicros;
 
@@ -13,6 +14,8 @@ pub enum Reason {
     NoRecord,
     PositiveTest,
     Override,
+    /// YELLOW: a visit to an exposure site, not yet cleared.
+    Exposure,
 }
 
 /// A resident's status at one instant.
@@ -26,6 +29,8 @@ pub struct Status {
     pub last_positive_sampled_at: Option<UnixMicros>,
     pub updated_at: Option<UnixMicros>,
     pub override_expires_at: Option<UnixMicros>,
+    /// The visit that exposed the resident, while it counts.
+    pub exposed_at: Option<UnixMicros>,
     pub as_of: UnixMicros,
 }
 
@@ -35,13 +40,24 @@ pub struct Policy {
     /// How long a negative sample keeps a resident GREEN (default 48 h).
     pub negative_validity: Duration,
     /// Negative samples needed after the latest positive to clear RED
-    /// (default 2; at most the number of negatives the facts keep).
+    /// (default 2; at most the number of negatives the facts keep). The
+    /// same number of negatives sampled after an exposure clears it.
     pub negatives_to_clear: usize,
+    /// How long a visit to an exposure site keeps a resident at least
+    /// YELLOW (default 7 days).
+    pub exposure_period: Duration,
 }
+
+/// The default of [`Policy::exposure_period`].
+pub const DEFAULT_EXPOSURE_PERIOD: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { negative_validity: Duration::from_secs(48 * 3600), negatives_to_clear: NEGATIVES_KEPT }
+        Policy {
+            negative_validity: Duration::from_secs(48 * 3600),
+            negatives_to_clear: NEGATIVES_KEPT,
+            exposure_period: DEFAULT_EXPOSURE_PERIOD,
+        }
     }
 }
 
@@ -54,11 +70,28 @@ impl Policy {
         if !(1..=NEGATIVES_KEPT).contains(&negatives_to_clear) {
             return Err(PolicyError(negatives_to_clear));
         }
-        Ok(Policy { negative_validity, negatives_to_clear })
+        Ok(Policy { negative_validity, negatives_to_clear, exposure_period: DEFAULT_EXPOSURE_PERIOD })
     }
 
-    pub fn evaluate(&self, facts: &Facts, now: UnixMicros) -> Status {
-        let (color, reason, valid_until) = self.base_color(facts, now);
+    /// The same rules with another exposure period.
+    pub fn with_exposure_period(mut self, period: Duration) -> Policy {
+        self.exposure_period = period;
+        self
+    }
+
+    /// The status of a resident with `facts` at `now`, given the city's
+    /// active site `risks`.
+    pub fn evaluate(&self, facts: &Facts, risks: &SiteRisks, now: UnixMicros) -> Status {
+        let (mut color, mut reason, mut valid_until) = self.base_color(facts, now);
+        let exposed_at = self.exposure(facts, risks, now);
+        if let Some(at) = exposed_at
+            && color < Color::Red
+        {
+            // At least YELLOW: a GREEN, or a YELLOW for another reason, is
+            // YELLOW for the exposure until it runs out or is cleared.
+            (color, reason, valid_until) =
+                (Color::Yellow, Reason::Exposure, Some(at.saturating_add(self.exposure_period)));
+        }
         let mut status = Status {
             color,
             reason,
@@ -67,6 +100,7 @@ impl Policy {
             last_positive_sampled_at: facts.latest_positive,
             updated_at: facts.updated_at,
             override_expires_at: None,
+            exposed_at,
             as_of: now,
         };
         // Only the latest override counts, and only while it runs; it can
@@ -82,6 +116,14 @@ impl Policy {
             }
         }
         status
+    }
+
+    /// The latest exposure that still counts at `now`: within the exposure
+    /// period, and not cleared by enough negatives sampled after it.
+    fn exposure(&self, facts: &Facts, risks: &SiteRisks, now: UnixMicros) -> Option<UnixMicros> {
+        let at = risks.exposed_at(facts)?;
+        let cleared = facts.latest_negatives.iter().flatten().filter(|n| **n > at).count() >= self.negatives_to_clear;
+        (now < at.saturating_add(self.exposure_period) && !cleared).then_some(at)
     }
 
     fn base_color(&self, facts: &Facts, now: UnixMicros) -> (Color, Reason, Option<UnixMicros>) {
@@ -127,7 +169,7 @@ mod tests {
 
     #[test]
     fn unknown_resident_is_yellow_no_record() {
-        let s = Policy::default().evaluate(&Facts::default(), h(0));
+        let s = Policy::default().evaluate(&Facts::default(), &SiteRisks::none(), h(0));
         assert_eq!((s.color, s.reason), (Color::Yellow, Reason::NoRecord));
     }
 
@@ -135,23 +177,23 @@ mod tests {
     fn fresh_negative_is_green_until_48h_after_sampling() {
         let p = Policy::default();
         let f = facts(None, &[0]);
-        let s = p.evaluate(&f, h(47));
+        let s = p.evaluate(&f, &SiteRisks::none(), h(47));
         assert_eq!((s.color, s.reason, s.valid_until), (Color::Green, Reason::NegativeTestValid, Some(h(48))));
-        let s = p.evaluate(&f, h(48));
+        let s = p.evaluate(&f, &SiteRisks::none(), h(48));
         assert_eq!((s.color, s.reason), (Color::Yellow, Reason::NoValidTest));
     }
 
     #[test]
     fn positive_is_red_until_two_later_negatives() {
         let p = Policy::default();
-        assert_eq!(p.evaluate(&facts(Some(0), &[]), h(1)).color, Color::Red);
-        assert_eq!(p.evaluate(&facts(Some(0), &[5]), h(6)).color, Color::Red);
-        assert_eq!(p.evaluate(&facts(Some(0), &[5, -3]), h(6)).color, Color::Red);
-        let s = p.evaluate(&facts(Some(0), &[9, 5]), h(10));
+        assert_eq!(p.evaluate(&facts(Some(0), &[]), &SiteRisks::none(), h(1)).color, Color::Red);
+        assert_eq!(p.evaluate(&facts(Some(0), &[5]), &SiteRisks::none(), h(6)).color, Color::Red);
+        assert_eq!(p.evaluate(&facts(Some(0), &[5, -3]), &SiteRisks::none(), h(6)).color, Color::Red);
+        let s = p.evaluate(&facts(Some(0), &[9, 5]), &SiteRisks::none(), h(10));
         assert_eq!((s.color, s.reason), (Color::Green, Reason::NegativeTestValid));
         // One clearing negative is enough when configured so.
         let one = Policy::new(p.negative_validity, 1).unwrap();
-        assert_eq!(one.evaluate(&facts(Some(0), &[5]), h(6)).color, Color::Green);
+        assert_eq!(one.evaluate(&facts(Some(0), &[5]), &SiteRisks::none(), h(6)).color, Color::Green);
     }
 
     #[test]
@@ -166,14 +208,14 @@ mod tests {
             authority_id: "cdc".into(),
             note: String::new(),
         }];
-        let s = p.evaluate(&f, h(2));
+        let s = p.evaluate(&f, &SiteRisks::none(), h(2));
         assert_eq!((s.color, s.reason, s.valid_until), (Color::Yellow, Reason::Override, Some(h(24))));
         // Expired: back to the base color.
-        assert_eq!(p.evaluate(&f, h(24)).color, Color::Green);
+        assert_eq!(p.evaluate(&f, &SiteRisks::none(), h(24)).color, Color::Green);
         // A green override does not lower a red.
         let mut red = facts(Some(0), &[]);
         red.overrides = vec![OverrideFact { color: Color::Green, ..f.overrides[0].clone() }];
-        let s = p.evaluate(&red, h(2));
+        let s = p.evaluate(&red, &SiteRisks::none(), h(2));
         assert_eq!((s.color, s.reason), (Color::Red, Reason::PositiveTest));
     }
 
@@ -181,5 +223,45 @@ mod tests {
     fn negatives_to_clear_is_bounded_by_what_facts_keep() {
         assert_eq!(Policy::new(Duration::from_secs(1), 3), Err(PolicyError(3)));
         assert_eq!(Policy::new(Duration::from_secs(1), 0), Err(PolicyError(0)));
+    }
+
+    #[test]
+    fn an_exposure_is_yellow_for_the_period_unless_red_or_cleared_by_later_negatives() {
+        use crate::facts::{SiteRiskFact, VisitFact};
+        let p = Policy::default();
+        let risks = SiteRisks::from_risks(&[SiteRiskFact {
+            risk_id: "k1".into(),
+            issued_at: h(30),
+            event_id: "e".into(),
+            site_id: "mall".into(),
+            authority_id: "cdc".into(),
+            risky_from: h(0),
+            risky_until: h(10),
+            retracted: false,
+            note: String::new(),
+        }]);
+        let visit = |f: &mut Facts, at: i64| f.visits.push(VisitFact { scanned_at: h(at), site_id: "mall".into() });
+        // A negative before the visit: GREEN without the risk, YELLOW with it.
+        let mut f = facts(None, &[1]);
+        visit(&mut f, 5);
+        assert_eq!(p.evaluate(&f, &SiteRisks::none(), h(20)).color, Color::Green);
+        let s = p.evaluate(&f, &risks, h(20));
+        assert_eq!(
+            (s.color, s.reason, s.valid_until, s.exposed_at),
+            (Color::Yellow, Reason::Exposure, Some(h(5 + 168)), Some(h(5)))
+        );
+        // Over after the exposure period: back to what the tests say.
+        assert_eq!(p.evaluate(&f, &risks, h(5 + 168)).reason, Reason::NoValidTest);
+        // One negative after the visit is not enough, two are.
+        let mut one = facts(None, &[20]);
+        visit(&mut one, 5);
+        assert_eq!(p.evaluate(&one, &risks, h(21)).reason, Reason::Exposure);
+        let mut two = facts(None, &[22, 20]);
+        visit(&mut two, 5);
+        assert_eq!(p.evaluate(&two, &risks, h(23)).reason, Reason::NegativeTestValid);
+        // A positive stays RED.
+        let mut red = facts(Some(1), &[]);
+        visit(&mut red, 5);
+        assert_eq!(p.evaluate(&red, &risks, h(20)).reason, Reason::PositiveTest);
     }
 }

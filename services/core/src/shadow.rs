@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::event::Color;
+use crate::exposure::SiteRisks;
 use crate::facts::Facts;
 use crate::policy::{Policy, Reason};
 use crate::time::UnixMicros;
@@ -31,9 +32,18 @@ pub struct Transition {
 }
 
 impl PolicyDiff {
-    /// Adds one resident: both policies evaluated at `now`.
-    pub fn add(&mut self, resident: &str, facts: &Facts, current: &Policy, candidate: &Policy, now: UnixMicros) {
-        let (from, to) = (current.evaluate(facts, now), candidate.evaluate(facts, now));
+    /// Adds one resident: both policies evaluated at `now`, over the same
+    /// site risks.
+    pub fn add(
+        &mut self,
+        resident: &str,
+        facts: &Facts,
+        risks: &SiteRisks,
+        policies: (&Policy, &Policy),
+        now: UnixMicros,
+    ) {
+        let (current, candidate) = policies;
+        let (from, to) = (current.evaluate(facts, risks, now), candidate.evaluate(facts, risks, now));
         self.residents += 1;
         let transition = self.colors.entry((from.color, to.color)).or_default();
         transition.count += 1;
@@ -79,9 +89,9 @@ mod tests {
         let shorter = Policy::new(Duration::from_secs(24 * 3600), 2).unwrap();
         let mut diff = PolicyDiff::default();
         for i in 0..12 {
-            diff.add(&format!("r{i}"), &negative_30h_ago, &current, &shorter, now);
+            diff.add(&format!("r{i}"), &negative_30h_ago, &SiteRisks::none(), (&current, &shorter), now);
         }
-        diff.add("nobody", &Facts::default(), &current, &shorter, now);
+        diff.add("nobody", &Facts::default(), &SiteRisks::none(), (&current, &shorter), now);
         assert_eq!(diff.residents, 13);
         let greens = &diff.colors[&(Color::Green, Color::Yellow)];
         assert_eq!(greens.count, 12, "a 30-hour-old negative is green for 48 h, not for 24 h");
@@ -93,13 +103,13 @@ mod tests {
         // Two shards' diffs add up to the diff of all, samples still capped.
         let mut halves = PolicyDiff::default();
         for i in 0..6 {
-            halves.add(&format!("r{i}"), &negative_30h_ago, &current, &shorter, now);
+            halves.add(&format!("r{i}"), &negative_30h_ago, &SiteRisks::none(), (&current, &shorter), now);
         }
         let mut other = PolicyDiff::default();
         for i in 6..12 {
-            other.add(&format!("r{i}"), &negative_30h_ago, &current, &shorter, now);
+            other.add(&format!("r{i}"), &negative_30h_ago, &SiteRisks::none(), (&current, &shorter), now);
         }
-        other.add("nobody", &Facts::default(), &current, &shorter, now);
+        other.add("nobody", &Facts::default(), &SiteRisks::none(), (&current, &shorter), now);
         halves.absorb(other);
         assert_eq!(halves, diff);
     }

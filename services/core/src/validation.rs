@@ -155,12 +155,13 @@ impl Validator {
             None => {
                 return Err(ValidationError::new(
                     format!("{at}.kind"),
-                    "must be set to one of scan, test_result, override_event",
+                    "must be set to one of scan, test_result, override_event, site_risk",
                 ));
             }
             Some(Kind::Scan(_)) => "scan",
             Some(Kind::TestResult(_)) => "test_result",
             Some(Kind::OverrideEvent(_)) => "override_event",
+            Some(Kind::SiteRisk(_)) => "site_risk",
         };
         let kind = event.kind.expect("matched above");
         self.kind(kind, Fields { event: at, oneof: Some(oneof) }, clock)
@@ -172,6 +173,7 @@ impl Validator {
             Kind::Scan(e) => self.scan(e, p, clock),
             Kind::TestResult(e) => self.test_result(e, p, clock),
             Kind::OverrideEvent(e) => self.override_event(e, p, clock),
+            Kind::SiteRisk(e) => self.site_risk(e, p, clock),
         }
     }
 
@@ -233,6 +235,53 @@ impl Validator {
             event_id,
             resident_id,
             body: EventBody::Override { authority_id, color, note: e.note, issued_at, expires_at },
+        })
+    }
+
+    fn site_risk(&self, e: pb::SiteRiskEvent, p: Fields<'_>, clock: Clock) -> Result<Event, ValidationError> {
+        let event_id = p.id(e.event_id, "event_id")?;
+        let risk_id = p.id(e.risk_id, "risk_id")?;
+        let site_id = p.id(e.site_id, "site_id")?;
+        let authority_id = p.id(e.authority_id, "authority_id")?;
+        if e.note.len() > MAX_NOTE_LEN {
+            return Err(p.error("note", format!("must be at most {MAX_NOTE_LEN} bytes")));
+        }
+        let issued_at = self.event_time(e.issued_at.as_ref(), p, "issued_at", clock)?;
+        let risky_from = timestamp(e.risky_from.as_ref(), p, "risky_from")?;
+        let risky_until = timestamp(e.risky_until.as_ref(), p, "risky_until")?;
+        if risky_until <= risky_from {
+            return Err(p.error("risky_until", "must be after risky_from"));
+        }
+        if risky_until > risky_from.saturating_add(self.limits.retention) {
+            return Err(p.error(
+                "risky_until",
+                format!(
+                    "must be at most the retention window of {}s after risky_from",
+                    self.limits.retention.as_secs()
+                ),
+            ));
+        }
+        if let Clock::At(now) = clock
+            && risky_from > now.saturating_add(self.limits.max_future_skew)
+        {
+            return Err(p.error(
+                "risky_from",
+                format!("must not be more than {}s in the future", self.limits.max_future_skew.as_secs()),
+            ));
+        }
+        Ok(Event {
+            event_id,
+            resident_id: crate::facts::SITE_RISKS_KEY.to_owned(),
+            body: EventBody::SiteRisk {
+                risk_id,
+                site_id,
+                authority_id,
+                risky_from,
+                risky_until,
+                issued_at,
+                retracted: e.retracted,
+                note: e.note,
+            },
         })
     }
 
@@ -399,6 +448,46 @@ mod tests {
         );
         // A record already in the log still applies.
         assert!(v.decode_record(sixty_days).is_ok());
+    }
+
+    fn site_risk(from: i64, until: i64) -> pb::Event {
+        let hours = |h: i64| ts(UnixMicros(now().0 + h * 3_600_000_000));
+        pb::Event {
+            kind: Some(pb::event::Kind::SiteRisk(pb::SiteRiskEvent {
+                event_id: "k-1".into(),
+                risk_id: "risk-1".into(),
+                site_id: "mall-7".into(),
+                authority_id: "auth-1".into(),
+                risky_from: hours(from),
+                risky_until: hours(until),
+                issued_at: ts(now()),
+                retracted: false,
+                note: String::new(),
+            })),
+        }
+    }
+
+    #[test]
+    fn a_site_risk_needs_a_window_forward_in_time_and_no_longer_than_retention() {
+        let v = Validator::default();
+        let at = EventPath::single("event");
+        let ok = v.validate_single(site_risk(-48, -24), at, now()).unwrap();
+        assert_eq!(ok.resident_id, crate::facts::SITE_RISKS_KEY);
+        let e = v.validate_single(site_risk(-24, -24), at, now()).unwrap_err();
+        assert_eq!((e.field.as_str(), e.rule.as_str()), ("event.risky_until", "must be after risky_from"));
+        let e = v.validate_single(site_risk(-31 * 24, -1), at, now()).unwrap_err();
+        assert_eq!(e.field, "event.risky_until");
+        assert!(e.rule.contains("retention window"), "{}", e.rule);
+        let e = v.validate_single(site_risk(2, 3), at, now()).unwrap_err();
+        assert_eq!(e.field, "event.risky_from");
+        let mut no_site = site_risk(-2, -1);
+        if let Some(pb::event::Kind::SiteRisk(r)) = &mut no_site.kind {
+            r.site_id.clear();
+        }
+        assert_eq!(
+            v.validate(no_site, EventPath::indexed("events", 2), now()).unwrap_err().field,
+            "events[2].site_risk.site_id"
+        );
     }
 
     #[test]

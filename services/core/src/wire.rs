@@ -15,6 +15,7 @@ pub fn event_id(e: &pb::Event) -> &str {
         Some(Kind::Scan(s)) => &s.event_id,
         Some(Kind::TestResult(t)) => &t.event_id,
         Some(Kind::OverrideEvent(o)) => &o.event_id,
+        Some(Kind::SiteRisk(r)) => &r.event_id,
         None => "",
     }
 }
@@ -60,6 +61,7 @@ impl From<Reason> for pb::Reason {
             Reason::NoRecord => pb::Reason::NoRecord,
             Reason::PositiveTest => pb::Reason::PositiveTest,
             Reason::Override => pb::Reason::Override,
+            Reason::Exposure => pb::Reason::Exposure,
         }
     }
 }
@@ -102,6 +104,26 @@ impl From<&Event> for pb::Event {
                     expires_at: ts(*expires_at),
                 })
             }
+            EventBody::SiteRisk {
+                risk_id,
+                site_id,
+                authority_id,
+                risky_from,
+                risky_until,
+                issued_at,
+                retracted,
+                note,
+            } => W::SiteRisk(pb::SiteRiskEvent {
+                event_id: event.event_id.clone(),
+                risk_id: risk_id.clone(),
+                site_id: site_id.clone(),
+                authority_id: authority_id.clone(),
+                risky_from: ts(*risky_from),
+                risky_until: ts(*risky_until),
+                issued_at: ts(*issued_at),
+                retracted: *retracted,
+                note: note.clone(),
+            }),
         };
         pb::Event { kind: Some(kind) }
     }
@@ -147,6 +169,20 @@ mod tests {
                     note: "case".into(),
                     issued_at: at,
                     expires_at: UnixMicros(at.0 + 1),
+                },
+            },
+            Event {
+                event_id: "e4".into(),
+                resident_id: crate::facts::SITE_RISKS_KEY.into(),
+                body: EventBody::SiteRisk {
+                    risk_id: "k1".into(),
+                    site_id: "mall".into(),
+                    authority_id: "cdc".into(),
+                    risky_from: UnixMicros(at.0 - 10),
+                    risky_until: at,
+                    issued_at: at,
+                    retracted: true,
+                    note: "withdrawn".into(),
                 },
             },
         ];

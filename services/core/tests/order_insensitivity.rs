@@ -1,7 +1,9 @@
 //! The central property: a resident's status depends on the set of events,
 //! not on their order, their repetition or how they were grouped in batches.
 
-use healthcode_core::{Color, Event, EventBody, Facts, Policy, ScanKind, TestKind, TestOutcome, UnixMicros};
+use healthcode_core::{
+    Color, Event, EventBody, Facts, Policy, SITE_RISKS_KEY, ScanKind, SiteRisks, TestKind, TestOutcome, UnixMicros,
+};
 use proptest::prelude::*;
 
 const HOUR: i64 = 3_600_000_000;
@@ -37,17 +39,40 @@ fn arb_event() -> impl Strategy<Value = Event> {
         issued_at: at(issued),
         expires_at: at(issued + lasts),
     });
-    let scan = (0..240i64).prop_map(|t| EventBody::Scan {
+    let scan = (0..240i64, 1..3u8).prop_map(|(t, site)| EventBody::Scan {
         station_id: "st-1".into(),
-        site_id: "venue-1".into(),
+        site_id: format!("venue-{site}"),
         kind: ScanKind::VenueEntry,
         scanned_at: at(t),
     });
-    (prop_oneof![3 => test, 1 => override_event, 1 => scan], 0..1_000_000u32).prop_map(|(body, n)| Event {
-        event_id: format!("e{n}"),
-        resident_id: "resident-1".into(),
-        body,
+    // Two risks over two venues, declared before or after the visits, moved
+    // by later versions and sometimes retracted.
+    let site_risk = (1..3u8, 1..3u8, 0..240i64, 1..72i64, 0..260i64, proptest::bool::weighted(0.25)).prop_map(
+        |(risk, site, from, lasts, issued, retracted)| EventBody::SiteRisk {
+            risk_id: format!("risk-{risk}"),
+            site_id: format!("venue-{site}"),
+            authority_id: "cdc".into(),
+            risky_from: at(from),
+            risky_until: at(from + lasts),
+            issued_at: at(issued),
+            retracted,
+            note: String::new(),
+        },
+    );
+    (prop_oneof![3 => test, 1 => override_event, 2 => scan, 1 => site_risk], 0..1_000_000u32).prop_map(|(body, n)| {
+        let resident_id = if matches!(body, EventBody::SiteRisk { .. }) { SITE_RISKS_KEY } else { "resident-1" };
+        Event { event_id: format!("e{n}"), resident_id: resident_id.into(), body }
     })
+}
+
+/// The resident's facts and the site-risk registry's, as a materializer
+/// folds them (each under its own key).
+fn fold_keys(events: &[Event]) -> (Facts, Facts) {
+    let (mut resident, mut registry) = (Facts::default(), Facts::default());
+    for e in events {
+        if e.resident_id == SITE_RISKS_KEY { &mut registry } else { &mut resident }.apply(e.clone());
+    }
+    (resident, registry)
 }
 
 fn fold(events: &[Event]) -> Facts {
@@ -77,11 +102,13 @@ proptest! {
             .prop_flat_map(|events| (Just(events.clone()), arb_delivery(events))),
         now_hours in 0..300i64,
     ) {
-        let in_order = fold(&events);
-        let as_delivered = fold(&delivered);
+        let (in_order, risks_in_order) = fold_keys(&events);
+        let (as_delivered, risks_delivered) = fold_keys(&delivered);
         prop_assert_eq!(&in_order, &as_delivered);
+        prop_assert_eq!(&risks_in_order, &risks_delivered);
+        let (a, b) = (SiteRisks::from_facts(&risks_in_order), SiteRisks::from_facts(&risks_delivered));
         let policy = Policy::default();
-        prop_assert_eq!(policy.evaluate(&in_order, at(now_hours)), policy.evaluate(&as_delivered, at(now_hours)));
+        prop_assert_eq!(policy.evaluate(&in_order, &a, at(now_hours)), policy.evaluate(&as_delivered, &b, at(now_hours)));
     }
 
     #[test]
@@ -135,8 +162,9 @@ fn a_late_old_positive_does_not_override_later_negatives() {
         result("n2", TestOutcome::Negative, 20, 22),
         result("p", TestOutcome::Positive, 5, 40),
     ];
-    let status = Policy::default().evaluate(&fold(&events), at(41));
+    let none = SiteRisks::none();
+    let status = Policy::default().evaluate(&fold(&events), &none, at(41));
     assert_eq!(status.color, Color::Green);
     let reversed: Vec<Event> = events.iter().rev().cloned().collect();
-    assert_eq!(Policy::default().evaluate(&fold(&reversed), at(41)), status);
+    assert_eq!(Policy::default().evaluate(&fold(&reversed), &none, at(41)), status);
 }

@@ -130,9 +130,12 @@ impl EdgeService {
         }
     }
 
-    /// Validated events of the caller, with the resident id replaced by its pseudonym.
+    /// Validated events of the caller, with the resident id replaced by its
+    /// pseudonym. A site risk names no resident: its key stays the registry's.
     fn pseudonymized(&self, mut event: Event) -> Event {
-        event.resident_id = self.pseudonyms.pseudonym(&event.resident_id);
+        if !matches!(event.body, EventBody::SiteRisk { .. }) {
+            event.resident_id = self.pseudonyms.pseudonym(&event.resident_id);
+        }
         event
     }
 
@@ -274,16 +277,37 @@ impl EventKey {
         let submitter = match &event.body {
             EventBody::Scan { station_id, .. } => station_id,
             EventBody::TestResult { lab_id, .. } => lab_id,
-            EventBody::Override { authority_id, .. } => authority_id,
+            EventBody::Override { authority_id, .. } | EventBody::SiteRisk { authority_id, .. } => authority_id,
         };
         EventKey { kind: event.kind_label(), submitter: submitter.clone(), event_id: event.event_id.clone() }
     }
 }
 
-/// Every accepted override goes to the audit log (target `audit`): who, when,
-/// what. The resident appears as its pseudonym only, and the note (free text
-/// that may name people or places) never goes to a log: only its length.
+/// Every accepted override and site risk goes to the audit log (target
+/// `audit`): who, when, what. The resident appears as its pseudonym only, and
+/// the note (free text that may name people or places) never goes to a log:
+/// only its length.
 fn audit(event: &Event, caller: &Principal) {
+    if let EventBody::SiteRisk { risk_id, site_id, authority_id, risky_from, risky_until, issued_at, retracted, note } =
+        &event.body
+    {
+        metrics::counter!("healthcode_site_risk_events_total", "action" => if *retracted { "retract" } else { "declare" })
+            .increment(1);
+        tracing::info!(
+            target: "audit",
+            caller = %caller.name,
+            authority_id,
+            event_id = %event.event_id,
+            risk_id,
+            site_id,
+            risky_from = risky_from.0,
+            risky_until = risky_until.0,
+            issued_at = issued_at.0,
+            retracted,
+            note_bytes = note.len(),
+            "site risk accepted"
+        );
+    }
     if let EventBody::Override { authority_id, color, note, issued_at, expires_at } = &event.body {
         tracing::info!(
             target: "audit",
@@ -328,6 +352,13 @@ impl Ingest for EdgeService {
         request: Request<pb::SubmitOverrideRequest>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
         self.submit_unary(Rpc::SubmitOverride, request, |r| r.event.map(Kind::OverrideEvent)).await
+    }
+
+    async fn submit_site_risk(
+        &self,
+        request: Request<pb::SubmitSiteRiskRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        self.submit_unary(Rpc::SubmitSiteRisk, request, |r| r.event.map(Kind::SiteRisk)).await
     }
 
     async fn submit_batch(

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use healthcode_core::UnixMicros;
 use healthcode_core::shadow::PolicyDiff;
+use healthcode_core::{SITE_RISKS_KEY, SiteRisks, UnixMicros};
 use healthcode_proto::v1 as pb;
 use healthcode_store::{StatusStore, StoreError};
 use serde::Serialize;
@@ -66,11 +66,14 @@ impl ShadowRules {
         let now = UnixMicros::now();
         let progress = metrics::gauge!("healthcode_policy_diff_residents");
         progress.set(0.0);
+        // Both policies judge exposure against the same site risks.
+        let risks = self.store.get(SITE_RISKS_KEY).await?.map(|f| SiteRisks::from_facts(&f)).unwrap_or_default();
         let shards = self.store.scan_shards();
         let parallel = PARALLEL_SHARDS.min(shards.len()).max(1);
         let rate = MAX_RATE / parallel as f64;
+        let risks = &risks;
         let mut diffs = futures_util::stream::iter(shards)
-            .map(|start| self.diff_shard(start, candidate, now, rate, &progress))
+            .map(|start| self.diff_shard(start, candidate, risks, now, rate, &progress))
             .buffer_unordered(parallel);
         let mut diff = PolicyDiff::default();
         while let Some(shard) = diffs.next().await {
@@ -84,6 +87,7 @@ impl ShadowRules {
         &self,
         start: Option<String>,
         candidate: &VersionedPolicy,
+        risks: &SiteRisks,
         now: UnixMicros,
         rate: f64,
         progress: &metrics::Gauge,
@@ -93,8 +97,9 @@ impl ShadowRules {
         loop {
             let page_started = tokio::time::Instant::now();
             let page = self.store.scan(cursor, PAGE).await?;
-            for u in &page.residents {
-                diff.add(&u.resident, &u.facts, &self.current.policy, &candidate.policy, now);
+            // The registry of site risks is kept like a resident's facts; it is not one.
+            for u in page.residents.iter().filter(|u| u.resident != SITE_RISKS_KEY) {
+                diff.add(&u.resident, &u.facts, risks, (&self.current.policy, &candidate.policy), now);
             }
             progress.increment(page.residents.len() as f64);
             match page.next {

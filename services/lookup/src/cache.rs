@@ -77,7 +77,13 @@ fn entry_bytes(key: &str, known: &Known) -> usize {
             })
             .sum();
         let scan = f.latest_scan.as_ref().map_or(0, |s| s.event_id.len() + s.site_id.len() + s.station_id.len());
-        overrides + scan
+        let visits: usize = f.visits.iter().map(|v| size_of::<healthcode_core::VisitFact>() + v.site_id.len()).sum();
+        let risks: usize = f
+            .site_risks
+            .iter()
+            .map(|r| size_of::<healthcode_core::SiteRiskFact>() + r.risk_id.len() + r.event_id.len() + r.note.len())
+            .sum();
+        overrides + scan + visits + risks
     });
     key.len() + size_of::<Known>() + facts + TOKEN_BYTES
 }
@@ -283,6 +289,9 @@ mod tests {
         }
         async fn scan(&self, _: Option<String>, _: usize) -> Result<healthcode_store::ScanPage, StoreError> {
             unreachable!("lookups never scan")
+        }
+        async fn count_visitors(&self, _: &str, _: UnixMicros, _: UnixMicros) -> Result<u64, StoreError> {
+            unreachable!("lookups never count visitors")
         }
     }
 

@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use healthcode_auth::{Admitted, Guard, Pseudonymizer, Rpc};
 use healthcode_core::validation::{MAX_LOOKUP_BATCH, check_id};
-use healthcode_core::{Color, Facts, Policy, Status, UnixMicros, ValidationError};
+use healthcode_core::{Color, Facts, Policy, SITE_RISKS_KEY, SiteRisks, Status, UnixMicros, ValidationError};
 use healthcode_proto::v1::{self as pb, lookup_server::Lookup};
 use healthcode_rpc::{Lane, LaneConfig, LookupsFirst, ServiceError};
 use healthcode_status_token::Signer;
 use healthcode_store::StatusStore;
 
-use crate::cache::{FactsCache, Read, ReadError};
+use crate::cache::{FactsCache, Known, Read, ReadError};
 use crate::tokens::TokenReuse;
 use tonic::{Request, Response};
 
@@ -123,6 +123,16 @@ pub struct LookupService {
     lane: Lane,
     tokens: Option<TokenReuse>,
     priority: Option<Arc<LookupsFirst>>,
+    /// The active site risks of the registry entry last read: rebuilt only
+    /// when the cache holds a newer entry.
+    risks: std::sync::Mutex<Option<(Arc<Known>, Arc<SiteRisks>)>>,
+}
+
+/// The site risks an answer was judged against, and whether they are known
+/// only from a stale (or no) read.
+struct RisksRead {
+    risks: Arc<SiteRisks>,
+    stale: bool,
 }
 
 impl LookupService {
@@ -151,6 +161,7 @@ impl LookupService {
             lane,
             tokens: None,
             priority: None,
+            risks: std::sync::Mutex::new(None),
         }
     }
 
@@ -202,12 +213,41 @@ impl LookupService {
         Ok(read)
     }
 
-    fn status(&self, resident_id: String, read: &Read, now: UnixMicros) -> pb::ResidentStatus {
+    /// The city's active site risks, from the cache like any resident's
+    /// facts (one store read per `cache_fresh_for` at most). When the store
+    /// cannot say and nothing is cached, no site is risky and the answer is
+    /// flagged stale: never blank, never waiting.
+    async fn site_risks(&self, deadline: Duration) -> RisksRead {
+        let read = match self.cache.read(SITE_RISKS_KEY, &*self.store, deadline).await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(error = &e as &dyn std::error::Error, "site risks unreadable and none cached");
+                return RisksRead { risks: Arc::new(SiteRisks::none()), stale: true };
+            }
+        };
+        let stale = read.stale();
+        let known = read.known();
+        let mut held = self.risks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, risks)) = held.as_ref()
+            && Arc::ptr_eq(seen, known)
+        {
+            return RisksRead { risks: risks.clone(), stale };
+        }
+        let risks = Arc::new(known.facts.as_ref().map(SiteRisks::from_facts).unwrap_or_default());
+        metrics::gauge!("healthcode_site_risks_active").set(risks.len() as f64);
+        *held = Some((known.clone(), risks.clone()));
+        RisksRead { risks, stale }
+    }
+
+    fn status(&self, resident_id: String, read: &Read, risks: &RisksRead, now: UnixMicros) -> pb::ResidentStatus {
         let known = read.known();
         let none = Facts::default();
-        let status = self.policy.evaluate(known.facts.as_ref().unwrap_or(&none), now);
+        let status = self.policy.evaluate(known.facts.as_ref().unwrap_or(&none), &risks.risks, now);
+        if status.reason == healthcode_core::Reason::Exposure {
+            metrics::counter!("healthcode_lookup_exposed_answers_total").increment(1);
+        }
         self.meters.answer(status.color);
-        let mut wire = to_wire(resident_id, &status, read.stale());
+        let mut wire = to_wire(resident_id, &status, read.stale() || risks.stale);
         if let Some(tokens) = &self.tokens {
             wire.status_token = tokens.token(&known.token, &wire, now);
         }
@@ -221,8 +261,64 @@ impl LookupService {
     ) -> Result<pb::ResidentStatus, ServiceError> {
         self.started();
         check_id(&request.resident_id, "resident_id")?;
-        let read = self.read(&request.resident_id, &call).await?;
-        Ok(self.status(request.resident_id, &read, UnixMicros::now()))
+        let (read, risks) = tokio::join!(
+            self.read(&request.resident_id, &call),
+            self.site_risks(self.deadline(&call, self.config.budget))
+        );
+        Ok(self.status(request.resident_id, &read?, &risks, UnixMicros::now()))
+    }
+
+    async fn list_site_risks(
+        &self,
+        call: Admitted,
+        request: pb::ListSiteRisksRequest,
+    ) -> Result<pb::ListSiteRisksReply, ServiceError> {
+        if !request.site_id.is_empty() {
+            check_id(&request.site_id, "site_id")?;
+        }
+        let read = self
+            .cache
+            .read(SITE_RISKS_KEY, &*self.store, self.deadline(&call, self.config.batch_budget))
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let mut risks: Vec<_> = read
+            .known()
+            .facts
+            .as_ref()
+            .map(|f| f.site_risks.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| request.site_id.is_empty() || r.site_id == request.site_id)
+            .collect();
+        risks.sort_by(|a, b| (b.issued_at, &b.event_id).cmp(&(a.issued_at, &a.event_id)));
+        let ts = |t: UnixMicros| Some(t.to_timestamp());
+        let mut out = Vec::with_capacity(risks.len());
+        for r in risks {
+            let exposed_residents = if r.retracted {
+                0
+            } else {
+                self.store.count_visitors(&r.site_id, r.risky_from, r.risky_until).await.map_err(|e| {
+                    ServiceError::Unavailable {
+                        what: "status store",
+                        detail: e.to_string(),
+                        retry_after: self.config.retry_after,
+                    }
+                })?
+            };
+            out.push(pb::SiteRiskRecord {
+                risk_id: r.risk_id,
+                site_id: r.site_id,
+                authority_id: r.authority_id,
+                risky_from: ts(r.risky_from),
+                risky_until: ts(r.risky_until),
+                issued_at: ts(r.issued_at),
+                retracted: r.retracted,
+                note: r.note,
+                event_id: r.event_id,
+                exposed_residents,
+            });
+        }
+        Ok(pb::ListSiteRisksReply { risks: out })
     }
 
     async fn list_overrides(
@@ -269,13 +365,14 @@ impl LookupService {
         let reads = self.cache.read_many(&keys, &*self.store, self.deadline(&call, self.config.batch_budget)).await;
         self.meters.read_seconds.record(started.elapsed());
         let reads = reads.map_err(|e| self.unavailable(e))?;
+        let risks = self.site_risks(self.deadline(&call, self.config.batch_budget)).await;
         let now = UnixMicros::now();
         let statuses = ids
             .into_iter()
             .zip(reads)
             .map(|(id, read)| {
                 self.meters.read(&read);
-                self.status(id, &read, now)
+                self.status(id, &read, &risks, now)
             })
             .collect();
         Ok(pb::BatchGetStatusReply { statuses })
@@ -296,6 +393,7 @@ pub fn to_wire(resident_id: String, status: &Status, stale: bool) -> pb::Residen
         stale,
         override_expires_at: ts(status.override_expires_at),
         status_token: String::new(),
+        exposed_at: ts(status.exposed_at),
     }
 }
 
@@ -320,5 +418,12 @@ impl Lookup for LookupService {
         request: Request<pb::ListOverridesRequest>,
     ) -> Result<Response<pb::ListOverridesReply>, tonic::Status> {
         self.guard.serve(Rpc::ListOverrides, &self.lane, request, |call, r| self.list_overrides(call, r)).await
+    }
+
+    async fn list_site_risks(
+        &self,
+        request: Request<pb::ListSiteRisksRequest>,
+    ) -> Result<Response<pb::ListSiteRisksReply>, tonic::Status> {
+        self.guard.serve(Rpc::ListSiteRisks, &self.lane, request, |call, r| self.list_site_risks(call, r)).await
     }
 }

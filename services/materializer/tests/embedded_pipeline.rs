@@ -56,11 +56,14 @@ async fn events_become_facts_and_a_poison_record_does_not_stall() {
         if facts.iter().all(Option::is_some) && facts[0].as_ref().unwrap().latest_negative().is_some() {
             let now = UnixMicros::now();
             assert_eq!(
-                policy.evaluate(facts[0].as_ref().unwrap(), now).color,
+                policy.evaluate(facts[0].as_ref().unwrap(), &healthcode_core::SiteRisks::none(), now).color,
                 Color::Red,
                 "one negative after a positive"
             );
-            assert_eq!(policy.evaluate(facts[1].as_ref().unwrap(), now).color, Color::Green);
+            assert_eq!(
+                policy.evaluate(facts[1].as_ref().unwrap(), &healthcode_core::SiteRisks::none(), now).color,
+                Color::Green
+            );
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "facts never arrived: {facts:?}");

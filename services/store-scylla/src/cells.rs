@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use healthcode_core::{Color, Facts, OverrideFact, ScanFact, ScanKind, UnixMicros};
+use healthcode_core::{Color, Facts, OverrideFact, ScanFact, ScanKind, SiteRiskFact, UnixMicros, VisitFact};
 use serde::{Deserialize, Serialize};
 
 use crate::cql::{Register, RowKind};
@@ -88,7 +88,51 @@ pub fn writes(facts: &Facts, retention: Duration, now: UnixMicros) -> Vec<Write>
     for o in &facts.overrides {
         row(RowKind::Override, o.issued_at, &o.event_id, encode_override(o));
     }
+    for v in &facts.visits {
+        row(RowKind::Visit, v.scanned_at, &v.site_id, Vec::new());
+    }
+    for r in &facts.site_risks {
+        row(RowKind::SiteRisk, r.issued_at, &r.event_id, encode_site_risk(r));
+    }
     out
+}
+
+#[derive(Serialize, Deserialize)]
+struct SiteRiskRest {
+    risk_id: String,
+    site_id: String,
+    authority_id: String,
+    risky_from: UnixMicros,
+    risky_until: UnixMicros,
+    retracted: bool,
+    note: String,
+}
+
+pub fn encode_site_risk(r: &SiteRiskFact) -> Vec<u8> {
+    postcard_part(&SiteRiskRest {
+        risk_id: r.risk_id.clone(),
+        site_id: r.site_id.clone(),
+        authority_id: r.authority_id.clone(),
+        risky_from: r.risky_from,
+        risky_until: r.risky_until,
+        retracted: r.retracted,
+        note: r.note.clone(),
+    })
+}
+
+pub fn decode_site_risk(issued_at: UnixMicros, event_id: String, bytes: &[u8]) -> Result<SiteRiskFact, CellError> {
+    let rest: SiteRiskRest = from_postcard_part(bytes, "site risk")?;
+    Ok(SiteRiskFact {
+        risk_id: rest.risk_id,
+        issued_at,
+        event_id,
+        site_id: rest.site_id,
+        authority_id: rest.authority_id,
+        risky_from: rest.risky_from,
+        risky_until: rest.risky_until,
+        retracted: rest.retracted,
+        note: rest.note,
+    })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -230,6 +274,15 @@ pub fn facts_from_rows(rows: &[StoredRow]) -> Result<Option<Facts>, CellError> {
                 let payload = row.payload.as_deref().unwrap_or_default();
                 Facts { overrides: vec![decode_override(at, event_id, payload)?], ..Facts::default() }
             }
+            Some(RowKind::Visit) => {
+                let site_id = row.event_id.clone().unwrap_or_default();
+                Facts { visits: vec![VisitFact { scanned_at: at, site_id }], ..Facts::default() }
+            }
+            Some(RowKind::SiteRisk) => {
+                let event_id = row.event_id.clone().unwrap_or_default();
+                let payload = row.payload.as_deref().unwrap_or_default();
+                Facts { site_risks: vec![decode_site_risk(at, event_id, payload)?], ..Facts::default() }
+            }
             None => return Err(CellError::UnknownKind(code)),
         };
         facts.merge(&part);
@@ -343,6 +396,18 @@ mod tests {
 
     #[test]
     fn rows_read_back_are_joined_into_the_facts_written() {
+        let risk = SiteRiskFact {
+            risk_id: "k1".into(),
+            issued_at: at(8),
+            event_id: "r-2".into(),
+            site_id: "mall".into(),
+            authority_id: "a".into(),
+            risky_from: at(1),
+            risky_until: at(4),
+            retracted: false,
+            note: "n".into(),
+        };
+        let older = SiteRiskFact { issued_at: at(5), event_id: "r-1".into(), retracted: true, ..risk.clone() };
         let o = |id: &str, s: i64| OverrideFact {
             issued_at: at(s),
             event_id: id.into(),
@@ -358,6 +423,11 @@ mod tests {
             latest_scan: Some(scan("s-1")),
             latest_negatives: [Some(at(9)), Some(at(6))],
             overrides: vec![o("o-1", 4), o("o-2", 5)],
+            visits: vec![
+                VisitFact { scanned_at: at(3), site_id: "mall".into() },
+                VisitFact { scanned_at: at(7), site_id: "gym".into() },
+            ],
+            site_risks: vec![risk.clone()],
         };
         let statics = StoredRow {
             latest_positive: Some(at(2).0),
@@ -369,8 +439,24 @@ mod tests {
         // As ScyllaDB returns them: kind ascending, then newest first, with an
         // older negative still within retention.
         let mut rows = Vec::new();
-        for (kind, s, id) in [(1, 9, ""), (1, 6, ""), (1, 3, ""), (2, 5, "o-2"), (2, 4, "o-1")] {
-            let payload = if kind == 2 { encode_override(&o(id, s)) } else { Vec::new() };
+        let rows_written = [
+            (1, 9, ""),
+            (1, 6, ""),
+            (1, 3, ""),
+            (2, 5, "o-2"),
+            (2, 4, "o-1"),
+            (3, 7, "gym"),
+            (3, 3, "mall"),
+            (4, 8, "r-2"),
+            (4, 5, "r-1"),
+        ];
+        for (kind, s, id) in rows_written {
+            let payload = match kind {
+                2 => encode_override(&o(id, s)),
+                4 if id == "r-2" => encode_site_risk(&risk),
+                4 => encode_site_risk(&older),
+                _ => Vec::new(),
+            };
             rows.push(StoredRow {
                 kind: Some(kind),
                 at: Some(at(s).0),

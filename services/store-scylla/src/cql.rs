@@ -7,7 +7,9 @@ use std::str::FromStr;
 
 /// The schema version this build writes and reads. Recorded in
 /// `schema_version`; a keyspace with a newer one is refused at start.
-pub const SCHEMA_VERSION: i32 = 1;
+/// Version 2 added visits and site risks (row kinds 3 and 4) and the
+/// `site_visits` index, which version 1 cannot read.
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Schema components tracked in `schema_version`.
 pub const FACTS_COMPONENT: &str = "resident_facts";
@@ -17,6 +19,14 @@ pub const FACTS_COMPONENT: &str = "resident_facts";
 /// (tests are at most a few a day); a bound so that no partition can make a
 /// lookup read without limit.
 pub const ROWS_PER_RESIDENT: i32 = 1000;
+
+/// Rows of the site-risk registry's partition: every version of every risk
+/// issued within retention.
+pub const ROWS_OF_SITE_RISKS: i32 = 100_000;
+
+/// One `site_visits` partition per site and day: a busy venue's month of
+/// visits is never one partition.
+pub const VISIT_BUCKET_MICROS: i64 = 24 * 3_600 * 1_000_000;
 
 /// Keyspace replication: NetworkTopologyStrategy with a replication factor
 /// per datacenter, written `dc1=3,dc2=3`.
@@ -116,6 +126,10 @@ impl Register {
 pub enum RowKind {
     Negative = 1,
     Override = 2,
+    /// `at` the scan time, `event_id` the site: a set of (site, time).
+    Visit = 3,
+    /// Under the registry key only: `at` issued_at, `event_id` the event's.
+    SiteRisk = 4,
 }
 
 impl RowKind {
@@ -123,6 +137,8 @@ impl RowKind {
         match code {
             1 => Some(RowKind::Negative),
             2 => Some(RowKind::Override),
+            3 => Some(RowKind::Visit),
+            4 => Some(RowKind::SiteRisk),
             _ => None,
         }
     }
@@ -165,6 +181,35 @@ impl Cql {
              WITH CLUSTERING ORDER BY (kind ASC, at DESC, event_id DESC) \
              AND compaction = {{'class': 'LeveledCompactionStrategy'}} \
              AND gc_grace_seconds = 86400",
+            self.keyspace
+        )
+    }
+
+    /// Who visited a site when, by (site, day): what `count_visitors` reads.
+    pub fn create_site_visits_table(&self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {}.site_visits (\
+             site_id text, day bigint, at bigint, resident text, \
+             PRIMARY KEY ((site_id, day), at, resident)) \
+             WITH compaction = {{'class': 'TimeWindowCompactionStrategy', \
+             'compaction_window_unit': 'DAYS', 'compaction_window_size': 1}} \
+             AND gc_grace_seconds = 86400",
+            self.keyspace
+        )
+    }
+
+    /// Binds: site_id, day, at, resident, write timestamp, TTL.
+    pub fn write_site_visit(&self) -> String {
+        format!(
+            "INSERT INTO {}.site_visits (site_id, day, at, resident) VALUES (?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?",
+            self.keyspace
+        )
+    }
+
+    /// Binds: site_id, day, from, until. Paged: a busy site's day is long.
+    pub fn read_site_visitors(&self) -> String {
+        format!(
+            "SELECT resident FROM {}.site_visits WHERE site_id = ? AND day = ? AND at >= ? AND at < ?",
             self.keyspace
         )
     }
@@ -224,9 +269,18 @@ impl Cql {
 
     /// Binds: resident. One single-partition read per resident.
     pub fn read_facts(&self) -> String {
+        self.read_partition(ROWS_PER_RESIDENT)
+    }
+
+    /// Binds: the registry key. The site-risk registry's partition.
+    pub fn read_site_risks(&self) -> String {
+        self.read_partition(ROWS_OF_SITE_RISKS)
+    }
+
+    fn read_partition(&self, limit: i32) -> String {
         format!(
             "SELECT latest_positive, latest_test, updated_at, latest_scan, kind, at, event_id, payload \
-             FROM {}.resident_facts WHERE resident = ? LIMIT {ROWS_PER_RESIDENT}",
+             FROM {}.resident_facts WHERE resident = ? LIMIT {limit}",
             self.keyspace
         )
     }

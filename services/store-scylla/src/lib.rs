@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::{StreamExt, TryStreamExt, stream};
-use healthcode_core::{Facts, UnixMicros};
+use healthcode_core::{Facts, SITE_RISKS_KEY, UnixMicros};
 use healthcode_store::{FactsUpdate, ScanPage, StatusStore, StoreError, retained};
 use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle};
 use scylla::client::session::Session;
@@ -32,7 +32,7 @@ use scylla::value::CqlValue;
 
 use crate::cells::{RegisterValue, StoredRow, Write};
 pub use crate::config::{Consistency, ScyllaConfig};
-use crate::cql::{Cql, FACTS_COMPONENT, Register, SCHEMA_VERSION};
+use crate::cql::{Cql, FACTS_COMPONENT, Register, SCHEMA_VERSION, VISIT_BUCKET_MICROS};
 
 /// The row type of [`Cql::read_facts`].
 type ReadRow =
@@ -41,6 +41,10 @@ type ReadRow =
 pub struct ScyllaStore {
     session: Session,
     read: PreparedStatement,
+    /// The read of the site-risk registry's (larger) partition.
+    read_site_risks: PreparedStatement,
+    site_visit: PreparedStatement,
+    site_visitors: PreparedStatement,
     scan: PreparedStatement,
     registers: [PreparedStatement; 4],
     /// Rows with a payload (overrides) and without (negatives).
@@ -130,6 +134,9 @@ impl ScyllaStore {
             }
         };
         let read = prepare_fact(cql.read_facts(), &read_profile).await?;
+        let read_site_risks = prepare_fact(cql.read_site_risks(), &read_profile).await?;
+        let site_visit = prepare_fact(cql.write_site_visit(), &write_profile).await?;
+        let site_visitors = prepare_fact(cql.read_site_visitors(), &read_profile).await?;
         let scan = prepare_fact(cql.scan_residents(), &read_profile).await?;
         let mut registers = Vec::with_capacity(Register::ALL.len());
         for register in Register::ALL {
@@ -147,6 +154,9 @@ impl ScyllaStore {
         Ok(ScyllaStore {
             session,
             read,
+            read_site_risks,
+            site_visit,
+            site_visitors,
             scan,
             registers: registers.try_into().expect("one statement per register"),
             row,
@@ -197,12 +207,26 @@ impl ScyllaStore {
             }
         }
         self.session.batch(&batch, values).await.map_err(|e| store_error("write", &e))?;
+        self.index_visits(update, now).await
+    }
+
+    /// The resident's visits in the by-site index, one row each (other
+    /// partitions than the resident's, so not in its batch). Written after
+    /// the facts: a retried merge writes both again.
+    async fn index_visits(&self, update: &FactsUpdate, now: UnixMicros) -> Result<(), StoreError> {
+        let writes = update.facts.visits.iter().filter_map(|v| {
+            let ttl = cells::ttl_seconds(v.scanned_at, self.config.retention, now)?;
+            let day = v.scanned_at.0.div_euclid(VISIT_BUCKET_MICROS);
+            let values = (v.site_id.as_str(), day, v.scanned_at.0, update.resident.as_str(), v.scanned_at.0, ttl);
+            Some(async move { self.session.execute_unpaged(&self.site_visit, values).await.map(drop) })
+        });
+        futures_util::future::try_join_all(writes).await.map_err(|e| store_error("write", &e))?;
         Ok(())
     }
 
     async fn read_resident(&self, resident: &str, now: UnixMicros) -> Result<Option<Facts>, StoreError> {
-        let result =
-            self.session.execute_unpaged(&self.read, (resident,)).await.map_err(|e| store_error("read", &e))?;
+        let statement = if resident == SITE_RISKS_KEY { &self.read_site_risks } else { &self.read };
+        let result = self.session.execute_unpaged(statement, (resident,)).await.map_err(|e| store_error("read", &e))?;
         let rows = result.into_rows_result().map_err(|e| StoreError::storage_from("reading facts", e))?;
         let rows: Vec<StoredRow> = rows
             .rows::<ReadRow>()
@@ -253,7 +277,12 @@ enum SchemaError {
 }
 
 async fn create_schema(session: &Session, cql: &Cql, config: &ScyllaConfig) -> Result<(), SchemaError> {
-    let ddl = [cql.create_keyspace(&config.replication), cql.create_facts_table(), cql.create_schema_version_table()];
+    let ddl = [
+        cql.create_keyspace(&config.replication),
+        cql.create_facts_table(),
+        cql.create_site_visits_table(),
+        cql.create_schema_version_table(),
+    ];
     for statement in ddl {
         // DDL waits for schema agreement (the driver's default) before the next step.
         session
@@ -380,6 +409,29 @@ impl StatusStore for ScyllaStore {
     /// The ring in `SCAN_SHARDS` equal token ranges.
     fn scan_shards(&self) -> Vec<Option<String>> {
         ring_shards(SCAN_SHARDS).into_iter().map(|(after, last)| Some(format!("{after}:{last}"))).collect()
+    }
+
+    async fn count_visitors(&self, site_id: &str, from: UnixMicros, until: UnixMicros) -> Result<u64, StoreError> {
+        let from = from.max(UnixMicros::now().saturating_sub(self.config.retention));
+        if from >= until {
+            return Ok(0);
+        }
+        let mut residents = std::collections::HashSet::new();
+        let (first, last) = (from.0.div_euclid(VISIT_BUCKET_MICROS), (until.0 - 1).div_euclid(VISIT_BUCKET_MICROS));
+        for day in first..=last {
+            let mut rows = self
+                .session
+                .execute_iter(self.site_visitors.clone(), (site_id, day, from.0, until.0))
+                .await
+                .map_err(|e| StoreError::unavailable_from("ScyllaDB read of site visits", e))?
+                .rows_stream::<(String,)>()
+                .map_err(|e| StoreError::storage_from("site_visits has unexpected columns", e))?;
+            while let Some(row) = rows.next().await {
+                let (resident,) = row.map_err(|e| StoreError::unavailable_from("ScyllaDB read of site visits", e))?;
+                residents.insert(resident);
+            }
+        }
+        Ok(residents.len() as u64)
     }
 
     /// Every cell carries its TTL: ScyllaDB expires facts by itself.

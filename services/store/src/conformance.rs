@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use healthcode_core::{Color, Facts, OverrideFact, ScanFact, ScanKind, UnixMicros};
+use healthcode_core::{Color, Facts, OverrideFact, ScanFact, ScanKind, SiteRiskFact, UnixMicros, VisitFact};
 
 use crate::{FactsUpdate, StatusStore};
 
@@ -38,6 +38,8 @@ macro_rules! status_store_conformance {
             expired_facts_are_neither_read_nor_kept,
             each_fact_expires_on_its_own,
             scans_at_the_same_instant_resolve_by_event_id,
+            visits_and_site_risks_merge_in_any_order,
+            visitors_are_counted_once_per_resident_within_the_window,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -88,6 +90,28 @@ fn override_fact(secs: i64, id: &str, color: Color) -> Facts {
             note: format!("note of {id}"),
         }],
         updated_at: Some(at(secs)),
+        ..Facts::default()
+    }
+}
+
+fn visit(site: &str, secs: i64) -> Facts {
+    Facts { visits: vec![VisitFact { scanned_at: at(secs), site_id: site.to_owned() }], ..Facts::default() }
+}
+
+fn site_risk(risk: &str, issued: i64, site: &str, window: (i64, i64), retracted: bool) -> Facts {
+    Facts {
+        site_risks: vec![SiteRiskFact {
+            risk_id: risk.to_owned(),
+            issued_at: at(issued),
+            event_id: format!("{risk}-v{issued}"),
+            site_id: site.to_owned(),
+            authority_id: "authority-1".into(),
+            risky_from: at(window.0),
+            risky_until: at(window.1),
+            retracted,
+            note: format!("note of {risk} at {issued}"),
+        }],
+        updated_at: Some(at(issued)),
         ..Facts::default()
     }
 }
@@ -316,4 +340,69 @@ impl StoreFactory for EmbeddedStoreFactory {
     fn resident(&self, name: &str) -> String {
         name.to_owned()
     }
+}
+
+/// Visits are a set and site risks a map of last-writer-wins registers:
+/// whatever order the versions of a risk and the visits arrive in, the store
+/// reads back the domain's join.
+pub async fn visits_and_site_risks_merge_in_any_order(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let (r, registry, site) = (factory.resident("visitor"), factory.resident("risks"), factory.resident("site"));
+    let versions = [
+        site_risk("k1", 10, &site, (0, 100), false),
+        site_risk("k1", 30, &site, (50, 150), false),
+        site_risk("k1", 20, &site, (0, 10), true),
+        site_risk("k2", 15, &site, (5, 6), false),
+    ];
+    let visits = [visit(&site, 40), visit(&site, 5), visit("elsewhere", 40), visit(&site, 40)];
+    // Newest version first, then the older ones in two merges.
+    store.merge(vec![update(&registry, versions[1].clone()), update(&r, visits[0].clone())].into()).await.unwrap();
+    store.merge(vec![update(&registry, versions[2].clone()), update(&r, visits[1].clone())].into()).await.unwrap();
+    store
+        .merge(
+            vec![
+                update(&registry, versions[0].clone()),
+                update(&registry, versions[3].clone()),
+                update(&r, visits[2].clone()),
+                update(&r, visits[3].clone()),
+            ]
+            .into(),
+        )
+        .await
+        .unwrap();
+    let expected_risks = versions.iter().fold(Facts::default(), |f, v| f.merged(v));
+    let read = store.get(&registry).await.unwrap().expect("the registry is stored");
+    assert_eq!(read.site_risks, expected_risks.site_risks);
+    assert_eq!(read.site_risks.len(), 2, "one version per risk_id");
+    assert_eq!(read.site_risks[0].issued_at, at(30), "the latest issued version wins, not the last merged");
+    let expected_visits = visits.iter().fold(Facts::default(), |f, v| f.merged(v));
+    assert_eq!(store.get(&r).await.unwrap().expect("visits are stored").visits, expected_visits.visits);
+    assert_eq!(expected_visits.visits.len(), 3, "a repeated visit is kept once");
+}
+
+/// Who an exposure site exposed: distinct residents with a visit at the
+/// site in `[from, until)`.
+pub async fn visitors_are_counted_once_per_resident_within_the_window(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let (site, other) = (factory.resident("busy-site"), factory.resident("quiet-site"));
+    let (r1, r2, r3, r4) =
+        (factory.resident("v1"), factory.resident("v2"), factory.resident("v3"), factory.resident("v4"));
+    store
+        .merge(
+            vec![
+                update(&r1, visit(&site, 10).merged(&visit(&site, 20))),
+                update(&r2, visit(&site, 30)),
+                update(&r3, visit(&site, 100)),
+                update(&r4, visit(&other, 15)),
+            ]
+            .into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.count_visitors(&site, at(0), at(50)).await.unwrap(), 2, "r1 twice counts once");
+    assert_eq!(store.count_visitors(&site, at(20), at(31)).await.unwrap(), 2, "from is included");
+    assert_eq!(store.count_visitors(&site, at(21), at(30)).await.unwrap(), 0, "until is excluded");
+    assert_eq!(store.count_visitors(&site, at(0), at(101)).await.unwrap(), 3);
+    assert_eq!(store.count_visitors(&other, at(0), at(101)).await.unwrap(), 1);
+    assert_eq!(store.count_visitors(&factory.resident("nowhere"), at(0), at(101)).await.unwrap(), 0);
 }

@@ -16,8 +16,11 @@ use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefi
 use crate::{FactsUpdate, ScanPage, StatusStore, StoreError, retained};
 
 const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
-/// Version 2 added the override audit trail (and notes) to the facts.
-const ENCODING: u8 = 2;
+/// Every kept visit by site: (site_id, scanned_at, resident).
+const SITE_VISITS: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("site_visits");
+/// Version 2 added the override audit trail (and notes) to the facts;
+/// version 3 the visits and site risks.
+const ENCODING: u8 = 3;
 
 fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
     StoreError::storage_from("redb", e.into())
@@ -49,6 +52,7 @@ impl EmbeddedStore {
         let db = Database::builder().set_concurrency_mode(mode).create(dir.join("store.redb")).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(FACTS).map_err(storage)?;
+        txn.open_table(SITE_VISITS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(EmbeddedStore { db: Arc::new(db), retention })
     }
@@ -79,10 +83,32 @@ pub fn encode_facts(facts: &Facts) -> Vec<u8> {
     out
 }
 
+/// Facts as version 2 wrote them: the same fields, without visits and risks.
+#[derive(serde::Deserialize)]
+struct FactsV2 {
+    latest_positive: Option<UnixMicros>,
+    latest_negatives: [Option<UnixMicros>; healthcode_core::facts::NEGATIVES_KEPT],
+    latest_test: Option<UnixMicros>,
+    overrides: Vec<healthcode_core::OverrideFact>,
+    latest_scan: Option<healthcode_core::ScanFact>,
+    updated_at: Option<UnixMicros>,
+}
+
 pub fn decode_facts(bytes: &[u8]) -> Result<Facts, StoreError> {
+    let undecodable = |e| StoreError::storage_from("undecodable facts", e);
     match bytes.split_first() {
-        Some((&ENCODING, rest)) => {
-            postcard::from_bytes(rest).map_err(|e| StoreError::storage_from("undecodable facts", e))
+        Some((&ENCODING, rest)) => postcard::from_bytes(rest).map_err(undecodable),
+        Some((2, rest)) => {
+            let v2: FactsV2 = postcard::from_bytes(rest).map_err(undecodable)?;
+            Ok(Facts {
+                latest_positive: v2.latest_positive,
+                latest_negatives: v2.latest_negatives,
+                latest_test: v2.latest_test,
+                overrides: v2.overrides,
+                latest_scan: v2.latest_scan,
+                updated_at: v2.updated_at,
+                ..Facts::default()
+            })
         }
         Some((v, _)) => Err(StoreError::storage(format!("facts encoded with unknown version {v}"))),
         None => Err(StoreError::storage("empty facts value")),
@@ -102,6 +128,15 @@ impl StatusStore for EmbeddedStore {
             let now = UnixMicros::now();
             let txn = db.begin_write().map_err(storage)?;
             {
+                let mut visits = txn.open_table(SITE_VISITS).map_err(storage)?;
+                let cutoff = now.saturating_sub(retention);
+                for update in updates.iter() {
+                    for v in update.facts.visits.iter().filter(|v| v.scanned_at >= cutoff) {
+                        visits
+                            .insert((v.site_id.as_str(), v.scanned_at.0, update.resident.as_str()), ())
+                            .map_err(storage)?;
+                    }
+                }
                 let mut table = txn.open_table(FACTS).map_err(storage)?;
                 for update in updates.iter() {
                     let stored = match table.get(update.resident.as_str()).map_err(storage)? {
@@ -174,6 +209,25 @@ impl StatusStore for EmbeddedStore {
         .await
     }
 
+    async fn count_visitors(&self, site_id: &str, from: UnixMicros, until: UnixMicros) -> Result<u64, StoreError> {
+        let (site, retention) = (site_id.to_owned(), self.retention);
+        self.blocking(move |db| {
+            let from = from.max(UnixMicros::now().saturating_sub(retention));
+            if from >= until {
+                return Ok(0);
+            }
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(SITE_VISITS).map_err(storage)?;
+            let mut residents = std::collections::HashSet::new();
+            for entry in table.range((site.as_str(), from.0, "")..(site.as_str(), until.0, "")).map_err(storage)? {
+                let (key, ()) = entry.map(|(k, _)| (k, ())).map_err(storage)?;
+                residents.insert(key.value().2.to_owned());
+            }
+            Ok(residents.len() as u64)
+        })
+        .await
+    }
+
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         let retention = self.retention;
         let purged = self
@@ -196,6 +250,9 @@ impl StatusStore for EmbeddedStore {
                     for (resident, kept) in &changed {
                         put(&mut table, resident, kept.as_ref())?;
                     }
+                    let mut visits = txn.open_table(SITE_VISITS).map_err(storage)?;
+                    let cutoff = now.saturating_sub(retention).0;
+                    visits.retain(|(_, at, _), ()| at >= cutoff).map_err(storage)?;
                     changed.len() as u64
                 };
                 txn.commit().map_err(storage)?;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use healthcode_core::Facts;
+use healthcode_core::{Facts, UnixMicros};
 
 use crate::{FactsUpdate, ScanPage, StatusStore, StoreError};
 
@@ -97,6 +97,11 @@ impl StatusStore for FaultyStore {
         self.faults.reads.fetch_add(1, Ordering::SeqCst);
         self.faults.enter().await?;
         self.inner.get_many(residents).await
+    }
+
+    async fn count_visitors(&self, site_id: &str, from: UnixMicros, until: UnixMicros) -> Result<u64, StoreError> {
+        self.faults.enter().await?;
+        self.inner.count_visitors(site_id, from, until).await
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {

@@ -94,6 +94,12 @@ pub trait StatusStore: Send + Sync + 'static {
         vec![None]
     }
 
+    /// How many distinct residents have a visit kept at `site_id` in
+    /// `[from, until)`: who an exposure site exposed. Stores keep an index
+    /// by site, written with the visits in [`StatusStore::merge`]; an ops
+    /// question (`ListSiteRisks`), never a lookup's.
+    async fn count_visitors(&self, site_id: &str, from: UnixMicros, until: UnixMicros) -> Result<u64, StoreError>;
+
     /// Deletes the facts past retention (see [`retained`]); how many
     /// residents' facts it deleted or shrank.
     /// Reads never return such facts, purged or not. Stores that expire data
