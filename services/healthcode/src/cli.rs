@@ -45,6 +45,11 @@ pub enum Command {
     VerifyToken(client::VerifyTokenArgs),
     /// Lists the overrides on record for a resident (authority role).
     Overrides(client::OverridesArgs),
+    /// Declares an exposure site (its visitors in the window turn at least
+    /// yellow), moves one (same --risk-id), or withdraws one (--retract).
+    SiteRisk(client::SiteRiskArgs),
+    /// Lists the exposure sites on record, with how many residents each exposed.
+    SiteRisks(client::SiteRisksArgs),
     /// Rule changes: evaluate a candidate policy beside the one in force.
     #[command(subcommand)]
     Policy(client::PolicyCommand),
@@ -66,6 +71,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Override(args) => client::override_event(args).await,
         Command::Status(args) => client::status(args).await,
         Command::Overrides(args) => client::overrides(args).await,
+        Command::SiteRisk(args) => client::site_risk(args).await,
+        Command::SiteRisks(args) => client::site_risks(args).await,
         Command::VerifyToken(args) => client::verify_token(args),
         Command::Credentials(command) => client::credentials(command),
         Command::Policy(command) => client::policy(command).await,

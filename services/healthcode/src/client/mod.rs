@@ -6,6 +6,7 @@
 mod credentials;
 mod policy;
 mod read;
+mod site;
 mod submit;
 
 use std::time::{Duration, SystemTime};
@@ -24,6 +25,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 pub use credentials::{CredentialsCommand, InitArgs, IssueArgs, credentials};
 pub use policy::{DiffArgs, PolicyCommand, policy};
 pub use read::{OverridesArgs, StatusArgs, VerifyTokenArgs, overrides, status, verify_token};
+pub use site::{SiteRiskArgs, SiteRisksArgs, site_risk, site_risks};
 pub use submit::{
     ColorArg, OutcomeArg, OverrideArgs, ScanArgs, ScanKindArg, TestArgs, TestKindArg, override_event, scan, test,
 };

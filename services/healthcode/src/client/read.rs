@@ -56,6 +56,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                     "last_negative_sampled_at": rfc3339(&s.last_negative_sampled_at),
                     "last_positive_sampled_at": rfc3339(&s.last_positive_sampled_at),
                     "override_expires_at": rfc3339(&s.override_expires_at),
+                    "exposed_at": rfc3339(&s.exposed_at),
                     "updated_at": rfc3339(&s.updated_at),
                     "as_of": rfc3339(&s.as_of),
                     "stale": s.stale,
@@ -73,6 +74,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                 rfc3339(&s.last_positive_sampled_at).unwrap_or_else(dash),
                 rfc3339(&s.updated_at).unwrap_or_else(dash),
             )?;
+            if let Some(at) = rfc3339(&s.exposed_at) {
+                out!("  exposed: scanned in at an exposure site at {at}")?;
+            }
             // An override in force shows even when the color is as severe
             // without it (a YELLOW override over a YELLOW "no record").
             if let Some(until) = rfc3339(&s.override_expires_at)

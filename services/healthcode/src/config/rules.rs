@@ -16,8 +16,8 @@ use serde::Deserialize;
 #[merge(strategy = merge::option::overwrite_none)]
 pub struct RulesArgs {
     /// The color rules as a versioned TOML file (version,
-    /// negative_valid_for, negatives_to_clear_positive); without it, the
-    /// built-in rules and the two flags below
+    /// negative_valid_for, negatives_to_clear_positive, optional
+    /// exposure_period); without it, the built-in rules and the two flags below
     #[arg(long, env = "HEALTHCODE_POLICY")]
     pub policy: Option<PathBuf>,
     /// How long a negative sample keeps a resident green [default: 48h]
@@ -45,8 +45,9 @@ pub struct VersionedPolicy {
     pub policy: Policy,
 }
 
-/// A policy file: every key required, no other key allowed, durations as
-/// "48h" or "7d".
+/// A policy file: no unknown key allowed, durations as "48h" or "7d";
+/// every key required but `exposure_period` (files written before exposure
+/// sites existed keep meaning what they meant, with the 7-day default).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
@@ -54,6 +55,8 @@ struct PolicyFile {
     #[serde(with = "humantime_serde")]
     negative_valid_for: Duration,
     negatives_to_clear_positive: usize,
+    #[serde(default, with = "humantime_serde")]
+    exposure_period: Option<Duration>,
 }
 
 /// Reads a policy file's text; errors name the key and the rule.
@@ -62,7 +65,9 @@ pub fn parse_policy(text: &str) -> anyhow::Result<VersionedPolicy> {
     anyhow::ensure!(!file.version.trim().is_empty(), "policy file: version must not be empty");
     let policy = Policy::new(file.negative_valid_for, file.negatives_to_clear_positive)
         .map_err(|e| anyhow::anyhow!("policy file: negatives_to_clear_positive: {e}"))?;
-    Ok(VersionedPolicy { version: file.version, policy })
+    let exposure_period = file.exposure_period.unwrap_or(healthcode_core::policy::DEFAULT_EXPOSURE_PERIOD);
+    anyhow::ensure!(!exposure_period.is_zero(), "policy file: exposure_period must be longer than zero");
+    Ok(VersionedPolicy { version: file.version, policy: policy.with_exposure_period(exposure_period) })
 }
 
 impl RulesArgs {
@@ -110,13 +115,17 @@ mod tests {
         let p = parse_policy(GOOD).unwrap();
         assert_eq!(p.version, "v2");
         assert_eq!(p.policy, Policy::new(Duration::from_secs(7 * 24 * 3600), 1).unwrap());
+        assert_eq!(p.policy.exposure_period, Duration::from_secs(7 * 24 * 3600), "the default");
+        let shorter = parse_policy(&format!("{GOOD}exposure_period = \"3d\"\n")).unwrap();
+        assert_eq!(shorter.policy.exposure_period, Duration::from_secs(3 * 24 * 3600));
     }
 
     #[test]
     fn a_bad_policy_file_names_the_key_and_the_rule() {
         assert!(refused(&GOOD.replace("7d", "soon")).contains("negative_valid_for"));
         assert!(refused(&GOOD.replace("= 1", "= 3")).contains("negatives_to_clear_positive"));
-        assert!(refused(&format!("{GOOD}exposure_period = \"7d\"\n")).contains("unknown field `exposure_period`"));
+        assert!(refused(&format!("{GOOD}exposure_perod = \"7d\"\n")).contains("unknown field `exposure_perod`"));
+        assert!(refused(&format!("{GOOD}exposure_period = \"0s\"\n")).contains("exposure_period"));
         assert!(refused("negative_valid_for = \"48h\"\nnegatives_to_clear_positive = 2\n").contains("version"));
         assert!(refused(&GOOD.replace("\"v2\"", "\" \"")).contains("version must not be empty"));
     }
