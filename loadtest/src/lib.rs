@@ -89,6 +89,13 @@ pub struct GenerateArgs {
     /// Share of residents who also enter a venue after their test.
     #[arg(long, default_value_t = 0.3)]
     pub venue_fraction: f64,
+    /// Share of venues declared exposure sites (during or after their
+    /// window; some moved, some withdrawn); 0 for none.
+    #[arg(long, default_value_t = 0.05)]
+    pub exposure_fraction: f64,
+    /// Share of venue scan uploads that come hours late (offline stations).
+    #[arg(long, default_value_t = 0.1)]
+    pub late_venue_fraction: f64,
     /// Window over which every resident is sampled once.
     #[arg(long, default_value = "10h", value_parser = humantime::parse_duration)]
     pub sampling_window: Duration,
@@ -257,6 +264,8 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         lookups_per_resident: args.lookups_per_resident,
         surge_factor: args.surge_factor,
         venue_fraction: args.venue_fraction,
+        exposure_fraction: args.exposure_fraction,
+        late_venue_fraction: args.late_venue_fraction,
         sampling_window_ms: args.sampling_window.as_millis() as u64,
         result_delay_ms: args.result_delay.as_millis() as u64,
         ..RoundConfig::default()
@@ -271,7 +280,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     let c = &manifest.counts;
     println!(
-        "generated {} residents in {:.1} s: {} requests ({} ingest batches with {} events: {} test results, {} duplicate resubmissions, {} overrides, {} scans; {} lookups) in {}",
+        "generated {} residents in {:.1} s: {} requests ({} ingest batches with {} events: {} test results, {} duplicate resubmissions, {} overrides, {} scans, {} site-risk versions; {} lookups) in {}",
         round.residents,
         started.elapsed().as_secs_f64(),
         c.entries,
@@ -281,6 +290,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         c.duplicate_submissions,
         c.overrides,
         c.scans,
+        c.site_risks,
         c.lookups,
         args.out.display()
     );

@@ -12,6 +12,52 @@ pub enum Happened {
     /// An authority override: its color, when issued and until when (ms),
     /// and its id (a tie on `issued_ms` goes to the greater id).
     Override { color: Code, issued_ms: i64, expires_ms: i64, id: String },
+    /// A scan at a site (ms).
+    Visit { site: String, at_ms: i64 },
+}
+
+/// One version of a site risk, as an authority sent it.
+#[derive(Clone, Debug)]
+pub struct RiskVersion {
+    pub risk_id: String,
+    pub event_id: String,
+    pub site: String,
+    pub from_ms: i64,
+    pub until_ms: i64,
+    pub issued_ms: i64,
+    pub retracted: bool,
+}
+
+/// The risky windows per site: of each risk, only the version issued last
+/// (a tie on `issued_ms` goes to the greater event id), and only if that
+/// version does not withdraw it.
+#[derive(Clone, Debug, Default)]
+pub struct Risks {
+    windows: std::collections::HashMap<String, Vec<(i64, i64)>>,
+}
+
+impl Risks {
+    pub fn new(versions: &[RiskVersion]) -> Risks {
+        let mut latest: std::collections::HashMap<&str, &RiskVersion> = std::collections::HashMap::new();
+        for v in versions {
+            let newer = match latest.get(v.risk_id.as_str()) {
+                None => true,
+                Some(held) => (v.issued_ms, &v.event_id) > (held.issued_ms, &held.event_id),
+            };
+            if newer {
+                latest.insert(&v.risk_id, v);
+            }
+        }
+        let mut risks = Risks::default();
+        for v in latest.values().filter(|v| !v.retracted) {
+            risks.windows.entry(v.site.clone()).or_default().push((v.from_ms, v.until_ms));
+        }
+        risks
+    }
+
+    fn risky(&self, site: &str, at_ms: i64) -> bool {
+        self.windows.get(site).is_some_and(|ws| ws.iter().any(|(from, until)| *from <= at_ms && at_ms < *until))
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -39,18 +85,20 @@ impl Code {
     }
 }
 
-/// The rules' two numbers.
+/// The rules' numbers.
 #[derive(Clone, Debug)]
 pub struct Rules {
     /// How long a negative sample keeps a resident green.
     pub negative_valid_ms: i64,
-    /// Negative samples after the latest positive that clear it.
+    /// Negative samples after the latest positive (or exposure) that clear it.
     pub negatives_to_clear: usize,
+    /// How long a visit to an exposure site keeps a resident at least yellow.
+    pub exposure_period_ms: i64,
 }
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules { negative_valid_ms: 48 * 3_600_000, negatives_to_clear: 2 }
+        Rules { negative_valid_ms: 48 * 3_600_000, negatives_to_clear: 2, exposure_period_ms: 7 * 24 * 3_600_000 }
     }
 }
 
@@ -63,8 +111,9 @@ pub struct Judged {
     pub last_positive_ms: Option<i64>,
 }
 
-/// The status at `now_ms` of a resident to whom `history` happened.
-pub fn judge(history: &[Happened], rules: &Rules, now_ms: i64) -> Judged {
+/// The status at `now_ms` of a resident to whom `history` happened, in a
+/// city with the site `risks`.
+pub fn judge(history: &[Happened], risks: &Risks, rules: &Rules, now_ms: i64) -> Judged {
     let mut positives = Vec::new();
     let mut negatives = Vec::new();
     let mut tested = false;
@@ -95,12 +144,29 @@ pub fn judge(history: &[Happened], rules: &Rules, now_ms: i64) -> Judged {
         _ if tested => (Code::Yellow, "NO_VALID_TEST"),
         _ => (Code::Yellow, "NO_RECORD"),
     };
-    // 4. The latest override, while it runs, raises the color, never lowers it.
+    // 4. Exposed: the latest visit inside an active risk's window, for the
+    //    exposure period after it, unless enough negatives were sampled after
+    //    it; then at least yellow (a red stays red).
+    let exposed_ms = history
+        .iter()
+        .filter_map(|h| match h {
+            Happened::Visit { site, at_ms } if risks.risky(site, *at_ms) => Some(*at_ms),
+            _ => None,
+        })
+        .max();
+    if let Some(v) = exposed_ms
+        && now_ms < v + rules.exposure_period_ms
+        && negatives.iter().filter(|n| **n > v).count() < rules.negatives_to_clear
+        && color != Code::Red
+    {
+        (color, reason) = (Code::Yellow, "EXPOSURE");
+    }
+    // 5. The latest override, while it runs, raises the color, never lowers it.
     let latest_override = history
         .iter()
         .filter_map(|h| match h {
             Happened::Override { color, issued_ms, expires_ms, id } => Some((*issued_ms, id, *color, *expires_ms)),
-            Happened::Test { .. } => None,
+            Happened::Test { .. } | Happened::Visit { .. } => None,
         })
         .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     if let Some((_, _, over, expires_ms)) = latest_override
@@ -123,7 +189,7 @@ mod tests {
     }
 
     fn color(history: &[Happened], now_h: i64) -> &'static str {
-        judge(history, &Rules::default(), now_h * H).color
+        judge(history, &Risks::default(), &Rules::default(), now_h * H).color
     }
 
     #[test]
@@ -147,5 +213,38 @@ mod tests {
         let green = Happened::Override { color: Code::Green, issued_ms: 2 * H, expires_ms: 30 * H, id: "b".into() };
         assert_eq!(color(&[test(Negative, 0), yellow(1, "a"), green.clone()], 3), "GREEN", "a later one lifts it");
         assert_eq!(color(&[test(Positive, 0), green], 3), "RED", "never lowers");
+    }
+
+    #[test]
+    fn exposure_as_written() {
+        use Outcome::*;
+        let version = |event: &str, issued: i64, window: (i64, i64), retracted: bool| RiskVersion {
+            risk_id: "k".into(),
+            event_id: event.into(),
+            site: "mall".into(),
+            from_ms: window.0 * H,
+            until_ms: window.1 * H,
+            issued_ms: issued * H,
+            retracted,
+        };
+        let at = |site: &str, h: i64| Happened::Visit { site: site.into(), at_ms: h * H };
+        let risks = Risks::new(&[version("a", 10, (0, 5), false)]);
+        let judged = |history: &[Happened], now_h: i64| {
+            let j = judge(history, &risks, &Rules::default(), now_h * H);
+            (j.color, j.reason)
+        };
+        assert_eq!(judged(&[at("mall", 3)], 12), ("YELLOW", "EXPOSURE"));
+        assert_eq!(judged(&[at("mall", 5)], 12), ("YELLOW", "NO_RECORD"), "the window's end is open");
+        assert_eq!(judged(&[at("gym", 3)], 12), ("YELLOW", "NO_RECORD"));
+        assert_eq!(judged(&[test(Negative, 1), at("mall", 3)], 12), ("YELLOW", "EXPOSURE"), "green turns yellow");
+        assert_eq!(judged(&[at("mall", 3), test(Negative, 4), test(Negative, 6)], 12).1, "NEGATIVE_TEST_VALID");
+        assert_eq!(judged(&[at("mall", 3)], 3 + 7 * 24), ("YELLOW", "NO_RECORD"), "over after seven days");
+        assert_eq!(judged(&[at("mall", 3), test(Positive, 1)], 12).0, "RED");
+        // A later version moves the window; a later one still withdraws it.
+        let moved = Risks::new(&[version("b", 11, (6, 9), false), version("a", 10, (0, 5), false)]);
+        assert_eq!(judge(&[at("mall", 3)], &moved, &Rules::default(), 12 * H).reason, "NO_RECORD");
+        assert_eq!(judge(&[at("mall", 7)], &moved, &Rules::default(), 12 * H).reason, "EXPOSURE");
+        let withdrawn = Risks::new(&[version("b", 11, (0, 5), true), version("a", 10, (0, 5), false)]);
+        assert_eq!(judge(&[at("mall", 3)], &withdrawn, &Rules::default(), 12 * H).reason, "NO_RECORD");
     }
 }

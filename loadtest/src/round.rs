@@ -5,9 +5,9 @@
 //! Times are milliseconds from the round's start; the replay maps them onto
 //! the wall clock.
 
-use healthcode_core::{Color, Event, EventBody, TestKind, TestOutcome, UnixMicros};
+use healthcode_core::{Color, Event, EventBody, SITE_RISKS_KEY, TestKind, TestOutcome, UnixMicros};
 
-use crate::oracle::{Code, Happened, Judged, Outcome, Rules, judge};
+use crate::oracle::{Code, Happened, Judged, Outcome, RiskVersion, Risks, Rules, judge};
 use serde::{Deserialize, Serialize};
 
 pub const MINUTE: u64 = 60_000;
@@ -46,7 +46,22 @@ pub struct RoundConfig {
     pub surge_from_ms: u64,
     pub surge_to_ms: u64,
     pub surge_factor: f64,
+    /// Share of the venues an authority declares exposure sites, some while
+    /// the window is open and some after it, some moved, some withdrawn.
+    #[serde(default)]
+    pub exposure_fraction: f64,
+    /// Share of the venues' scan uploads that come late (offline stations)...
+    #[serde(default)]
+    pub late_venue_fraction: f64,
+    /// ...this much after the visits.
+    #[serde(default)]
+    pub late_venue_extra_ms: u64,
 }
+
+/// The authority that marks contacts and declares exposure sites.
+pub const AUTHORITY: &str = "district-cdc";
+/// Residents per venue, roughly: a risky venue exposes a few dozen.
+pub const RESIDENTS_PER_VENUE: u64 = 200;
 
 impl Default for RoundConfig {
     fn default() -> Self {
@@ -69,6 +84,9 @@ impl Default for RoundConfig {
             surge_from_ms: HOUR,
             surge_to_ms: 3 * HOUR,
             surge_factor: 10.0,
+            exposure_fraction: 0.05,
+            late_venue_fraction: 0.1,
+            late_venue_extra_ms: 3 * HOUR,
         }
     }
 }
@@ -92,6 +110,9 @@ const SALT_VENUE: u64 = 3;
 const SALT_JITTER: u64 = 4;
 const SALT_DUPLICATE: u64 = 5;
 pub const SALT_LOOKUP: u64 = 6;
+const SALT_VENUE_OF: u64 = 99;
+const SALT_RISK: u64 = 7;
+const SALT_LATE_VENUES: u64 = 8;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resident {
@@ -193,6 +214,88 @@ impl RoundConfig {
         if area == 0.0 { 0.0 } else { total / area }
     }
 
+    /// How many venues residents visit.
+    pub fn venues(&self) -> u64 {
+        (self.residents / RESIDENTS_PER_VENUE).max(10)
+    }
+
+    /// The venue resident `i` visits (if it does).
+    pub fn venue_of(&self, i: u64) -> String {
+        format!("venue-{}", mix(self.seed, i, SALT_VENUE_OF) % self.venues())
+    }
+
+    /// When resident `i` enters its venue.
+    pub fn venue_ms(&self, i: u64) -> u64 {
+        self.sampled_ms(i) + self.venue_delay_ms
+    }
+
+    /// Whether the venue scans of site batch `j` are uploaded late.
+    pub fn venues_late(&self, j: u64) -> bool {
+        unit(self.seed, j, SALT_LATE_VENUES) < self.late_venue_fraction
+    }
+
+    /// How many site risks the round declares.
+    pub fn site_risks(&self) -> u64 {
+        (self.venues() as f64 * self.exposure_fraction).ceil() as u64
+    }
+
+    /// Every version of site risk `r`, in issue order: the declaration
+    /// (while its window is open, or after it closed), perhaps a move of the
+    /// window, perhaps a withdrawal.
+    pub fn risk_versions(&self, r: u64) -> Vec<RiskVersion> {
+        let draw = |salt: u64| mix(self.seed, r, SALT_RISK * 16 + salt);
+        let site = format!("venue-{}", draw(0) % self.venues());
+        let from = self.venue_delay_ms + draw(1) % self.sampling_window_ms.max(1);
+        let until = from + HOUR + draw(2) % (3 * HOUR);
+        // Half are declared while the window is open: visits after that are
+        // uploaded after the declaration; the others after it closed.
+        let issued = if draw(3) % 2 == 0 { from + 10 * MINUTE } else { until + HOUR };
+        let version = |n: u32, issued: u64, window: (u64, u64), retracted: bool| RiskVersion {
+            risk_id: format!("risk-{r}"),
+            event_id: format!("k-{r}-{n}"),
+            site: site.clone(),
+            from_ms: window.0 as i64,
+            until_ms: window.1 as i64,
+            issued_ms: issued as i64,
+            retracted,
+        };
+        let mut versions = vec![version(0, issued, (from, until), false)];
+        let mut last = (issued, (from, until));
+        if draw(4) % 4 == 0 {
+            // Moved earlier: a window may not start after its declaration.
+            let back = from.min(2 * HOUR);
+            last = (issued + HOUR, (from - back, until - back));
+            versions.push(version(1, last.0, last.1, false));
+        }
+        if draw(5) % 5 == 0 {
+            versions.push(version(2, last.0 + 2 * HOUR, last.1, true));
+        }
+        versions
+    }
+
+    /// The site risks in force at the round's end, by the oracle.
+    pub fn risks(&self) -> Risks {
+        let all: Vec<RiskVersion> = (0..self.site_risks()).flat_map(|r| self.risk_versions(r)).collect();
+        Risks::new(&all)
+    }
+
+    pub fn site_risk_event(v: &RiskVersion) -> Event {
+        Event {
+            event_id: v.event_id.clone(),
+            resident_id: SITE_RISKS_KEY.to_owned(),
+            body: EventBody::SiteRisk {
+                risk_id: v.risk_id.clone(),
+                site_id: v.site.clone(),
+                authority_id: AUTHORITY.into(),
+                risky_from: ms(v.from_ms as u64),
+                risky_until: ms(v.until_ms as u64),
+                issued_at: ms(v.issued_ms as u64),
+                retracted: v.retracted,
+                note: "cases among visitors".into(),
+            },
+        }
+    }
+
     // Domain events, with times as offsets from the round start.
 
     pub fn test_event(&self, r: &Resident) -> Event {
@@ -217,7 +320,7 @@ impl RoundConfig {
                 event_id: format!("o-{}-{contact}", positive.index),
                 resident_id: resident_id(contact),
                 body: EventBody::Override {
-                    authority_id: "district-cdc".into(),
+                    authority_id: AUTHORITY.into(),
                     color: Color::Yellow,
                     note: "close contact".into(),
                     issued_at: ms(issued),
@@ -237,6 +340,9 @@ impl RoundConfig {
             TestOutcome::Inconclusive => Outcome::Inconclusive,
         };
         let mut history = vec![Happened::Test { outcome, sampled_ms: me.sampled_ms as i64 }];
+        if me.venue {
+            history.push(Happened::Visit { site: self.venue_of(i), at_ms: self.venue_ms(i) as i64 });
+        }
         for other in self.household_of(i).map(|o| self.resident(o)) {
             if other.outcome == TestOutcome::Positive {
                 let issued = self.override_ms(&other);
@@ -252,9 +358,10 @@ impl RoundConfig {
     }
 
     /// The expected status of resident `i` at the round's end, by the
-    /// load test's own oracle (not the code under test).
-    pub fn expected(&self, i: u64, rules: &Rules) -> Judged {
-        judge(&self.history(i), rules, self.end_ms() as i64)
+    /// load test's own oracle (not the code under test), given the round's
+    /// [`RoundConfig::risks`].
+    pub fn expected(&self, i: u64, risks: &Risks, rules: &Rules) -> Judged {
+        judge(&self.history(i), risks, rules, self.end_ms() as i64)
     }
 }
 
@@ -318,9 +425,10 @@ mod tests {
         let c = RoundConfig { residents: 30_000, ..RoundConfig::default() };
         let rules = Rules::default();
         let positive = (0..c.residents).find(|i| c.resident(*i).outcome == TestOutcome::Positive).unwrap();
-        assert_eq!(c.expected(positive, &rules).color, "RED");
+        let risks = c.risks();
+        assert_eq!(c.expected(positive, &risks, &rules).color, "RED");
         for contact in c.household_of(positive) {
-            let s = c.expected(contact, &rules);
+            let s = c.expected(contact, &risks, &rules);
             if c.resident(contact).outcome != TestOutcome::Positive {
                 assert_eq!(s.color, "YELLOW", "contact {contact}");
             }
@@ -329,32 +437,68 @@ mod tests {
 
     /// The facts of everything the round sends resident `i`, merged and
     /// judged by the code under test (services/core).
-    fn by_the_system(c: &RoundConfig, i: u64, policy: &healthcode_core::Policy) -> (String, String) {
+    fn by_the_system(
+        c: &RoundConfig,
+        i: u64,
+        risks: &healthcode_core::SiteRisks,
+        policy: &healthcode_core::Policy,
+    ) -> (String, String) {
         let me = c.resident(i);
         let mut facts = healthcode_core::Facts::from_event(&c.test_event(&me));
+        if me.venue {
+            facts.apply(crate::schedule::scan(c, i, healthcode_core::ScanKind::VenueEntry, c.venue_ms(i)));
+        }
         for other in c.household_of(i).map(|o| c.resident(o)).filter(|o| o.outcome == TestOutcome::Positive) {
             for event in c.override_events(&other).into_iter().filter(|e| e.resident_id == resident_id(i)) {
                 facts.apply(event);
             }
         }
-        let s = policy.evaluate(&facts, &healthcode_core::SiteRisks::none(), ms(c.end_ms()));
+        let s = policy.evaluate(&facts, risks, ms(c.end_ms()));
         let color = healthcode_proto::v1::Color::from(s.color).as_str_name().to_owned();
         (color, healthcode_proto::v1::Reason::from(s.reason).as_str_name().to_owned())
     }
 
     #[test]
     fn the_oracle_agrees_with_the_system_and_catches_a_planted_rule_change() {
-        let c = RoundConfig { residents: 5_000, ..RoundConfig::default() };
+        let c = RoundConfig { residents: 20_000, ..RoundConfig::default() };
+        let risks = c.risks();
         let judged = |i, rules: &Rules| {
-            let j = c.expected(i, rules);
+            let j = c.expected(i, &risks, rules);
             (j.color.to_owned(), j.reason.to_owned())
         };
+        // The system's site risks: every version folded into the registry's facts.
+        let mut registry = healthcode_core::Facts::default();
+        for v in (0..c.site_risks()).flat_map(|r| c.risk_versions(r)) {
+            registry.apply(RoundConfig::site_risk_event(&v));
+        }
+        let system_risks = healthcode_core::SiteRisks::from_facts(&registry);
         let system = healthcode_core::Policy::default();
-        let disagree =
-            |rules: &Rules| (0..c.residents).filter(|i| judged(*i, rules) != by_the_system(&c, *i, &system)).count();
+        let disagree = |rules: &Rules| {
+            (0..c.residents).filter(|i| judged(*i, rules) != by_the_system(&c, *i, &system_risks, &system)).count()
+        };
         assert_eq!(disagree(&Rules::default()), 0, "the two readings of the rules agree on the round");
+        let exposed = (0..c.residents).filter(|i| judged(*i, &Rules::default()).1 == "EXPOSURE").count();
+        assert!(exposed > 30, "the round exposes residents at its sites: {exposed}");
         // One rule flipped in a copy: negatives valid for an hour, not 48.
         let planted = Rules { negative_valid_ms: HOUR as i64, ..Rules::default() };
         assert!(disagree(&planted) > 100, "the oracle sees the changed rule");
+        // Another: exposure over after an hour, not seven days.
+        let planted = Rules { exposure_period_ms: HOUR as i64, ..Rules::default() };
+        assert!(disagree(&planted) > 20, "the oracle sees the changed exposure rule");
+    }
+
+    #[test]
+    fn site_risks_are_declared_during_and_after_their_windows_and_some_move_or_are_withdrawn() {
+        let c = RoundConfig { residents: 200_000, ..RoundConfig::default() };
+        let all: Vec<Vec<RiskVersion>> = (0..c.site_risks()).map(|r| c.risk_versions(r)).collect();
+        assert_eq!(all.len(), 50);
+        let during = all.iter().filter(|v| v[0].issued_ms < v[0].until_ms).count();
+        assert!(during > 0 && during < all.len(), "{during} of {} declared while open", all.len());
+        assert!(all.iter().any(|v| v.len() > 1 && !v[1].retracted), "a window moves");
+        assert!(all.iter().any(|v| v.last().unwrap().retracted), "a risk is withdrawn");
+        for v in all.iter().flatten() {
+            assert!(v.from_ms < v.until_ms && v.from_ms <= v.issued_ms, "{v:?}");
+            assert!((v.issued_ms as u64) < c.end_ms());
+        }
     }
 }

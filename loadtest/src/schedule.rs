@@ -48,6 +48,9 @@ pub struct Counts {
     pub overrides: u64,
     pub scans: u64,
     pub lookups: u64,
+    /// Versions of site risks (declarations, moves, withdrawals).
+    #[serde(default)]
+    pub site_risks: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -114,16 +117,18 @@ enum Pending {
     Overrides { k: u64, late: bool },
     /// Venue entries of the residents of site batch j.
     Venues { j: u64 },
+    /// Version `n` of site risk `r`.
+    SiteRisk { r: u64, n: usize },
 }
 
 /// A scan of resident `i`. A batch is submitted by one station (the edge
 /// admits only the caller's own events): test-site arrivals by the site's
 /// station, venue entries by the district gateway that forwards its venues' scans.
-fn scan(round: &RoundConfig, i: u64, kind: ScanKind, at_ms: u64) -> Event {
+pub(crate) fn scan(round: &RoundConfig, i: u64, kind: ScanKind, at_ms: u64) -> Event {
     let batch = i / round.site_batch;
     let (site, station, prefix) = match kind {
         ScanKind::TestSiteArrival => (format!("site-{}", batch % 2000), format!("st-site-{}", batch % 2000), "a"),
-        _ => (format!("venue-{}", mix(round.seed, i, 99) % 50_000), format!("st-venues-{}", batch % 100), "v"),
+        _ => (round.venue_of(i), format!("st-venues-{}", batch % 100), "v"),
     };
     Event {
         event_id: format!("{prefix}-{i}"),
@@ -154,6 +159,11 @@ pub fn generate(round: &RoundConfig, dir: &Path, progress: impl Fn(u64)) -> anyh
     let lookup_rate = round.baseline_lookups_per_ms();
     let mut next_lookup = Lookups { round, rate: lookup_rate, t: 0.0, n: 0 };
     let mut next_lab = 0;
+    for r in 0..round.site_risks() {
+        for (n, v) in round.risk_versions(r).iter().enumerate() {
+            pending.push(Reverse((v.issued_ms as u64, Pending::SiteRisk { r, n })));
+        }
+    }
 
     // Site batches come in time order; everything else is scheduled at least
     // a result delay after its residents' samples, so it waits in `pending`
@@ -188,7 +198,9 @@ pub fn generate(round: &RoundConfig, dir: &Path, progress: impl Fn(u64)) -> anyh
         progress(events.len() as u64);
 
         if round.venue_fraction > 0.0 {
-            pending.push(Reverse((now + round.venue_delay_ms, Pending::Venues { j })));
+            // Offline venue stations upload their scans hours after the visits.
+            let late = if round.venues_late(j) { round.late_venue_extra_ms } else { 0 };
+            pending.push(Reverse((now + round.venue_delay_ms + late, Pending::Venues { j })));
         }
         // A lab batch is due once its last resident was sampled.
         let sampled_up_to = round.range(j, round.site_batch).end;
@@ -246,10 +258,14 @@ fn expand(round: &RoundConfig, at: u64, work: Pending, counts: &mut Counts) -> O
             let events: Vec<Event> = round
                 .range(j, round.site_batch)
                 .filter(|i| round.resident(*i).venue)
-                .map(|i| scan(round, i, ScanKind::VenueEntry, round.sampled_ms(i) + round.venue_delay_ms))
+                .map(|i| scan(round, i, ScanKind::VenueEntry, round.venue_ms(i)))
                 .collect();
             counts.scans += events.len() as u64;
             events
+        }
+        Pending::SiteRisk { r, n } => {
+            counts.site_risks += 1;
+            vec![RoundConfig::site_risk_event(&round.risk_versions(r)[n])]
         }
     };
     if events.is_empty() {
@@ -294,11 +310,12 @@ impl Lookups<'_> {
 fn write_expected(round: &RoundConfig, dir: &Path) -> anyhow::Result<()> {
     // The load test's own oracle, not the code under test.
     let rules = Rules::default();
+    let risks = round.risks();
     let mut out = BufWriter::with_capacity(1 << 20, File::create(dir.join(EXPECTED_FILE))?);
     writeln!(out, "resident_id,color,reason,last_negative_ms,last_positive_ms")?;
     let as_ms = |t: Option<i64>| t.map(|t| t.to_string()).unwrap_or_default();
     for i in 0..round.residents {
-        let s = round.expected(i, &rules);
+        let s = round.expected(i, &risks, &rules);
         writeln!(
             out,
             "{},{},{},{},{}",
