@@ -93,7 +93,14 @@ kafka_configure() {
         voters+="${voters:+,}$i@$(kafka_addr "$i"):9093"
     done
     local cluster_id
-    cluster_id=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+    # Never starting with '-' (as Kafka's own random-uuid): kafka-storage's
+    # argument parser takes such an id for an option (1 start in 32 failed).
+    cluster_id=$(python3 -c 'import base64, uuid
+while True:
+    i = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not i.startswith("-"):
+        print(i)
+        break')
     for i in $(seq 1 "$n"); do
         dir=$(node_dir kafka "$i")
         addr=$(kafka_addr "$i")

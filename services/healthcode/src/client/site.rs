@@ -113,11 +113,7 @@ pub async fn site_risks(args: SiteRisksArgs) -> anyhow::Result<()> {
             )?;
         } else {
             let dash = || "-".to_string();
-            let state = if r.retracted {
-                "retracted".to_string()
-            } else {
-                format!("{} residents exposed", r.exposed_residents)
-            };
+            let state = if r.retracted { "retracted".to_string() } else { format!("{} exposed", r.exposed_residents) };
             out!(
                 "{} at {} from {} until {} by {}: {state}{}",
                 r.risk_id,
