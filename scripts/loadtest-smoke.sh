@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A small city round end to end against `healthcode up`: generate, replay,
-# verify. Once on the embedded log and store; once on Kafka (the Apache Kafka
+# verify. Once on the embedded log and store, and once more with the
+# submissions shuffled; once on Kafka (the Apache Kafka
 # cluster named by HEALTHCODE_KAFKA_BROKERS, see scripts/engines.sh, else a
 # tansu broker from scripts/setup.sh); once on Kafka and the CQL store
 # together when HEALTHCODE_SCYLLA_NODES names a cluster (Apache Cassandra
@@ -50,7 +51,10 @@ run_round() {
     local up=$!
     pids+=("$up")
     wait_ready "$admin"
-    if ! "$BIN/healthcode-loadtest" replay --dir "$work/round" --target "http://$grpc" --compression "$COMPRESSION" --out "$work/report-$name" \
+    # A round named *-shuffled sends its submissions in a shuffled order.
+    local order=()
+    [[ $name == *-shuffled ]] && order=(--shuffle 7)
+    if ! "$BIN/healthcode-loadtest" replay --dir "$work/round" --target "http://$grpc" --compression "$COMPRESSION" --out "$work/report-$name" "${order[@]}" \
         || ! "$BIN/healthcode-loadtest" verify --dir "$work/round" --target "http://$grpc"; then
         echo "== $name failed; last lines of its log:" >&2
         tail -n 40 "$work/$name.log" >&2
@@ -68,6 +72,9 @@ round() {
 }
 
 round embedded
+# The same round with every submission in a shuffled order: site risks
+# before or after their visits, results before their samples' scans.
+round embedded-shuffled
 
 kafka_args=(--log kafka --kafka-partitions 4)
 # Topics and a group of the round's own: the cluster may be shared.

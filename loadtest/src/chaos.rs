@@ -344,6 +344,7 @@ pub async fn drill(options: &ChaosOptions, scenario: Scenario) -> anyhow::Result
         // Enough retries (up to 2 s apart) to ride through a restart.
         attempts: 60,
         progress: false,
+        shuffle: None,
     };
     let (round, out) = (options.round.clone(), dir.join("report"));
     let replaying = tokio::spawn(async move { replay::replay(&round, &replay_options, &out).await });

@@ -141,6 +141,11 @@ pub struct ReplayArgs {
     /// Where report.json and report.html go [default: DIR/report]
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Sends the submissions in an order shuffled with this seed, all at
+    /// once and with the round already in the past (no lookups): verify must
+    /// still find every status as expected.
+    #[arg(long)]
+    pub shuffle: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -308,6 +313,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         freshness_every: args.freshness_every,
         attempts: args.attempts,
         progress: std::io::stderr().is_terminal(),
+        shuffle: args.shuffle,
     };
     let out = args.out.unwrap_or_else(|| replay::default_out(&args.dir));
     let r = replay::replay(&args.dir, &options, &out).await?;

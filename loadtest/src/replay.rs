@@ -47,6 +47,11 @@ pub struct ReplayOptions {
     /// Attempts per request on UNAVAILABLE or RESOURCE_EXHAUSTED, as a station would retry.
     pub attempts: usize,
     pub progress: bool,
+    /// Sends the round's submissions in an order shuffled with this seed,
+    /// as fast as `max_in_flight` allows, with every event time already in
+    /// the past (lookups are left out): the statuses must not depend on the
+    /// order events arrive in.
+    pub shuffle: Option<u64>,
 }
 
 /// Where the round sits on the wall clock, and what the replay saw.
@@ -99,6 +104,23 @@ pub fn anchor_for(start_unix_ms: i64, end_ms: u64, compression: f64) -> i64 {
 /// When an entry is meant to be sent.
 pub fn intended(start: tokio::time::Instant, at_ms: u64, compression: f64) -> tokio::time::Instant {
     start + Duration::from_secs_f64(at_ms as f64 / 1000.0 / compression)
+}
+
+/// The round's submissions in an order drawn from `seed` (Fisher-Yates),
+/// each due at once.
+pub fn shuffled(entries: impl Iterator<Item = anyhow::Result<Entry>>, seed: u64) -> anyhow::Result<Vec<Entry>> {
+    let mut submits = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.kind == Kind::SubmitBatch {
+            submits.push(Entry { at_ms: 0, ..entry });
+        }
+    }
+    for i in (1..submits.len()).rev() {
+        let j = (crate::round::mix(seed, i as u64, 0x5eed) % (i as u64 + 1)) as usize;
+        submits.swap(i, j);
+    }
+    Ok(submits)
 }
 
 /// Sends every entry at its intended time with at most `max_in_flight`
@@ -216,7 +238,11 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
     };
     let probe_channel = lookup_channels[0].clone();
     let started_wall = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
-    let anchor_ms = anchor_for(started_wall, manifest.end_ms, options.compression);
+    let anchor_ms = match options.shuffle {
+        // The whole round is over before the first event goes out.
+        Some(_) => started_wall - manifest.end_ms as i64 - 60_000,
+        None => anchor_for(started_wall, manifest.end_ms, options.compression),
+    };
     let record =
         ReplayRecord { anchor_unix_ms: anchor_ms, target: options.target.clone(), compression: options.compression };
     std::fs::write(dir.join(REPLAY_FILE), serde_json::to_vec_pretty(&record)?)?;
@@ -324,7 +350,11 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
 
     let started = Instant::now();
     let reader = Reader::open(dir)?;
-    dispatch(reader, options.compression, options.max_in_flight, send, done, || bar.inc(1)).await?;
+    let entries: Box<dyn Iterator<Item = anyhow::Result<Entry>> + Send> = match options.shuffle {
+        Some(seed) => Box::new(shuffled(reader, seed)?.into_iter().map(Ok)),
+        None => Box::new(reader),
+    };
+    dispatch(entries, options.compression, options.max_in_flight, send, done, || bar.inc(1)).await?;
     bar.finish_and_clear();
     // Let the last freshness probes finish.
     let probe_deadline = Instant::now() + Duration::from_secs(30);
@@ -421,6 +451,21 @@ pub fn default_out(dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shuffle_sends_every_submission_once_in_another_order_and_no_lookup() {
+        let entry = |n: u8, kind| Entry { at_ms: u64::from(n) * 10, kind, payload: vec![n] };
+        let all: Vec<Entry> =
+            (0..50).map(|n| entry(n, if n % 5 == 0 { Kind::GetStatus } else { Kind::SubmitBatch })).collect();
+        let out = shuffled(all.clone().into_iter().map(Ok), 7).unwrap();
+        let mut payloads: Vec<u8> = out.iter().map(|e| e.payload[0]).collect();
+        assert_ne!(payloads, (0..50).filter(|n| n % 5 != 0).collect::<Vec<u8>>(), "the order changed");
+        assert!(out.iter().all(|e| e.kind == Kind::SubmitBatch && e.at_ms == 0));
+        payloads.sort_unstable();
+        assert_eq!(payloads, (0..50).filter(|n| n % 5 != 0).collect::<Vec<u8>>(), "each submission once");
+        let again: Vec<u8> = shuffled(all.into_iter().map(Ok), 7).unwrap().iter().map(|e| e.payload[0]).collect();
+        assert_eq!(again, out.iter().map(|e| e.payload[0]).collect::<Vec<u8>>(), "the seed decides the order");
+    }
 
     #[test]
     fn rebasing_moves_offsets_onto_the_clock() {
