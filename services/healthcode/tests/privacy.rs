@@ -60,6 +60,7 @@ async fn no_raw_resident_id_reaches_the_log_the_store_the_logs_or_metrics() {
         freshness_every: 5,
         attempts: 5,
         progress: false,
+        shuffle: None,
     };
     let report = replay::replay(&round_dir, &options, &dir.path().join("report")).await.unwrap();
     assert_eq!(report.ingest.codes.keys().collect::<Vec<_>>(), vec!["OK"], "{:?}", report.ingest.codes);
