@@ -130,7 +130,7 @@ async fn a_batch_rejects_bad_events_and_accepts_the_rest_in_order() {
         ]
     );
     assert_eq!(results[1].reason, "events[1].test_result.sampled_at: must be set");
-    assert_eq!(results[2].reason, "events[2].kind: must be set to one of scan, test_result, override_event");
+    assert_eq!(results[2].reason, "events[2].kind: must be set to one of scan, test_result, override_event, site_risk");
     assert!(results[0].reason.is_empty());
 
     // The retried batch is answered DUPLICATE for what was accepted.
