@@ -44,7 +44,8 @@ impl AuthError {
 /// Lowercase hex, for token hashes, keys and pseudonyms.
 use healthcode_secrets::{from_hex as unhex, to_hex as hex};
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+/// `N` bytes from the OS's secure random source.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; N];
     ring::rand::SystemRandom::new().fill(&mut bytes).expect("the OS random source works");

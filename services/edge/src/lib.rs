@@ -10,7 +10,10 @@
 //! its caller. Resident ids are replaced by their pseudonyms here, before the
 //! event reaches the log.
 
+pub mod activity;
 pub mod spool;
+
+pub use activity::{CallerActivity, CallerCount};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +80,7 @@ pub struct EdgeService {
     spool: Option<Arc<Spool>>,
     spool_after: Duration,
     priority: Option<Arc<LookupsFirst>>,
+    activity: Option<Arc<CallerActivity>>,
 }
 
 impl EdgeService {
@@ -105,7 +109,15 @@ impl EdgeService {
             spool: None,
             spool_after: config.spool_after,
             priority: None,
+            activity: None,
         }
+    }
+
+    /// Counts each caller's accepted events in `activity` (the console's
+    /// busiest callers).
+    pub fn with_activity(mut self, activity: Arc<CallerActivity>) -> Self {
+        self.activity = Some(activity);
+        self
     }
 
     /// Events the log cannot take (unreachable, or slower than `spool_after`)
@@ -152,6 +164,9 @@ impl EdgeService {
             })
             .collect();
         self.durably(records).await?;
+        if let Some(activity) = &self.activity {
+            activity.record(&caller.name, caller.role.as_str(), events.len() as u64);
+        }
         for event in &events {
             self.recent.insert(EventKey::of(event), ());
             metrics::counter!("healthcode_ingest_events_total", "kind" => event.kind_label(), "outcome" => "accepted")

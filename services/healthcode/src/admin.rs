@@ -1,6 +1,8 @@
 //! Admin HTTP: `/metrics` (Prometheus, ops role), `/live` (the process runs),
 //! `/ready` (it can serve: stores open, listeners bound, not shutting down),
-//! `POST /policy/diff` (ops role; a candidate policy file as the body).
+//! `POST /policy/diff` (ops role; a candidate policy file as the body),
+//! `/activity/callers` (ops role; the busiest callers, for peers' consoles)
+//! and the operations console under `/console` (its own sign-in).
 //! Probes stay open, like the gRPC health service.
 
 use std::sync::Arc;
@@ -16,7 +18,9 @@ use healthcode_auth::{Guard, Rpc};
 use healthcode_rpc::ServiceError;
 use healthcode_store::StoreFaults;
 
+use crate::console::Console;
 use crate::policy_diff::ShadowRules;
+use healthcode_edge::CallerActivity;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +45,7 @@ struct AdminState {
     store_faults: Option<Arc<StoreFaults>>,
     readiness: Readiness,
     shadow: Option<Arc<ShadowRules>>,
+    activity: Option<Arc<CallerActivity>>,
 }
 
 /// The ops role's check for an admin endpoint; the refusal as a response.
@@ -105,11 +110,22 @@ async fn policy_diff(State(s): State<AdminState>, headers: HeaderMap, body: Stri
     }
 }
 
+/// `GET /activity/callers`: this edge's busiest callers as JSON.
+async fn callers(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(refused) = ops_only(&s, &headers) {
+        return refused.into_response();
+    }
+    let busiest = s.activity.as_ref().map(|a| a.busiest(10)).unwrap_or_default();
+    crate::console::json(&busiest)
+}
+
 /// What the admin port serves besides metrics and probes.
 pub struct AdminParts {
     pub guard: Arc<Guard>,
     pub store_faults: Option<Arc<StoreFaults>>,
     pub shadow: Option<Arc<ShadowRules>>,
+    pub activity: Option<Arc<CallerActivity>>,
+    pub console: Arc<Console>,
 }
 
 pub async fn serve(
@@ -119,7 +135,7 @@ pub async fn serve(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let AdminParts { guard, store_faults, shadow } = parts;
+    let AdminParts { guard, store_faults, shadow, activity, console } = parts;
     // Histograms are drained into buckets by upkeep; run it between scrapes too.
     let upkeep = metrics.clone();
     let upkeep_stop = shutdown.clone();
@@ -136,6 +152,7 @@ pub async fn serve(
         .route("/metrics", get(render_metrics))
         .route("/faults/store/{state}", post(store_fault))
         .route("/policy/diff", post(policy_diff))
+        .route("/activity/callers", get(callers))
         .route("/live", get(|| async { "live\n" }))
         .route(
             "/ready",
@@ -147,6 +164,7 @@ pub async fn serve(
                 }
             }),
         )
-        .with_state(AdminState { metrics, guard, store_faults, readiness, shadow });
+        .with_state(AdminState { metrics, guard, store_faults, readiness, shadow, activity })
+        .merge(console.router());
     axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }

@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod credentials;
 pub mod policy_diff;
 pub mod telemetry;

@@ -29,9 +29,11 @@ const PARALLEL_SHARDS: usize = 4;
 pub struct ShadowRules {
     pub store: Arc<dyn StatusStore>,
     pub current: VersionedPolicy,
+    /// The last diff this process made, for the operations console.
+    pub last: std::sync::Mutex<Option<DiffReport>>,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct DiffReport {
     pub residents: u64,
     pub as_of: String,
@@ -44,7 +46,7 @@ pub struct DiffReport {
     pub reasons: Vec<ReasonTransition>,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ColorTransition {
     pub from: String,
     pub to: String,
@@ -53,7 +55,7 @@ pub struct ColorTransition {
     pub samples: Vec<String>,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ReasonTransition {
     pub from: String,
     pub to: String,
@@ -79,7 +81,14 @@ impl ShadowRules {
         while let Some(shard) = diffs.next().await {
             diff.absorb(shard?);
         }
-        Ok(self.report(&diff, candidate, now))
+        let report = self.report(&diff, candidate, now);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+        Ok(report)
+    }
+
+    /// The last diff made, if any.
+    pub fn last(&self) -> Option<DiffReport> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// One shard, page by page, at `rate` residents/s.

@@ -100,6 +100,7 @@ const SAMPLES: &[(&str, &[&str])] = &[
     ("grpc_addr = \"127.0.0.1:7001\"", &[]),
     ("admin_addr = \"127.0.0.1:7002\"", &[]),
     ("data_dir = \"/srv/hc\"", &[]),
+    ("console_peers = \"edge-1:9090, lookup-1:9090\"", &[]),
     ("log = \"kafka\"", &["--kafka-brokers", "k1:9092"]),
     ("store = \"scylla\"", &["--scylla-nodes", "s1"]),
     ("negative_validity = \"24h\"", &[]),

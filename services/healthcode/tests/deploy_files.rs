@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use clap::{CommandFactory, Parser};
 use healthcode::cli::{Cli, Command as Verb};
@@ -418,10 +419,9 @@ fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-#[test]
-fn the_dashboard_queries_only_metrics_the_binary_exports() {
-    // What the code registers: the names in the services' sources (not
-    // their tests, which may name a metric that no longer exists).
+/// Every `healthcode_*` metric the services' sources register (not their
+/// tests, which may name a metric that no longer exists).
+fn exported_metrics() -> BTreeSet<String> {
     let services = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut sources = Vec::new();
     for crate_dir in std::fs::read_dir(&services).unwrap().map(|e| e.unwrap().path()) {
@@ -432,12 +432,82 @@ fn the_dashboard_queries_only_metrics_the_binary_exports() {
     let exported: BTreeSet<String> =
         sources.iter().flat_map(|p| metric_names(&std::fs::read_to_string(p).unwrap())).collect();
     assert!(exported.contains("healthcode_grpc_requests_total"), "the scan found the registrations");
+    exported
+}
+
+/// What the Grafana dashboards, the alert rules and the operations console
+/// query: each must be a metric the binary exports.
+#[test]
+fn dashboards_alerts_and_the_console_query_only_metrics_the_binary_exports() {
+    let exported = exported_metrics();
     let dashboards = deploy().join("compose/grafana/dashboards");
-    let mut queried = BTreeSet::new();
-    for dashboard in std::fs::read_dir(&dashboards).unwrap().map(|e| e.unwrap().path()) {
-        queried.extend(metric_names(&std::fs::read_to_string(&dashboard).unwrap()));
+    let mut queried: Vec<(String, BTreeSet<String>)> = std::fs::read_dir(&dashboards)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.display().to_string(), metric_names(&std::fs::read_to_string(&p).unwrap())))
+        .collect();
+    let alerts = deploy().join("prometheus/alerts.yml");
+    queried.push((alerts.display().to_string(), metric_names(&std::fs::read_to_string(&alerts).unwrap())));
+    let console = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/console/assets/console.js");
+    queried.push((console.display().to_string(), metric_names(&std::fs::read_to_string(&console).unwrap())));
+    for (file, names) in queried {
+        assert!(names.len() >= 5, "{file} queries healthcode metrics: {names:?}");
+        let unknown: Vec<&String> = names.difference(&exported).collect();
+        assert!(unknown.is_empty(), "{file} queries metrics the binary never exports: {unknown:?}");
     }
-    assert!(queried.len() >= 5, "the dashboards query healthcode metrics: {queried:?}");
-    let unknown: Vec<&String> = queried.difference(&exported).collect();
-    assert!(unknown.is_empty(), "the dashboards query metrics the binary never exports: {unknown:?}");
+}
+
+/// `promtool`, or why the test cannot run.
+fn promtool() -> Result<PathBuf, String> {
+    let found = Command::new("promtool").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    if found {
+        Ok(PathBuf::from("promtool"))
+    } else {
+        Err("promtool is not installed (apt-get install prometheus; scripts/setup.sh does)".into())
+    }
+}
+
+/// The alert rules' unit tests (deploy/prometheus/alerts_test.yml): each
+/// alert fires on the series that should raise it and not on healthy ones.
+#[test]
+fn the_alert_rules_pass_their_promtool_tests() {
+    let promtool = match promtool() {
+        Ok(p) => p,
+        Err(why) => return healthcode_testkit::skipped("the_alert_rules_pass_their_promtool_tests", &why),
+    };
+    let out = Command::new(&promtool)
+        .args(["test", "rules", "alerts_test.yml"])
+        .current_dir(deploy().join("prometheus"))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("SUCCESS"), "promtool test rules failed:\n{text}");
+}
+
+/// Compose's Prometheus config loads, with the alert rules beside it as
+/// the container mounts them (the ops token file is a stand-in).
+#[test]
+fn the_prometheus_config_loads_with_its_alert_rules() {
+    let promtool = match promtool() {
+        Ok(p) => p,
+        Err(why) => return healthcode_testkit::skipped("the_prometheus_config_loads_with_its_alert_rules", &why),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("ops.token");
+    std::fs::write(&token, "stand-in").unwrap();
+    let config = std::fs::read_to_string(deploy().join("compose/prometheus.yml")).unwrap();
+    assert!(config.contains("/credentials/ops.token"), "the config reads the mounted ops token");
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        config.replace("/credentials/ops.token", &token.display().to_string()),
+    )
+    .unwrap();
+    std::fs::copy(deploy().join("prometheus/alerts.yml"), dir.path().join("alerts.yml")).unwrap();
+    let out =
+        Command::new(&promtool).args(["check", "config"]).arg(dir.path().join("prometheus.yml")).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool check config failed:\n{text}");
+    assert!(text.contains("8 rules found"), "the alert rules were loaded:\n{text}");
+    let compose = std::fs::read_to_string(deploy().join("compose/compose.yaml")).unwrap();
+    assert!(compose.contains("../prometheus/alerts.yml:/etc/prometheus/alerts.yml"), "compose mounts the rules");
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use healthcode_auth::{Authenticate, Guard, Pseudonymizer, Rpc, TokenRegistry};
 use healthcode_core::{UnixMicros, Validator};
-use healthcode_edge::EdgeService;
+use healthcode_edge::{CallerActivity, EdgeService};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::console::{Console, ConsoleParts};
 use healthcode_edge::spool::Spool;
 use healthcode_log::{EmbeddedLog, EventLog, Retention};
 use healthcode_log_kafka::KafkaLog;
@@ -59,6 +62,8 @@ pub(super) struct Components {
     pub(super) lookup: Option<Arc<LookupService>>,
     /// In a process serving lookups and submits: submits yield to lookups.
     pub(super) priority: Option<Arc<LookupsFirst>>,
+    /// Where the edge counts its busiest callers, for the console.
+    pub(super) activity: Option<Arc<CallerActivity>>,
 }
 
 impl Components {
@@ -135,6 +140,21 @@ impl Components {
             pseudonyms,
             lookup,
             priority,
+            activity: role.edge().then(|| Arc::new(CallerActivity::default())),
+        })
+    }
+
+    /// The operations console of this process.
+    pub(super) fn console(&self, metrics: PrometheusHandle, shadow: Option<Arc<ShadowRules>>) -> Arc<Console> {
+        Console::new(ConsoleParts {
+            metrics,
+            guard: self.guard.clone(),
+            store: self.store.clone(),
+            shadow,
+            activity: self.activity.clone(),
+            peers: self.settings.console_peers.clone(),
+            role: format!("{:?}", self.role).to_lowercase(),
+            budget: self.settings.lookup.budget,
         })
     }
 
@@ -190,7 +210,7 @@ impl Components {
         let store = self.store.clone().filter(|_| self.role.lookup())?;
         let current =
             VersionedPolicy { version: self.settings.policy_version.clone(), policy: self.settings.policy.clone() };
-        Some(Arc::new(ShadowRules { store, current }))
+        Some(Arc::new(ShadowRules { store, current, last: Default::default() }))
     }
 
     /// The edge's spool and its drainer into the log.
@@ -236,6 +256,9 @@ impl Components {
                 }
                 if let Some(priority) = &self.priority {
                     edge = edge.with_priority(priority.clone());
+                }
+                if let Some(activity) = &self.activity {
+                    edge = edge.with_activity(activity.clone());
                 }
                 let server = IngestServer::new(edge).max_decoding_message_size(max_message);
                 Some(InterceptedService::new(server, Authenticate(self.guard.clone())))

@@ -79,10 +79,13 @@ impl App {
             None => None,
         };
         let readiness = Readiness::default();
+        let shadow = c.shadow_rules();
         let parts = admin::AdminParts {
             guard: c.guard.clone(),
             store_faults: c.store_faults.clone(),
-            shadow: c.shadow_rules(),
+            shadow: shadow.clone(),
+            activity: c.activity.clone(),
+            console: c.console(metrics.clone(), shadow),
         };
         let admin = tokio::spawn(admin::serve(admin_listener, metrics, parts, readiness.clone(), c.shutdown.clone()));
         readiness.set(true);

@@ -89,6 +89,11 @@ pub struct ServeArgs {
     /// fault-injection drills, never in production [default: false]
     #[arg(long, env = "HEALTHCODE_FAULT_INJECTION")]
     pub fault_injection: Option<bool>,
+    /// Admin addresses (host:port, comma-separated) of the other processes
+    /// of a split deployment: the console on this admin port shows the
+    /// whole cluster, read with the signed-in operator's token; none unless set
+    #[arg(long, env = "HEALTHCODE_CONSOLE_PEERS")]
+    pub console_peers: Option<String>,
     #[command(flatten)]
     #[serde(flatten)]
     #[merge(strategy = Merge::merge)]
@@ -140,6 +145,8 @@ pub struct Settings {
     pub lookup: LookupConfig,
     pub edge: EdgeConfig,
     pub fault_injection: bool,
+    /// Other processes' admin addresses the console reads.
+    pub console_peers: Vec<String>,
     pub materializer: MaterializerConfig,
     /// Kafka settings; used when `log` is `Kafka`.
     pub kafka: KafkaConfig,
@@ -195,6 +202,13 @@ impl ServeArgs {
             store,
             edge: self.ingest.into_config(),
             fault_injection: self.fault_injection.unwrap_or(false),
+            console_peers: self
+                .console_peers
+                .iter()
+                .flat_map(|list| list.split(','))
+                .map(|peer| peer.trim().to_owned())
+                .filter(|peer| !peer.is_empty())
+                .collect(),
             materializer: self.materializer.into_config()?,
             kafka: self.kafka.into_config(log == LogBackend::Kafka, limits.retention)?,
             scylla: self.scylla.into_config(store == StoreBackend::Scylla, limits.retention, lookup.budget)?,
