@@ -3,7 +3,10 @@
 # `healthcode up` on the embedded log and store, wait until the materializer
 # has caught up, verify every resident. Prints the wall times and the peak
 # memory (VmHWM) of the server. Settings via the environment:
-#   RESIDENTS (13000000), COMPRESSION (100), LOOKUPS per resident (0.1), WORK dir.
+#   RESIDENTS (13000000), COMPRESSION (100), LOOKUPS per resident (0.1), WORK dir;
+#   DIFF=1 then times a policy diff over every resident (ops, on the live
+#   server); REBUILD=1 then deletes the store, times `healthcode rebuild`
+#   and verifies every resident again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,4 +58,21 @@ print(f"replay {r - s:.0f} s; materializer caught up {m - r:.0f} s later (ingest
 print(f"healthcode up peak memory (VmHWM): {peak / 1024:.0f} MiB")
 PY
 du -sh "$WORK/data/log" "$WORK/data/store"
+if [ "${DIFF:-0}" = 1 ]; then
+    printf 'version = "v2-24h"\nnegative_valid_for = "24h"\nnegatives_to_clear_positive = 1\n' >"$WORK/candidate.toml"
+    echo "== policy diff over every resident (paced at 50,000 residents/s)"
+    /usr/bin/time -f "policy diff: %e s wall" "$B/healthcode" policy diff --candidate "$WORK/candidate.toml" \
+        --admin-addr "$ADMIN" --credentials-dir "$WORK/data/credentials" | tee "$WORK/diff.txt" | head -12
+fi
 kill -TERM $UP && wait $UP
+if [ "${REBUILD:-0}" = 1 ]; then
+    echo "== rebuild: the store deleted, every status from the log"
+    rm -rf "$WORK/data/store"
+    /usr/bin/time -f "rebuild: %e s wall, %M KiB peak memory" "$B/healthcode" rebuild --data-dir "$WORK/data"
+    "$B/healthcode" up --data-dir "$WORK/data" --grpc-addr "$GRPC" --admin-addr "$ADMIN" 2>>"$WORK/up.log" &
+    UP=$!
+    until python3 -c "import urllib.request; urllib.request.urlopen('http://$ADMIN/ready', timeout=1)" 2>/dev/null; do sleep 0.2; done
+    echo "== verify after the rebuild"
+    "$B/healthcode-loadtest" verify --dir "$WORK/round" --target "http://$GRPC" --concurrency 4
+    kill -TERM $UP && wait $UP
+fi

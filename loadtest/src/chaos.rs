@@ -492,7 +492,9 @@ impl Probe {
         let channel = Endpoint::from_shared(d.lookup_url.clone())?.connect().await?;
         let mut lookup = LookupClient::with_interceptor(channel, bearer);
         let sample: Vec<String> = (0..100).map(resident_id).collect();
-        lookup.batch_get_status(pb::BatchGetStatusRequest { resident_id: sample.clone() }).await?;
+        lookup
+            .batch_get_status(pb::BatchGetStatusRequest { resident_id: sample.clone(), ..Default::default() })
+            .await?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut seen = FaultLookups::default();

@@ -132,7 +132,7 @@ async fn invoke(channel: &Channel, call: Call, token: Option<&str>, actor: &str,
             code(lookup.get_status(req(pb::GetStatusRequest { resident_id: "R-auth".into() }, token)).await.map(drop))
         }
         (Call::BatchGetStatus, _) => {
-            let request = pb::BatchGetStatusRequest { resident_id: vec!["R-auth".into()] };
+            let request = pb::BatchGetStatusRequest { resident_id: vec!["R-auth".into()], ..Default::default() };
             code(lookup.batch_get_status(req(request, token)).await.map(drop))
         }
         (Call::ListOverrides, _) => {
@@ -290,7 +290,9 @@ async fn limits_shed_a_fast_caller_and_refuse_oversized_and_undecodable_messages
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ids = (0..500).map(|i| format!("{i:0>200}")).collect();
-    let status = lookup.batch_get_status(with_token(pb::BatchGetStatusRequest { resident_id: ids }, &token)).await;
+    let status = lookup
+        .batch_get_status(with_token(pb::BatchGetStatusRequest { resident_id: ids, ..Default::default() }, &token))
+        .await;
     let too_large = status.unwrap_err();
     assert_eq!(too_large.code(), Code::ResourceExhausted, "a 100 KB request over a 64 KiB limit");
     assert!(too_large.message().contains("too large"), "refused for its size, not its rate: {too_large:?}");
@@ -318,8 +320,8 @@ async fn limits_shed_a_fast_caller_and_refuse_oversized_and_undecodable_messages
     // body is never read (else it would be refused for its size first).
     let ids: Vec<String> = (0..500).map(|i| format!("{i:0>200}")).collect();
     for request in [
-        tonic::Request::new(pb::BatchGetStatusRequest { resident_id: ids.clone() }),
-        with_token(pb::BatchGetStatusRequest { resident_id: ids }, "not-a-token"),
+        tonic::Request::new(pb::BatchGetStatusRequest { resident_id: ids.clone(), ..Default::default() }),
+        with_token(pb::BatchGetStatusRequest { resident_id: ids, ..Default::default() }, "not-a-token"),
     ] {
         let refused = lookup.batch_get_status(request).await.unwrap_err();
         assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");

@@ -63,6 +63,24 @@ async fn statuses_follow_the_policy_and_retries_are_duplicates() {
         healthcode_status_token::Keyring::from_file(&t.dir.path().join("credentials/status-keys.toml")).unwrap();
     let claims = keyring.verify(&single.status_token, UnixMicros::now()).unwrap();
     assert_eq!((claims.resident_id.as_str(), claims.color, claims.stale), ("red", pb::Color::Red, false));
+    // A bulk reader may ask for the statuses without tokens; others get them.
+    let ids = vec!["red".to_owned(), "green".to_owned()];
+    let bare = t
+        .lookup()
+        .batch_get_status(pb::BatchGetStatusRequest { resident_id: ids.clone(), omit_status_tokens: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .statuses;
+    assert!(bare.iter().all(|s| s.status_token.is_empty()) && bare[0].color == pb::Color::Red as i32);
+    let signed = t
+        .lookup()
+        .batch_get_status(pb::BatchGetStatusRequest { resident_id: ids, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .statuses;
+    assert!(signed.iter().all(|s| !s.status_token.is_empty()));
     t.app.stop().await.unwrap();
 }
 

@@ -95,10 +95,16 @@ async fn every_validation_rule_is_enforced_over_grpc() {
         (Code::InvalidArgument, "resident_id")
     );
     let ids = vec!["ok".to_string(), "".to_string()];
-    let status = lookup.batch_get_status(pb::BatchGetStatusRequest { resident_id: ids }).await.unwrap_err();
+    let status = lookup
+        .batch_get_status(pb::BatchGetStatusRequest { resident_id: ids, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(status.metadata().get(INVALID_FIELD).unwrap(), "resident_id[1]");
     let ids = (0..501).map(|i| format!("r{i}")).collect();
-    let status = lookup.batch_get_status(pb::BatchGetStatusRequest { resident_id: ids }).await.unwrap_err();
+    let status = lookup
+        .batch_get_status(pb::BatchGetStatusRequest { resident_id: ids, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     t.app.stop().await.unwrap();
 }

@@ -85,7 +85,9 @@ async fn a_candidate_policy_is_counted_per_transition_on_a_live_server() {
         pb::lookup_client::LookupClient::with_interceptor(channel.clone(), bearer(&data_dir, Caller::Station));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let reply = lookup.batch_get_status(pb::BatchGetStatusRequest { resident_id: residents.clone() }).await;
+        let reply = lookup
+            .batch_get_status(pb::BatchGetStatusRequest { resident_id: residents.clone(), ..Default::default() })
+            .await;
         if reply.unwrap().into_inner().statuses.iter().all(|s| s.updated_at.is_some()) {
             break;
         }

@@ -117,7 +117,10 @@ async fn channel(app: &App) -> Channel {
 async fn statuses(app: &App, data_dir: &Path, residents: &[String]) -> Vec<pb::ResidentStatus> {
     let mut lookup =
         pb::lookup_client::LookupClient::with_interceptor(channel(app).await, bearer(data_dir, Caller::Station));
-    let reply = lookup.batch_get_status(pb::BatchGetStatusRequest { resident_id: residents.to_vec() }).await.unwrap();
+    let reply = lookup
+        .batch_get_status(pb::BatchGetStatusRequest { resident_id: residents.to_vec(), ..Default::default() })
+        .await
+        .unwrap();
     reply
         .into_inner()
         .statuses

@@ -62,6 +62,12 @@ struct Append {
     done: oneshot::Sender<Result<(), LogError>>,
 }
 
+/// The page cache of a spool's log.
+const SPOOL_CACHE_BYTES: usize = 16 << 20;
+
+/// The default page cache of the event log (`--log-cache-bytes`).
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+
 pub struct EmbeddedLog {
     db: Arc<Database>,
     retention: Retention,
@@ -73,15 +79,18 @@ pub struct EmbeddedLog {
 
 impl EmbeddedLog {
     /// Opens (or creates) a log in `dir/log.redb` that forgets what every
-    /// group has committed (a spool).
+    /// group has committed (a spool), with a small page cache: a spool is
+    /// empty but for outages, and then read once in order.
     pub fn open(dir: &Path) -> Result<EmbeddedLog, LogError> {
-        Self::open_with(dir, Retention::UntilConsumed)
+        Self::open_with(dir, Retention::UntilConsumed, SPOOL_CACHE_BYTES)
     }
 
-    /// Opens (or creates) the log in `dir/log.redb`, trimmed by `retention`.
-    pub fn open_with(dir: &Path, retention: Retention) -> Result<EmbeddedLog, LogError> {
+    /// Opens (or creates) the log in `dir/log.redb`, trimmed by `retention`,
+    /// with at most `cache_bytes` of pages held in memory (redb's own
+    /// default, 1 GiB, is more than a log read mostly once needs).
+    pub fn open_with(dir: &Path, retention: Retention, cache_bytes: usize) -> Result<EmbeddedLog, LogError> {
         std::fs::create_dir_all(dir).map_err(|e| LogError::storage_from(format!("creating {}", dir.display()), e))?;
-        let db = Database::create(dir.join("log.redb")).map_err(storage)?;
+        let db = Database::builder().set_cache_size(cache_bytes).create(dir.join("log.redb")).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         let next = {
             let records = txn.open_table(RECORDS).map_err(storage)?;
@@ -480,7 +489,7 @@ mod tests {
     /// consume the first `consumed`, and returns what a new group reads.
     async fn kept_after(retention: Retention, consumed: usize) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
-        let log = EmbeddedLog::open_with(dir.path(), retention).unwrap();
+        let log = EmbeddedLog::open_with(dir.path(), retention, DEFAULT_CACHE_BYTES).unwrap();
         let mut group = log.consumer("materializer").await.unwrap();
         for n in 0..3 {
             log.append(one(n)).await.unwrap();

@@ -239,7 +239,15 @@ impl LookupService {
         RisksRead { risks, stale }
     }
 
-    fn status(&self, resident_id: String, read: &Read, risks: &RisksRead, now: UnixMicros) -> pb::ResidentStatus {
+    /// The answer for one resident; signed unless `sign` is false.
+    fn status(
+        &self,
+        resident_id: String,
+        read: &Read,
+        risks: &RisksRead,
+        now: UnixMicros,
+        sign: bool,
+    ) -> pb::ResidentStatus {
         let known = read.known();
         let none = Facts::default();
         let status = self.policy.evaluate(known.facts.as_ref().unwrap_or(&none), &risks.risks, now);
@@ -248,7 +256,7 @@ impl LookupService {
         }
         self.meters.answer(status.color);
         let mut wire = to_wire(resident_id, &status, read.stale() || risks.stale);
-        if let Some(tokens) = &self.tokens {
+        if let Some(tokens) = self.tokens.as_ref().filter(|_| sign) {
             wire.status_token = tokens.token(&known.token, &wire, now);
         }
         wire
@@ -265,7 +273,7 @@ impl LookupService {
             self.read(&request.resident_id, &call),
             self.site_risks(self.deadline(&call, self.config.budget))
         );
-        Ok(self.status(request.resident_id, &read?, &risks, UnixMicros::now()))
+        Ok(self.status(request.resident_id, &read?, &risks, UnixMicros::now(), true))
     }
 
     async fn list_site_risks(
@@ -353,7 +361,7 @@ impl LookupService {
         request: pb::BatchGetStatusRequest,
     ) -> Result<pb::BatchGetStatusReply, ServiceError> {
         self.started();
-        let ids = request.resident_id;
+        let (ids, sign) = (request.resident_id, !request.omit_status_tokens);
         if ids.len() > MAX_LOOKUP_BATCH {
             return Err(ValidationError::new("resident_id", format!("must hold at most {MAX_LOOKUP_BATCH} ids")).into());
         }
@@ -372,7 +380,7 @@ impl LookupService {
             .zip(reads)
             .map(|(id, read)| {
                 self.meters.read(&read);
-                self.status(id, &read, &risks, now)
+                self.status(id, &read, &risks, now, sign)
             })
             .collect();
         Ok(pb::BatchGetStatusReply { statuses })

@@ -59,7 +59,7 @@ impl Fixture {
 
     async fn get_many(&self, residents: &[&str]) -> Result<Vec<pb::ResidentStatus>, tonic::Status> {
         let ids = residents.iter().map(|r| r.to_string()).collect();
-        let request = with_token(pb::BatchGetStatusRequest { resident_id: ids }, &self.token);
+        let request = with_token(pb::BatchGetStatusRequest { resident_id: ids, ..Default::default() }, &self.token);
         self.lookup.batch_get_status(request).await.map(|r| r.into_inner().statuses)
     }
 }

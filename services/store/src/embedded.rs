@@ -26,6 +26,11 @@ fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
     StoreError::storage_from("redb", e.into())
 }
 
+/// The default page cache (`--store-cache-bytes`): redb's own default is
+/// 1 GiB, and with the log's and the lookup cache that took `up` past 3 GiB
+/// through the 13M round.
+pub const DEFAULT_CACHE_BYTES: usize = 512 << 20;
+
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -36,7 +41,19 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir/store.redb` for this process alone
     /// (`healthcode up`): redb keeps its page cache across transactions.
     pub fn open(dir: &Path, retention: Duration) -> Result<EmbeddedStore, StoreError> {
-        Self::open_with(dir, retention, ConcurrencyMode::ExclusiveWriter)
+        Self::open_with(dir, retention, ConcurrencyMode::ExclusiveWriter, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Self::open`] or [`Self::open_shared`] with at most `cache_bytes` of
+    /// pages held in memory (`--store-cache-bytes`).
+    pub fn open_sized(
+        dir: &Path,
+        retention: Duration,
+        shared: bool,
+        cache_bytes: usize,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let mode = if shared { ConcurrencyMode::MultiWriter } else { ConcurrencyMode::ExclusiveWriter };
+        Self::open_with(dir, retention, mode, cache_bytes)
     }
 
     /// Opens the store so that other processes of this machine may open it
@@ -44,12 +61,21 @@ impl EmbeddedStore {
     /// with byte-range locks and rereads pages another process may have
     /// changed, so every transaction costs more than in [`Self::open`].
     pub fn open_shared(dir: &Path, retention: Duration) -> Result<EmbeddedStore, StoreError> {
-        Self::open_with(dir, retention, ConcurrencyMode::MultiWriter)
+        Self::open_with(dir, retention, ConcurrencyMode::MultiWriter, DEFAULT_CACHE_BYTES)
     }
 
-    fn open_with(dir: &Path, retention: Duration, mode: ConcurrencyMode) -> Result<EmbeddedStore, StoreError> {
+    fn open_with(
+        dir: &Path,
+        retention: Duration,
+        mode: ConcurrencyMode,
+        cache_bytes: usize,
+    ) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::storage_from(format!("creating {}", dir.display()), e))?;
-        let db = Database::builder().set_concurrency_mode(mode).create(dir.join("store.redb")).map_err(storage)?;
+        let db = Database::builder()
+            .set_concurrency_mode(mode)
+            .set_cache_size(cache_bytes)
+            .create(dir.join("store.redb"))
+            .map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(FACTS).map_err(storage)?;
         txn.open_table(SITE_VISITS).map_err(storage)?;

@@ -325,7 +325,7 @@ async fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
             // Kept for the retention window, so a lost store can be rebuilt.
             let retention = Retention::Window { window: settings.limits.retention, max_bytes: settings.log_max_bytes };
             Ok(Arc::new(
-                EmbeddedLog::open_with(&dir, retention)
+                EmbeddedLog::open_with(&dir, retention, settings.log_cache_bytes)
                     .with_context(|| format!("opening the event log in {}", dir.display()))?,
             ))
         }
@@ -344,8 +344,7 @@ async fn open_store(settings: &Settings, shared: bool) -> anyhow::Result<Arc<dyn
         StoreBackend::Embedded => {
             let dir = settings.data_dir.join("store");
             let retention = settings.limits.retention;
-            let store =
-                if shared { EmbeddedStore::open_shared(&dir, retention) } else { EmbeddedStore::open(&dir, retention) };
+            let store = EmbeddedStore::open_sized(&dir, retention, shared, settings.store_cache_bytes);
             Ok(Arc::new(store.with_context(|| format!("opening the store in {}", dir.display()))?))
         }
         StoreBackend::Scylla => Ok(Arc::new(

@@ -40,7 +40,7 @@ pub struct VerifyTokenArgs {
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let mut client = LookupClient::new(channel(&args.target).await?);
-    let message = pb::BatchGetStatusRequest { resident_id: args.residents };
+    let message = pb::BatchGetStatusRequest { resident_id: args.residents, ..Default::default() };
     let reply = client.batch_get_status(request(&args.target, Role::Station, message)?).await?.into_inner();
     for s in reply.statuses {
         let color = pb::Color::try_from(s.color).unwrap_or_default().as_str_name();

@@ -81,6 +81,12 @@ pub struct ServeArgs {
     /// ends (a rebuild then cannot restore what they held) [default: 68719476736]
     #[arg(long, env = "HEALTHCODE_LOG_MAX_BYTES")]
     pub log_max_bytes: Option<u64>,
+    /// Bytes of the embedded log's pages kept in memory [default: 268435456]
+    #[arg(long, env = "HEALTHCODE_LOG_CACHE_BYTES")]
+    pub log_cache_bytes: Option<usize>,
+    /// Bytes of the embedded store's pages kept in memory [default: 536870912]
+    #[arg(long, env = "HEALTHCODE_STORE_CACHE_BYTES")]
+    pub store_cache_bytes: Option<usize>,
     /// Facts store backend [default: embedded]
     #[arg(long, env = "HEALTHCODE_STORE", value_enum)]
     pub store: Option<StoreBackend>,
@@ -137,6 +143,9 @@ pub struct Settings {
     pub log: LogBackend,
     /// The embedded log's size bound (its time bound is the retention window).
     pub log_max_bytes: u64,
+    /// Page caches of the embedded log and store.
+    pub log_cache_bytes: usize,
+    pub store_cache_bytes: usize,
     pub store: StoreBackend,
     pub policy: Policy,
     /// The name of the rules in force: the policy file's `version`, or `built-in`.
@@ -199,6 +208,8 @@ impl ServeArgs {
             admin_addr: self.admin_addr.unwrap_or(([127, 0, 0, 1], 9090).into()),
             log,
             log_max_bytes: self.log_max_bytes.unwrap_or(DEFAULT_LOG_MAX_BYTES),
+            log_cache_bytes: self.log_cache_bytes.unwrap_or(healthcode_log::embedded::DEFAULT_CACHE_BYTES),
+            store_cache_bytes: self.store_cache_bytes.unwrap_or(healthcode_store::embedded::DEFAULT_CACHE_BYTES),
             store,
             edge: self.ingest.into_config(),
             fault_injection: self.fault_injection.unwrap_or(false),

@@ -107,7 +107,7 @@ pub async fn wait_for_statuses(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let statuses = lookup
-            .batch_get_status(pb::BatchGetStatusRequest { resident_id: ids.clone() })
+            .batch_get_status(pb::BatchGetStatusRequest { resident_id: ids.clone(), ..Default::default() })
             .await
             .unwrap()
             .into_inner()

@@ -128,7 +128,10 @@ pub async fn wait_until(
     loop {
         let mut refused = Vec::new();
         for chunk in residents.chunks(500) {
-            match lookup.batch_get_status(pb::BatchGetStatusRequest { resident_id: chunk.to_vec() }).await {
+            match lookup
+                .batch_get_status(pb::BatchGetStatusRequest { resident_id: chunk.to_vec(), ..Default::default() })
+                .await
+            {
                 Ok(reply) => {
                     refused.extend(reply.into_inner().statuses.into_iter().filter(|s| !check(s)).map(|s| s.resident_id))
                 }
