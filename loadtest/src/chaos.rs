@@ -345,6 +345,7 @@ pub async fn drill(options: &ChaosOptions, scenario: Scenario) -> anyhow::Result
         attempts: 60,
         progress: false,
         shuffle: None,
+        checks: 0,
     };
     let (round, out) = (options.round.clone(), dir.join("report"));
     let replaying = tokio::spawn(async move { replay::replay(&round, &replay_options, &out).await });

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod chaos;
 pub mod credentials;
 pub mod flood;
+pub mod midround;
 pub mod oracle;
 pub mod replay;
 pub mod report;
@@ -96,7 +97,16 @@ pub struct GenerateArgs {
     /// Share of venue scan uploads that come hours late (offline stations).
     #[arg(long, default_value_t = 0.1)]
     pub late_venue_fraction: f64,
-    /// Window over which every resident is sampled once.
+    /// Days the round spans (every resident tested --tests-per-day times a day).
+    #[arg(long, default_value_t = 3)]
+    pub days: u64,
+    /// Tests per resident a day: 1, or 2 (a morning and an evening window).
+    #[arg(long, default_value_t = 2)]
+    pub tests_per_day: u64,
+    /// Share of residents who stop testing after the first day.
+    #[arg(long, default_value_t = 0.02)]
+    pub skip_fraction: f64,
+    /// Window over which every resident is sampled once per test.
     #[arg(long, default_value = "10h", value_parser = humantime::parse_duration)]
     pub sampling_window: Duration,
     /// How long after sampling labs report a batch.
@@ -146,6 +156,10 @@ pub struct ReplayArgs {
     /// still find every status as expected.
     #[arg(long)]
     pub shuffle: Option<u64>,
+    /// Checks of 1,000 residents spread over the round while it runs, each
+    /// judged by the oracle on what had been answered by then (0: none).
+    #[arg(long, default_value_t = 3)]
+    pub checks: usize,
 }
 
 #[derive(Args, Debug)]
@@ -262,6 +276,12 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.days >= 1, "days must be at least 1");
+    anyhow::ensure!((1..=2).contains(&args.tests_per_day), "tests-per-day must be 1 or 2");
+    anyhow::ensure!(
+        args.sampling_window.as_millis() < 12 * 3_600_000,
+        "sampling-window must be shorter than 12h (two tests a day)"
+    );
     let round = RoundConfig {
         residents: args.residents,
         seed: args.seed,
@@ -272,6 +292,9 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         exposure_fraction: args.exposure_fraction,
         late_venue_fraction: args.late_venue_fraction,
         sampling_window_ms: args.sampling_window.as_millis() as u64,
+        days: args.days,
+        tests_per_day: args.tests_per_day,
+        skip_fraction: args.skip_fraction,
         result_delay_ms: args.result_delay.as_millis() as u64,
         ..RoundConfig::default()
     };
@@ -314,6 +337,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         attempts: args.attempts,
         progress: std::io::stderr().is_terminal(),
         shuffle: args.shuffle,
+        checks: args.checks,
     };
     let out = args.out.unwrap_or_else(|| replay::default_out(&args.dir));
     let r = replay::replay(&args.dir, &options, &out).await?;
@@ -338,7 +362,23 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         f.count, f.p50_ms, f.p99_ms, f.p999_ms, f.max_ms, r.freshness_timeouts
     );
     println!("events: {:?}", r.events);
+    for c in &r.mid_round {
+        println!(
+            "mid-round check at round hour {:.1}: {} residents checked, {} not certain (skipped), {} mismatches",
+            c.at_ms as f64 / 3_600_000.0,
+            c.checked,
+            c.skipped,
+            c.mismatches
+        );
+        for diff in &c.first {
+            println!("  {diff}");
+        }
+    }
     println!("report: {}", out.join("report.html").display());
+    if r.mid_round.iter().any(|c| c.mismatches > 0) {
+        eprintln!("a mid-round check found statuses other than the oracle's");
+        return Ok(ExitCode::FAILURE);
+    }
     let unacknowledged = r.events.get("REJECTED").copied().unwrap_or(0)
         + r.ingest.codes.iter().filter(|(c, _)| c.as_str() != "OK").map(|(_, n)| *n).sum::<u64>();
     if unacknowledged > 0 {

@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::credentials::{Credentials, gate};
+use crate::midround::{MidRound, MidRoundCheck, Watermark};
 pub use crate::report::ReplayReport;
 use crate::schedule::{Entry, Kind, Reader, read_manifest};
 use crate::stats::{KindStats, Percentiles, histogram, micros, timeline};
@@ -52,6 +53,9 @@ pub struct ReplayOptions {
     /// the past (lookups are left out): the statuses must not depend on the
     /// order events arrive in.
     pub shuffle: Option<u64>,
+    /// Checks of a sample of residents while the round runs (0: none; a
+    /// shuffled replay has none).
+    pub checks: usize,
 }
 
 /// Where the round sits on the wall clock, and what the replay saw.
@@ -263,8 +267,12 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
     );
 
     let attempts = options.attempts.max(1);
+    let watermark = Arc::new(Watermark::default());
     let mut next = 0usize;
+    let sending = watermark.clone();
     let send = |entry: Entry| {
+        let at = entry.at_ms;
+        sending.sent(at);
         let channel = match entry.kind {
             Kind::SubmitBatch => channels[next % channels.len()].clone(),
             Kind::GetStatus => lookup_channels[next % lookup_channels.len()].clone(),
@@ -285,7 +293,7 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
                         async move { client.submit_batch(request).await.map(|r| r.into_inner()) }
                     })
                     .await;
-                    Outcome::Batch(reply, request)
+                    (at, Outcome::Batch(reply, request))
                 }
                 Kind::GetStatus => {
                     let request = pb::GetStatusRequest::decode(entry.payload.as_slice()).expect("own schedule");
@@ -296,7 +304,7 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
                         async move { client.get_status(request).await.map(|r| r.into_inner()) }
                     })
                     .await;
-                    Outcome::Lookup(reply)
+                    (at, Outcome::Lookup(reply))
                 }
             }
         }
@@ -304,7 +312,10 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
 
     let recorder = shared.clone();
     let freshness_every = options.freshness_every.max(1);
-    let done = move |_kind: Kind, second: usize, latency: Duration, outcome: Outcome| {
+    let answered = watermark.clone();
+    let (check_channel, check_token) = (probe_channel.clone(), probe_token.clone());
+    let done = move |_kind: Kind, second: usize, latency: Duration, (at, outcome): (u64, Outcome)| {
+        answered.answered(at);
         let mut s = recorder.lock().expect("stats lock");
         match outcome {
             Outcome::Lookup(reply) => {
@@ -354,8 +365,28 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
         Some(seed) => Box::new(shuffled(reader, seed)?.into_iter().map(Ok)),
         None => Box::new(reader),
     };
+    let checks = match options.shuffle {
+        Some(_) => None,
+        None if options.checks == 0 => None,
+        None => {
+            let checker = MidRoundChecker {
+                check: MidRound::new(manifest.round.clone()),
+                watermark: watermark.clone(),
+                channel: check_channel,
+                token: check_token,
+                anchor_ms,
+                round_seconds: manifest.end_ms as f64 / 1000.0 / options.compression,
+                count: options.checks,
+            };
+            Some(tokio::spawn(checker.run(tokio::time::Instant::now())))
+        }
+    };
     dispatch(entries, options.compression, options.max_in_flight, send, done, || bar.inc(1)).await?;
     bar.finish_and_clear();
+    let mid_round = match checks {
+        Some(task) => task.await.context("the mid-round checks failed")??,
+        None => Vec::new(),
+    };
     // Let the last freshness probes finish.
     let probe_deadline = Instant::now() + Duration::from_secs(30);
     while Arc::strong_count(&shared) > 1 && Instant::now() < probe_deadline {
@@ -376,11 +407,105 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
         freshness: Percentiles::of(&s.freshness),
         freshness_timeouts: s.freshness_timeouts,
         timeline: timeline(&s.ingest, &s.lookup),
+        mid_round,
     };
     std::fs::write(dir.join(UNACKNOWLEDGED_FILE), s.unacknowledged.join("\n"))?;
     std::fs::create_dir_all(out)?;
     report.write(out)?;
     Ok(report)
+}
+
+/// Residents read back per mid-round check (about a third are certain
+/// enough to judge at high compression).
+const CHECK_SAMPLE: u64 = 1000;
+/// How long after an answer its event is taken to be visible: well above
+/// the materializer's p99 freshness on the machines here.
+const VISIBLE_AFTER: Duration = Duration::from_secs(5);
+/// When a mismatch is read again.
+const REREAD_AFTER: Duration = Duration::from_secs(2);
+
+struct MidRoundChecker {
+    check: MidRound,
+    watermark: Arc<Watermark>,
+    channel: Channel,
+    token: Arc<str>,
+    anchor_ms: i64,
+    round_seconds: f64,
+    count: usize,
+}
+
+impl MidRoundChecker {
+    fn round_now(&self) -> u64 {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        (wall - self.anchor_ms).max(0) as u64
+    }
+
+    async fn read(&self, residents: &[u64]) -> anyhow::Result<Vec<pb::ResidentStatus>> {
+        let client = LookupClient::new(self.channel.clone());
+        let ids: Vec<String> = residents.iter().map(|i| crate::round::resident_id(*i)).collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let request = pb::BatchGetStatusRequest { resident_id: chunk.to_vec(), omit_status_tokens: true };
+            let reply = as_station(5, || {
+                let (mut client, request) = (client.clone(), with_token(request.clone(), &self.token));
+                async move { client.batch_get_status(request).await }
+            })
+            .await?;
+            out.extend(reply.into_inner().statuses);
+        }
+        Ok(out)
+    }
+
+    /// `count` checks spread evenly over the round, then the tally.
+    async fn run(self, start: tokio::time::Instant) -> anyhow::Result<Vec<MidRoundCheck>> {
+        let mut checks = Vec::new();
+        for n in 1..=self.count {
+            let at = self.round_seconds * n as f64 / (self.count + 1) as f64;
+            tokio::time::sleep_until(start + Duration::from_secs_f64(at)).await;
+            let answered = self.watermark.answered_up_to();
+            tokio::time::sleep(VISIBLE_AFTER).await;
+            let sample = self.check.sample(n as u64, CHECK_SAMPLE);
+            let from = self.round_now();
+            let statuses = self.read(&sample).await?;
+            let (to, sent) = (self.round_now(), self.watermark.sent_up_to());
+            let mut tally = MidRoundCheck { at_ms: answered, ..MidRoundCheck::default() };
+            let mut suspects = Vec::new();
+            for (i, actual) in sample.iter().zip(&statuses) {
+                match self.check.expected(*i, answered, sent, (from, to)) {
+                    None => tally.skipped += 1,
+                    Some(expected) => {
+                        tally.checked += 1;
+                        if crate::verify::compare(&expected, actual, self.anchor_ms).is_some() {
+                            suspects.push(*i);
+                        }
+                    }
+                }
+            }
+            // A slow materializer is late, not wrong: a mismatch is read once
+            // more, soon (a later event of the resident would make it
+            // uncertain), and counts if the answer is still certain and wrong.
+            if !suspects.is_empty() {
+                tokio::time::sleep(REREAD_AFTER).await;
+                let again = self.read(&suspects).await?;
+                let (to, sent) = (self.round_now(), self.watermark.sent_up_to());
+                for (i, actual) in suspects.iter().zip(&again) {
+                    let Some(expected) = self.check.expected(*i, answered, sent, (from, to)) else {
+                        tally.checked -= 1;
+                        tally.skipped += 1;
+                        continue;
+                    };
+                    if let Some(diff) = crate::verify::compare(&expected, actual, self.anchor_ms) {
+                        tally.mismatches += 1;
+                        if tally.first.len() < 10 {
+                            tally.first.push(diff);
+                        }
+                    }
+                }
+            }
+            checks.push(tally);
+        }
+        Ok(checks)
+    }
 }
 
 fn code_name(code: tonic::Code) -> &'static str {

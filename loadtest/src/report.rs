@@ -29,6 +29,9 @@ pub struct ReplayReport {
     pub freshness: Percentiles,
     pub freshness_timeouts: u64,
     pub timeline: Vec<Point>,
+    /// Residents checked while the round ran.
+    #[serde(default)]
+    pub mid_round: Vec<crate::midround::MidRoundCheck>,
 }
 
 impl ReplayReport {

@@ -14,8 +14,7 @@ pub const MINUTE: u64 = 60_000;
 pub const HOUR: u64 = 60 * MINUTE;
 /// Residents per household; a positive makes the others close contacts.
 pub const HOUSEHOLD: u64 = 3;
-/// How long a close-contact override lasts.
-pub const OVERRIDE_DAYS: u64 = 14;
+pub const DAY: u64 = 24 * HOUR;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RoundConfig {
@@ -56,6 +55,29 @@ pub struct RoundConfig {
     /// ...this much after the visits.
     #[serde(default)]
     pub late_venue_extra_ms: u64,
+    /// Days the round spans: every resident is tested `tests_per_day`
+    /// times a day (a morning and an evening window), each test a slot of
+    /// its own with its own outcome, lab batches and contacts.
+    #[serde(default = "one")]
+    pub days: u64,
+    #[serde(default = "one")]
+    pub tests_per_day: u64,
+    /// Residents who stop testing after the first day: by the end their
+    /// last negative has aged past its validity.
+    #[serde(default)]
+    pub skip_fraction: f64,
+    /// How long a close-contact override lasts: shorter than the round, so
+    /// the first day's expire before the end.
+    #[serde(default = "fourteen_days")]
+    pub contact_override_ms: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn fourteen_days() -> u64 {
+    14 * DAY
 }
 
 /// The authority that marks contacts and declares exposure sites.
@@ -87,6 +109,10 @@ impl Default for RoundConfig {
             exposure_fraction: 0.05,
             late_venue_fraction: 0.1,
             late_venue_extra_ms: 3 * HOUR,
+            days: 3,
+            tests_per_day: 2,
+            skip_fraction: 0.02,
+            contact_override_ms: 36 * HOUR,
         }
     }
 }
@@ -113,10 +139,19 @@ pub const SALT_LOOKUP: u64 = 6;
 const SALT_VENUE_OF: u64 = 99;
 const SALT_RISK: u64 = 7;
 const SALT_LATE_VENUES: u64 = 8;
+const SALT_SKIP: u64 = 9;
 
+/// The salt of `salt` in test slot `slot`: slot 0 keeps the plain salt, so
+/// a one-day round is the round it always was.
+fn in_slot(salt: u64, slot: u64) -> u64 {
+    salt ^ (slot << 32)
+}
+
+/// One test of one resident: in slot `slot` (day and window).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resident {
     pub index: u64,
+    pub slot: u64,
     pub outcome: TestOutcome,
     pub sampled_ms: u64,
     pub resulted_ms: u64,
@@ -146,7 +181,30 @@ impl RoundConfig {
         k * size..((k + 1) * size).min(self.residents)
     }
 
-    /// When lab batch `k` reports its (not late) results.
+    /// Test slots of the round: `tests_per_day` (1 or 2) a day for `days`.
+    pub fn slots(&self) -> u64 {
+        self.days.max(1) * self.tests_per_day.clamp(1, 2)
+    }
+
+    /// When slot `slot`'s sampling window opens: each day at 0 h, and at
+    /// 12 h for a second test.
+    pub fn slot_start_ms(&self, slot: u64) -> u64 {
+        let per_day = self.tests_per_day.clamp(1, 2);
+        slot / per_day * DAY + slot % per_day * 12 * HOUR
+    }
+
+    /// Whether resident `i` stops testing after the first day.
+    pub fn skips(&self, i: u64) -> bool {
+        unit(self.seed, i, SALT_SKIP) < self.skip_fraction
+    }
+
+    /// Whether resident `i` is tested in `slot`.
+    pub fn tested_in(&self, i: u64, slot: u64) -> bool {
+        slot < self.tests_per_day.clamp(1, 2) || !self.skips(i)
+    }
+
+    /// When lab batch `k` of slot 0 reports its (not late) results; other
+    /// slots report at the same offset from their own start.
     pub fn lab_report_ms(&self, k: u64) -> u64 {
         let last = self.range(k, self.lab_batch).end - 1;
         let jitter =
@@ -154,12 +212,22 @@ impl RoundConfig {
         self.sampled_ms(last) + self.result_delay_ms + jitter
     }
 
-    pub fn duplicated(&self, k: u64) -> bool {
-        unit(self.seed, k, SALT_DUPLICATE) < self.duplicate_fraction
+    /// Whether lab batch `k` of `slot` is submitted twice.
+    pub fn duplicated(&self, k: u64, slot: u64) -> bool {
+        unit(self.seed, k, in_slot(SALT_DUPLICATE, slot)) < self.duplicate_fraction
     }
 
+    /// Resident `i`'s test of the first slot (everyone is tested then).
     pub fn resident(&self, i: u64) -> Resident {
-        let u = unit(self.seed, i, SALT_OUTCOME);
+        self.test_in(i, 0).expect("everyone is tested in the first slot")
+    }
+
+    /// Resident `i`'s test in `slot`, unless it skips it.
+    pub fn test_in(&self, i: u64, slot: u64) -> Option<Resident> {
+        if !self.tested_in(i, slot) {
+            return None;
+        }
+        let u = unit(self.seed, i, in_slot(SALT_OUTCOME, slot));
         let outcome = if u < self.positivity {
             TestOutcome::Positive
         } else if u < self.positivity + self.inconclusive {
@@ -167,16 +235,23 @@ impl RoundConfig {
         } else {
             TestOutcome::Negative
         };
-        let late = unit(self.seed, i, SALT_LATE) < self.late_fraction;
-        let report = self.lab_report_ms(i / self.lab_batch);
-        Resident {
+        let late = unit(self.seed, i, in_slot(SALT_LATE, slot)) < self.late_fraction;
+        let start = self.slot_start_ms(slot);
+        let report = start + self.lab_report_ms(i / self.lab_batch);
+        Some(Resident {
             index: i,
+            slot,
             outcome,
-            sampled_ms: self.sampled_ms(i),
+            sampled_ms: start + self.sampled_ms(i),
             resulted_ms: if late { report + self.late_extra_ms } else { report },
             late,
             venue: unit(self.seed, i, SALT_VENUE) < self.venue_fraction,
-        }
+        })
+    }
+
+    /// Every test of resident `i`, in time order.
+    pub fn tests_of(&self, i: u64) -> impl Iterator<Item = Resident> + '_ {
+        (0..self.slots()).filter_map(move |slot| self.test_in(i, slot))
     }
 
     /// The other members of `i`'s household.
@@ -192,7 +267,12 @@ impl RoundConfig {
 
     /// After every scheduled submission and the verification margin.
     pub fn end_ms(&self) -> u64 {
-        self.sampling_window_ms + self.result_delay_ms + self.result_jitter_ms + self.late_extra_ms + HOUR
+        self.slot_start_ms(self.slots() - 1)
+            + self.sampling_window_ms
+            + self.result_delay_ms
+            + self.result_jitter_ms
+            + self.late_extra_ms
+            + HOUR
     }
 
     /// Lookup rate relative to the baseline at `t`: 1 outside the surge,
@@ -224,9 +304,15 @@ impl RoundConfig {
         format!("venue-{}", mix(self.seed, i, SALT_VENUE_OF) % self.venues())
     }
 
-    /// When resident `i` enters its venue.
+    /// The slot whose window the venue visits and exposure sites fall in:
+    /// the last, so that no later test clears every exposure by the end.
+    pub fn venue_slot(&self) -> u64 {
+        self.slots() - 1
+    }
+
+    /// When resident `i` enters its venue (after its last test's sample).
     pub fn venue_ms(&self, i: u64) -> u64 {
-        self.sampled_ms(i) + self.venue_delay_ms
+        self.slot_start_ms(self.venue_slot()) + self.sampled_ms(i) + self.venue_delay_ms
     }
 
     /// Whether the venue scans of site batch `j` are uploaded late.
@@ -245,7 +331,8 @@ impl RoundConfig {
     pub fn risk_versions(&self, r: u64) -> Vec<RiskVersion> {
         let draw = |salt: u64| mix(self.seed, r, SALT_RISK * 16 + salt);
         let site = format!("venue-{}", draw(0) % self.venues());
-        let from = self.venue_delay_ms + draw(1) % self.sampling_window_ms.max(1);
+        let from =
+            self.slot_start_ms(self.venue_slot()) + self.venue_delay_ms + draw(1) % self.sampling_window_ms.max(1);
         let until = from + HOUR + draw(2) % (3 * HOUR);
         // Half are declared while the window is open: visits after that are
         // uploaded after the declaration; the others after it closed.
@@ -275,8 +362,7 @@ impl RoundConfig {
 
     /// The site risks in force at the round's end, by the oracle.
     pub fn risks(&self) -> Risks {
-        let all: Vec<RiskVersion> = (0..self.site_risks()).flat_map(|r| self.risk_versions(r)).collect();
-        Risks::new(&all)
+        Risks::new(&self.all_risk_versions())
     }
 
     pub fn site_risk_event(v: &RiskVersion) -> Event {
@@ -300,10 +386,10 @@ impl RoundConfig {
 
     pub fn test_event(&self, r: &Resident) -> Event {
         Event {
-            event_id: format!("t-{}", r.index),
+            event_id: format!("t-{}{}", r.index, slot_suffix(r.slot)),
             resident_id: resident_id(r.index),
             body: EventBody::TestResult {
-                sample_id: format!("s-{}", r.index),
+                sample_id: format!("s-{}{}", r.index, slot_suffix(r.slot)),
                 lab_id: format!("lab-{}", r.index / self.lab_batch % 40),
                 kind: TestKind::PcrPooled,
                 outcome: r.outcome,
@@ -317,14 +403,14 @@ impl RoundConfig {
         let issued = self.override_ms(positive);
         self.household_of(positive.index)
             .map(|contact| Event {
-                event_id: format!("o-{}-{contact}", positive.index),
+                event_id: format!("o-{}-{contact}{}", positive.index, slot_suffix(positive.slot)),
                 resident_id: resident_id(contact),
                 body: EventBody::Override {
                     authority_id: AUTHORITY.into(),
                     color: Color::Yellow,
                     note: "close contact".into(),
                     issued_at: ms(issued),
-                    expires_at: ms(issued + OVERRIDE_DAYS * 24 * HOUR),
+                    expires_at: ms(issued + self.contact_override_ms),
                 },
             })
             .collect()
@@ -333,28 +419,52 @@ impl RoundConfig {
     /// Everything the round does to resident `i` that a color depends on,
     /// in the oracle's plain terms.
     pub fn history(&self, i: u64) -> Vec<Happened> {
-        let me = self.resident(i);
-        let outcome = match me.outcome {
-            TestOutcome::Positive => Outcome::Positive,
-            TestOutcome::Negative => Outcome::Negative,
-            TestOutcome::Inconclusive => Outcome::Inconclusive,
-        };
-        let mut history = vec![Happened::Test { outcome, sampled_ms: me.sampled_ms as i64 }];
-        if me.venue {
-            history.push(Happened::Visit { site: self.venue_of(i), at_ms: self.venue_ms(i) as i64 });
+        self.timeline(i).into_iter().map(|(_, happened)| happened).collect()
+    }
+
+    /// The same, each with the round time its event is submitted at (a
+    /// resubmission changes nothing): what a check in the middle of the
+    /// round may expect to see.
+    pub fn timeline(&self, i: u64) -> Vec<(u64, Happened)> {
+        let mut timeline = Vec::new();
+        for test in self.tests_of(i) {
+            let outcome = match test.outcome {
+                TestOutcome::Positive => Outcome::Positive,
+                TestOutcome::Negative => Outcome::Negative,
+                TestOutcome::Inconclusive => Outcome::Inconclusive,
+            };
+            timeline.push((test.resulted_ms, Happened::Test { outcome, sampled_ms: test.sampled_ms as i64 }));
         }
-        for other in self.household_of(i).map(|o| self.resident(o)) {
-            if other.outcome == TestOutcome::Positive {
-                let issued = self.override_ms(&other);
-                history.push(Happened::Override {
+        if self.resident(i).venue {
+            let visit = Happened::Visit { site: self.venue_of(i), at_ms: self.venue_ms(i) as i64 };
+            timeline.push((self.venues_submitted_ms(i / self.site_batch), visit));
+        }
+        for other in self.household_of(i) {
+            for positive in self.tests_of(other).filter(|t| t.outcome == TestOutcome::Positive) {
+                let issued = self.override_ms(&positive);
+                let yellow = Happened::Override {
                     color: Code::Yellow,
                     issued_ms: issued as i64,
-                    expires_ms: (issued + OVERRIDE_DAYS * 24 * HOUR) as i64,
-                    id: format!("o-{}-{i}", other.index),
-                });
+                    expires_ms: (issued + self.contact_override_ms) as i64,
+                    id: format!("o-{}-{i}{}", other, slot_suffix(positive.slot)),
+                };
+                timeline.push((issued, yellow));
             }
         }
-        history
+        timeline
+    }
+
+    /// When the venue scans of site batch `j` are submitted: after the
+    /// visits of its last resident, hours later when the upload is late.
+    pub fn venues_submitted_ms(&self, j: u64) -> u64 {
+        let last = self.range(j, self.site_batch).end - 1;
+        let late = if self.venues_late(j) { self.late_venue_extra_ms } else { 0 };
+        self.slot_start_ms(self.venue_slot()) + self.sampled_ms(last) + self.venue_delay_ms + late
+    }
+
+    /// Every version of every site risk of the round.
+    pub fn all_risk_versions(&self) -> Vec<RiskVersion> {
+        (0..self.site_risks()).flat_map(|r| self.risk_versions(r)).collect()
     }
 
     /// The expected status of resident `i` at the round's end, by the
@@ -363,6 +473,12 @@ impl RoundConfig {
     pub fn expected(&self, i: u64, risks: &Risks, rules: &Rules) -> Judged {
         judge(&self.history(i), risks, rules, self.end_ms() as i64)
     }
+}
+
+/// What the ids of a test slot's events end with: nothing in the first
+/// slot (a one-day round keeps its ids), `-<slot>` after it.
+pub fn slot_suffix(slot: u64) -> String {
+    if slot == 0 { String::new() } else { format!("-{slot}") }
 }
 
 pub fn ms(t: u64) -> UnixMicros {
@@ -400,13 +516,37 @@ mod tests {
     fn results_come_after_samples_and_late_ones_later_still() {
         let c = small();
         for i in (0..c.residents).step_by(97) {
-            let r = c.resident(i);
-            assert!(r.resulted_ms >= r.sampled_ms + c.result_delay_ms);
-            if r.late {
-                assert!(r.resulted_ms >= c.lab_report_ms(i / c.lab_batch) + c.late_extra_ms);
+            for r in c.tests_of(i) {
+                assert!(r.resulted_ms >= r.sampled_ms + c.result_delay_ms);
+                if r.late {
+                    let report = c.slot_start_ms(r.slot) + c.lab_report_ms(i / c.lab_batch);
+                    assert!(r.resulted_ms >= report + c.late_extra_ms);
+                }
+                assert!(r.resulted_ms + 30 * MINUTE < c.end_ms());
             }
-            assert!(r.resulted_ms + 30 * MINUTE < c.end_ms());
         }
+    }
+
+    #[test]
+    fn residents_are_tested_twice_a_day_for_days_and_some_stop_after_the_first() {
+        let c = small();
+        assert_eq!((c.slots(), c.slot_start_ms(1), c.slot_start_ms(2)), (6, 12 * HOUR, DAY));
+        let skippers = (0..c.residents).filter(|i| c.skips(*i)).count();
+        assert!(skippers > 100 && skippers < 400, "{skippers}");
+        let skipper = (0..c.residents).find(|i| c.skips(*i)).unwrap();
+        assert_eq!(c.tests_of(skipper).count(), 2, "the first day's two tests only");
+        let tester = (0..c.residents).find(|i| !c.skips(*i)).unwrap();
+        let times: Vec<u64> = c.tests_of(tester).map(|t| t.sampled_ms).collect();
+        assert_eq!(times.len(), 6);
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+        // Outcomes differ between slots: a positive may later clear.
+        let differs =
+            (0..c.residents).filter(|i| c.test_in(*i, 0).map(|t| t.outcome) != c.test_in(*i, 2).map(|t| t.outcome));
+        assert!(differs.count() > 0);
+        // A single day is the round it always was.
+        let one = RoundConfig { days: 1, tests_per_day: 1, ..small() };
+        assert_eq!(one.slots(), 1);
+        assert_eq!(one.test_event(&one.resident(7)).event_id, "t-7");
     }
 
     #[test]
@@ -422,7 +562,8 @@ mod tests {
 
     #[test]
     fn contacts_of_a_positive_are_yellow_and_positives_red() {
-        let c = RoundConfig { residents: 30_000, ..RoundConfig::default() };
+        // One test each: a positive stays red, its contacts' overrides run.
+        let c = RoundConfig { residents: 30_000, days: 1, tests_per_day: 1, ..RoundConfig::default() };
         let rules = Rules::default();
         let positive = (0..c.residents).find(|i| c.resident(*i).outcome == TestOutcome::Positive).unwrap();
         let risks = c.risks();
@@ -443,14 +584,18 @@ mod tests {
         risks: &healthcode_core::SiteRisks,
         policy: &healthcode_core::Policy,
     ) -> (String, String) {
-        let me = c.resident(i);
-        let mut facts = healthcode_core::Facts::from_event(&c.test_event(&me));
-        if me.venue {
-            facts.apply(crate::schedule::scan(c, i, healthcode_core::ScanKind::VenueEntry, c.venue_ms(i)));
+        let mut facts = healthcode_core::Facts::default();
+        for test in c.tests_of(i) {
+            facts.apply(c.test_event(&test));
         }
-        for other in c.household_of(i).map(|o| c.resident(o)).filter(|o| o.outcome == TestOutcome::Positive) {
-            for event in c.override_events(&other).into_iter().filter(|e| e.resident_id == resident_id(i)) {
-                facts.apply(event);
+        if c.resident(i).venue {
+            facts.apply(crate::schedule::scan(c, i, healthcode_core::ScanKind::VenueEntry, c.venue_ms(i), 0));
+        }
+        for other in c.household_of(i) {
+            for positive in c.tests_of(other).filter(|t| t.outcome == TestOutcome::Positive) {
+                for event in c.override_events(&positive).into_iter().filter(|e| e.resident_id == resident_id(i)) {
+                    facts.apply(event);
+                }
             }
         }
         let s = policy.evaluate(&facts, risks, ms(c.end_ms()));
@@ -477,14 +622,34 @@ mod tests {
             (0..c.residents).filter(|i| judged(*i, rules) != by_the_system(&c, *i, &system_risks, &system)).count()
         };
         assert_eq!(disagree(&Rules::default()), 0, "the two readings of the rules agree on the round");
-        let exposed = (0..c.residents).filter(|i| judged(*i, &Rules::default()).1 == "EXPOSURE").count();
-        assert!(exposed > 30, "the round exposes residents at its sites: {exposed}");
+        // The round holds every rule at work: so the agreement means something.
+        let reasons: std::collections::BTreeMap<String, usize> =
+            (0..c.residents).fold(Default::default(), |mut m, i| {
+                *m.entry(judged(i, &Rules::default()).1).or_default() += 1;
+                m
+            });
+        for reason in ["NEGATIVE_TEST_VALID", "NO_VALID_TEST", "POSITIVE_TEST", "OVERRIDE", "EXPOSURE"] {
+            assert!(reasons.get(reason).is_some_and(|n| *n >= 5), "{reason}: {reasons:?}");
+        }
+        let cleared = (0..c.residents)
+            .filter(|i| c.tests_of(*i).any(|t| t.outcome == TestOutcome::Positive))
+            .filter(|i| judged(*i, &Rules::default()).0 != "RED")
+            .count();
+        assert!(cleared > 0, "some positives clear with later negatives");
+        let expired = (0..c.residents)
+            .filter(|i| {
+                c.history(*i)
+                    .iter()
+                    .any(|h| matches!(h, Happened::Override { expires_ms, .. } if *expires_ms < c.end_ms() as i64))
+            })
+            .count();
+        assert!(expired > 0, "some contacts' overrides expire before the end");
         // One rule flipped in a copy: negatives valid for an hour, not 48.
         let planted = Rules { negative_valid_ms: HOUR as i64, ..Rules::default() };
         assert!(disagree(&planted) > 100, "the oracle sees the changed rule");
         // Another: exposure over after an hour, not seven days.
         let planted = Rules { exposure_period_ms: HOUR as i64, ..Rules::default() };
-        assert!(disagree(&planted) > 20, "the oracle sees the changed exposure rule");
+        assert!(disagree(&planted) > 5, "the oracle sees the changed exposure rule");
     }
 
     #[test]

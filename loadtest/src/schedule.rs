@@ -19,7 +19,7 @@ use healthcode_proto::Message;
 use healthcode_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use crate::round::{MINUTE, RoundConfig, SALT_LOOKUP, mix, ms, resident_id};
+use crate::round::{MINUTE, RoundConfig, SALT_LOOKUP, mix, ms, resident_id, slot_suffix};
 
 pub const SCHEDULE_FILE: &str = "schedule.bin";
 pub const EXPECTED_FILE: &str = "expected.csv";
@@ -111,10 +111,10 @@ impl<R: BufRead> Iterator for Reader<R> {
 /// regenerated from the round model when the entry is due.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Pending {
-    /// Results of lab batch k; `late` for the held-back ones.
-    Lab { k: u64, late: bool, duplicate: bool },
-    /// Overrides for the contacts of positives in lab batch k.
-    Overrides { k: u64, late: bool },
+    /// Results of lab batch k in test slot s; `late` for the held-back ones.
+    Lab { s: u64, k: u64, late: bool, duplicate: bool },
+    /// Overrides for the contacts of positives in lab batch k of slot s.
+    Overrides { s: u64, k: u64, late: bool },
     /// Venue entries of the residents of site batch j.
     Venues { j: u64 },
     /// Version `n` of site risk `r`.
@@ -124,14 +124,14 @@ enum Pending {
 /// A scan of resident `i`. A batch is submitted by one station (the edge
 /// admits only the caller's own events): test-site arrivals by the site's
 /// station, venue entries by the district gateway that forwards its venues' scans.
-pub(crate) fn scan(round: &RoundConfig, i: u64, kind: ScanKind, at_ms: u64) -> Event {
+pub(crate) fn scan(round: &RoundConfig, i: u64, kind: ScanKind, at_ms: u64, slot: u64) -> Event {
     let batch = i / round.site_batch;
     let (site, station, prefix) = match kind {
         ScanKind::TestSiteArrival => (format!("site-{}", batch % 2000), format!("st-site-{}", batch % 2000), "a"),
         _ => (round.venue_of(i), format!("st-venues-{}", batch % 100), "v"),
     };
     Event {
-        event_id: format!("{prefix}-{i}"),
+        event_id: format!("{prefix}-{i}{}", slot_suffix(slot)),
         resident_id: resident_id(i),
         body: EventBody::Scan { station_id: station, site_id: site, kind, scanned_at: ms(at_ms) },
     }
@@ -158,23 +158,30 @@ pub fn generate(round: &RoundConfig, dir: &Path, progress: impl Fn(u64)) -> anyh
     let mut pending: BinaryHeap<Reverse<(u64, Pending)>> = BinaryHeap::new();
     let lookup_rate = round.baseline_lookups_per_ms();
     let mut next_lookup = Lookups { round, rate: lookup_rate, t: 0.0, n: 0 };
-    let mut next_lab = 0;
+    let (mut next_lab, mut lab_slot) = (0, 0);
     for r in 0..round.site_risks() {
         for (n, v) in round.risk_versions(r).iter().enumerate() {
             pending.push(Reverse((v.issued_ms as u64, Pending::SiteRisk { r, n })));
         }
     }
 
-    // Site batches come in time order; everything else is scheduled at least
-    // a result delay after its residents' samples, so it waits in `pending`
-    // (a few small descriptors per lab batch) until the clock passes it.
-    for j in 0..=round.site_batches() {
-        let (now, site_events) = if j < round.site_batches() {
+    // Site batches come in time order, slot after slot; everything else is
+    // scheduled at least a result delay after its residents' samples, so it
+    // waits in `pending` (a few small descriptors per lab batch) until the
+    // clock passes it.
+    let batches = round.site_batches();
+    let steps = round.slots() * batches;
+    for step in 0..=steps {
+        let (now, site_events) = if step < steps {
+            let (slot, j) = (step / batches, step % batches);
             let range = round.range(j, round.site_batch);
-            let now = round.sampled_ms(range.end - 1);
-            let events: Vec<Event> =
-                range.map(|i| scan(round, i, ScanKind::TestSiteArrival, round.sampled_ms(i))).collect();
-            (now, Some(events))
+            let start = round.slot_start_ms(slot);
+            let now = start + round.sampled_ms(range.end - 1);
+            let events: Vec<Event> = range
+                .filter(|i| round.tested_in(*i, slot))
+                .map(|i| scan(round, i, ScanKind::TestSiteArrival, start + round.sampled_ms(i), slot))
+                .collect();
+            (now, Some((slot, j, events)))
         } else {
             (u64::MAX, None)
         };
@@ -189,33 +196,38 @@ pub fn generate(round: &RoundConfig, dir: &Path, progress: impl Fn(u64)) -> anyh
                 emit(entry, &mut counts)?;
             }
         }
-        let Some(events) = site_events else { break };
+        let Some((slot, j, events)) = site_events else { break };
         next_lookup.emit_until(now, &mut counts, &mut emit)?;
-        counts.scans += events.len() as u64;
-        counts.events += events.len() as u64;
-        counts.batches += 1;
-        emit(batch_entry(now, &events), &mut counts)?;
+        if !events.is_empty() {
+            counts.scans += events.len() as u64;
+            counts.events += events.len() as u64;
+            counts.batches += 1;
+            emit(batch_entry(now, &events), &mut counts)?;
+        }
         progress(events.len() as u64);
 
-        if round.venue_fraction > 0.0 {
+        if round.venue_fraction > 0.0 && slot == round.venue_slot() {
             // Offline venue stations upload their scans hours after the visits.
-            let late = if round.venues_late(j) { round.late_venue_extra_ms } else { 0 };
-            pending.push(Reverse((now + round.venue_delay_ms + late, Pending::Venues { j })));
+            pending.push(Reverse((round.venues_submitted_ms(j), Pending::Venues { j })));
         }
         // A lab batch is due once its last resident was sampled.
+        if slot != lab_slot {
+            (next_lab, lab_slot) = (0, slot);
+        }
         let sampled_up_to = round.range(j, round.site_batch).end;
         while next_lab < round.lab_batches() && round.range(next_lab, round.lab_batch).end <= sampled_up_to {
             let k = next_lab;
             next_lab += 1;
-            let report = round.lab_report_ms(k);
+            let report = round.slot_start_ms(slot) + round.lab_report_ms(k);
             let late = report + round.late_extra_ms;
-            pending.push(Reverse((report, Pending::Lab { k, late: false, duplicate: false })));
-            pending.push(Reverse((late, Pending::Lab { k, late: true, duplicate: false })));
-            if round.duplicated(k) {
-                pending.push(Reverse((report + 5 * MINUTE, Pending::Lab { k, late: false, duplicate: true })));
+            let s = slot;
+            pending.push(Reverse((report, Pending::Lab { s, k, late: false, duplicate: false })));
+            pending.push(Reverse((late, Pending::Lab { s, k, late: true, duplicate: false })));
+            if round.duplicated(k, s) {
+                pending.push(Reverse((report + 5 * MINUTE, Pending::Lab { s, k, late: false, duplicate: true })));
             }
-            pending.push(Reverse((report + 30 * MINUTE, Pending::Overrides { k, late: false })));
-            pending.push(Reverse((late + 30 * MINUTE, Pending::Overrides { k, late: true })));
+            pending.push(Reverse((report + 30 * MINUTE, Pending::Overrides { s, k, late: false })));
+            pending.push(Reverse((late + 30 * MINUTE, Pending::Overrides { s, k, late: true })));
         }
     }
     next_lookup.emit_until(round.end_ms(), &mut counts, &mut emit)?;
@@ -230,10 +242,10 @@ pub fn generate(round: &RoundConfig, dir: &Path, progress: impl Fn(u64)) -> anyh
 /// Regenerates the payload of due work; `None` when it holds no event.
 fn expand(round: &RoundConfig, at: u64, work: Pending, counts: &mut Counts) -> Option<Entry> {
     let events: Vec<Event> = match work {
-        Pending::Lab { k, late, duplicate } => {
+        Pending::Lab { s, k, late, duplicate } => {
             let events: Vec<Event> = round
                 .range(k, round.lab_batch)
-                .map(|i| round.resident(i))
+                .filter_map(|i| round.test_in(i, s))
                 .filter(|r| r.late == late)
                 .map(|r| round.test_event(&r))
                 .collect();
@@ -244,10 +256,10 @@ fn expand(round: &RoundConfig, at: u64, work: Pending, counts: &mut Counts) -> O
             }
             events
         }
-        Pending::Overrides { k, late } => {
+        Pending::Overrides { s, k, late } => {
             let events: Vec<Event> = round
                 .range(k, round.lab_batch)
-                .map(|i| round.resident(i))
+                .filter_map(|i| round.test_in(i, s))
                 .filter(|r| r.late == late && r.outcome == TestOutcome::Positive)
                 .flat_map(|r| round.override_events(&r))
                 .collect();
@@ -258,7 +270,7 @@ fn expand(round: &RoundConfig, at: u64, work: Pending, counts: &mut Counts) -> O
             let events: Vec<Event> = round
                 .range(j, round.site_batch)
                 .filter(|i| round.resident(*i).venue)
-                .map(|i| scan(round, i, ScanKind::VenueEntry, round.venue_ms(i)))
+                .map(|i| scan(round, i, ScanKind::VenueEntry, round.venue_ms(i), 0))
                 .collect();
             counts.scans += events.len() as u64;
             events
@@ -371,7 +383,9 @@ mod tests {
         assert!(entries.windows(2).all(|w| w[0].at_ms <= w[1].at_ms), "entries in send order");
         assert!(entries.last().unwrap().at_ms <= round.end_ms());
 
+        // Per sample: a lab batch submitted twice sends its samples twice.
         let mut results = std::collections::HashMap::new();
+        let mut residents = std::collections::HashSet::new();
         let mut lookups = 0;
         for entry in &entries {
             match entry.kind {
@@ -383,13 +397,17 @@ mod tests {
                             let resulted =
                                 healthcode_core::UnixMicros::from_timestamp(&t.resulted_at.unwrap()).unwrap();
                             assert!(resulted.0 / 1000 <= entry.at_ms as i64, "a result is not sent before it exists");
-                            *results.entry(t.resident_id).or_insert(0) += 1;
+                            residents.insert(t.resident_id.clone());
+                            *results.entry((t.resident_id, t.sample_id)).or_insert(0) += 1;
                         }
                     }
                 }
             }
         }
-        assert_eq!(results.len() as u64, round.residents, "every resident's result is submitted");
+        assert_eq!(residents.len() as u64, round.residents, "every resident's result is submitted");
+        let samples: u64 = (0..round.residents).map(|i| round.tests_of(i).count() as u64).sum();
+        assert_eq!(results.len() as u64, samples, "every test of every day");
+        assert_eq!(samples, manifest.counts.test_results);
         let resubmitted = results.values().filter(|n| **n > 1).count() as u64;
         assert_eq!(resubmitted, manifest.counts.duplicate_submissions);
         assert_eq!(lookups, manifest.counts.lookups);

@@ -61,6 +61,7 @@ async fn no_raw_resident_id_reaches_the_log_the_store_the_logs_or_metrics() {
         attempts: 5,
         progress: false,
         shuffle: None,
+        checks: 0,
     };
     let report = replay::replay(&round_dir, &options, &dir.path().join("report")).await.unwrap();
     assert_eq!(report.ingest.codes.keys().collect::<Vec<_>>(), vec!["OK"], "{:?}", report.ingest.codes);
