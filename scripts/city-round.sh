@@ -8,7 +8,9 @@
 #   is the one-day round of the benchmarks in docs/benchmarks.md);
 #   DIFF=1 then times a policy diff over every resident (ops, on the live
 #   server); REBUILD=1 then deletes the store, times `healthcode rebuild`
-#   and verifies every resident again.
+#   and verifies every resident again; UP_ARGS are added to `healthcode up`
+#   (UP_ARGS="--ingest-yields false" for the 40x benchmark: see
+#   docs/benchmarks.md on what lookups-first pacing does to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +37,7 @@ fi
 
 rm -rf "$WORK/data"
 "$B/healthcode-loadtest" credentials --dir "$WORK/round" --tokens-file "$WORK/data/credentials/tokens.toml"
-"$B/healthcode" up --data-dir "$WORK/data" --grpc-addr "$GRPC" --admin-addr "$ADMIN" 2>"$WORK/up.log" &
+"$B/healthcode" up --data-dir "$WORK/data" --grpc-addr "$GRPC" --admin-addr "$ADMIN" ${UP_ARGS:-} 2>"$WORK/up.log" &
 UP=$!
 trap 'kill $UP 2>/dev/null || true' EXIT
 metric() { python3 -c "
@@ -76,7 +78,7 @@ if [ "${REBUILD:-0}" = 1 ]; then
     echo "== rebuild: the store deleted, every status from the log"
     rm -rf "$WORK/data/store"
     /usr/bin/time -f "rebuild: %e s wall, %M KiB peak memory" "$B/healthcode" rebuild --data-dir "$WORK/data"
-    "$B/healthcode" up --data-dir "$WORK/data" --grpc-addr "$GRPC" --admin-addr "$ADMIN" 2>>"$WORK/up.log" &
+    "$B/healthcode" up --data-dir "$WORK/data" --grpc-addr "$GRPC" --admin-addr "$ADMIN" ${UP_ARGS:-} 2>>"$WORK/up.log" &
     UP=$!
     until python3 -c "import urllib.request; urllib.request.urlopen('http://$ADMIN/ready', timeout=1)" 2>/dev/null; do sleep 0.2; done
     echo "== verify after the rebuild"

