@@ -118,6 +118,10 @@ fn at_read_time(
     })
 }
 
+/// Attempts per read, as a station retries (backoff up to 2 s): a store
+/// still folding in the round's last burst may time reads out for a while.
+const VERIFY_ATTEMPTS: usize = 15;
+
 fn round_now(anchor_ms: i64) -> i64 {
     let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64);
     wall.unwrap_or(0) - anchor_ms
@@ -147,7 +151,7 @@ pub async fn verify(dir: &Path, target: &str, show: usize, concurrency: usize) -
                 // Statuses only: nobody hands these answers to a station.
                 let request = pb::BatchGetStatusRequest { resident_id: ids, omit_status_tokens: true };
                 let from = round_now(record.anchor_unix_ms);
-                let reply = crate::replay::as_station(5, || {
+                let reply = crate::replay::as_station(VERIFY_ATTEMPTS, || {
                     let (mut client, request) = (client.clone(), request.clone());
                     async move { client.batch_get_status(request).await }
                 })
@@ -203,7 +207,7 @@ pub async fn verify(dir: &Path, target: &str, show: usize, concurrency: usize) -
             let ids = chunk.iter().map(|e| e.resident_id.clone()).collect();
             let request = pb::BatchGetStatusRequest { resident_id: ids, omit_status_tokens: true };
             let from = round_now(record.anchor_unix_ms);
-            let reply = crate::replay::as_station(5, || {
+            let reply = crate::replay::as_station(VERIFY_ATTEMPTS, || {
                 let (mut client, request) = (client.clone(), request.clone());
                 async move { client.batch_get_status(request).await }
             })
