@@ -441,17 +441,11 @@ impl MidRoundChecker {
     }
 
     async fn read(&self, residents: &[u64]) -> anyhow::Result<Vec<pb::ResidentStatus>> {
-        let client = LookupClient::new(self.channel.clone());
+        let client = LookupClient::with_interceptor(self.channel.clone(), healthcode_auth::Bearer::new(&self.token)?);
         let ids: Vec<String> = residents.iter().map(|i| crate::round::resident_id(*i)).collect();
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let request = pb::BatchGetStatusRequest { resident_id: chunk.to_vec(), omit_status_tokens: true };
-            let reply = as_station(5, || {
-                let (mut client, request) = (client.clone(), with_token(request.clone(), &self.token));
-                async move { client.batch_get_status(request).await }
-            })
-            .await?;
-            out.extend(reply.into_inner().statuses);
+            out.extend(crate::verify::read_statuses(&client, chunk.to_vec(), 5, self.anchor_ms).await?.0);
         }
         Ok(out)
     }

@@ -122,6 +122,29 @@ fn at_read_time(
 /// still folding in the round's last burst may time reads out for a while.
 const VERIFY_ATTEMPTS: usize = 15;
 
+/// A lookup client with the verifying gate's credential.
+pub type StatusReader = LookupClient<tonic::service::interceptor::InterceptedService<Channel, healthcode_auth::Bearer>>;
+
+/// Statuses of `ids` (at most 500) read as a station would (retried with
+/// backoff, `attempts` in all), without tokens: nobody hands these answers
+/// to a station. With the round times (from `anchor_ms`) the read began
+/// and ended at.
+pub async fn read_statuses(
+    client: &StatusReader,
+    ids: Vec<String>,
+    attempts: usize,
+    anchor_ms: i64,
+) -> anyhow::Result<(Vec<pb::ResidentStatus>, (i64, i64))> {
+    let request = pb::BatchGetStatusRequest { resident_id: ids, omit_status_tokens: true };
+    let from = round_now(anchor_ms);
+    let reply = crate::replay::as_station(attempts, || {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.batch_get_status(request).await }
+    })
+    .await?;
+    Ok((reply.into_inner().statuses, (from, round_now(anchor_ms))))
+}
+
 fn round_now(anchor_ms: i64) -> i64 {
     let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64);
     wall.unwrap_or(0) - anchor_ms
@@ -147,16 +170,8 @@ pub async fn verify(dir: &Path, target: &str, show: usize, concurrency: usize) -
             async move {
                 let chunk: Vec<Expected> = chunk.into_iter().collect::<anyhow::Result<_>>()?;
                 let ids = chunk.iter().map(|e| e.resident_id.clone()).collect();
-                // As a station would: a busy or briefly failing lookup is retried.
-                // Statuses only: nobody hands these answers to a station.
-                let request = pb::BatchGetStatusRequest { resident_id: ids, omit_status_tokens: true };
-                let from = round_now(record.anchor_unix_ms);
-                let reply = crate::replay::as_station(VERIFY_ATTEMPTS, || {
-                    let (mut client, request) = (client.clone(), request.clone());
-                    async move { client.batch_get_status(request).await }
-                })
-                .await?;
-                anyhow::Ok((chunk, reply.into_inner().statuses, (from, round_now(record.anchor_unix_ms))))
+                let (statuses, read_at) = read_statuses(&client, ids, VERIFY_ATTEMPTS, record.anchor_unix_ms).await?;
+                anyhow::Ok((chunk, statuses, read_at))
             }
         })
         .buffered(concurrency.max(1));
@@ -205,15 +220,8 @@ pub async fn verify(dir: &Path, target: &str, show: usize, concurrency: usize) -
         let mut still = Vec::new();
         for chunk in wrong.chunks(500) {
             let ids = chunk.iter().map(|e| e.resident_id.clone()).collect();
-            let request = pb::BatchGetStatusRequest { resident_id: ids, omit_status_tokens: true };
-            let from = round_now(record.anchor_unix_ms);
-            let reply = crate::replay::as_station(VERIFY_ATTEMPTS, || {
-                let (mut client, request) = (client.clone(), request.clone());
-                async move { client.batch_get_status(request).await }
-            })
-            .await?;
-            let read_at = (from, round_now(record.anchor_unix_ms));
-            for (e, actual) in chunk.iter().zip(reply.into_inner().statuses.iter()) {
+            let (statuses, read_at) = read_statuses(&client, ids, VERIFY_ATTEMPTS, record.anchor_unix_ms).await?;
+            for (e, actual) in chunk.iter().zip(&statuses) {
                 if !judge(e, actual, read_at, &mut outcome) {
                     still.push((e.clone(), compare(e, actual, record.anchor_unix_ms).unwrap_or_default()));
                 }

@@ -289,7 +289,7 @@ impl LookupService {
             .read(SITE_RISKS_KEY, &*self.store, self.deadline(&call, self.config.batch_budget))
             .await
             .map_err(|e| self.unavailable(e))?;
-        let mut risks: Vec<_> = read
+        let risks: Vec<_> = read
             .known()
             .facts
             .as_ref()
@@ -298,22 +298,16 @@ impl LookupService {
             .into_iter()
             .filter(|r| request.site_id.is_empty() || r.site_id == request.site_id)
             .collect();
-        risks.sort_by(|a, b| (b.issued_at, &b.event_id).cmp(&(a.issued_at, &a.event_id)));
+        let risks =
+            healthcode_store::with_exposed(&*self.store, risks).await.map_err(|e| ServiceError::Unavailable {
+                what: "status store",
+                detail: e.to_string(),
+                retry_after: self.config.retry_after,
+            })?;
         let ts = |t: UnixMicros| Some(t.to_timestamp());
-        let mut out = Vec::with_capacity(risks.len());
-        for r in risks {
-            let exposed_residents = if r.retracted {
-                0
-            } else {
-                self.store.count_visitors(&r.site_id, r.risky_from, r.risky_until).await.map_err(|e| {
-                    ServiceError::Unavailable {
-                        what: "status store",
-                        detail: e.to_string(),
-                        retry_after: self.config.retry_after,
-                    }
-                })?
-            };
-            out.push(pb::SiteRiskRecord {
+        let out = risks
+            .into_iter()
+            .map(|(r, exposed_residents)| pb::SiteRiskRecord {
                 risk_id: r.risk_id,
                 site_id: r.site_id,
                 authority_id: r.authority_id,
@@ -324,8 +318,8 @@ impl LookupService {
                 note: r.note,
                 event_id: r.event_id,
                 exposed_residents,
-            });
-        }
+            })
+            .collect();
         Ok(pb::ListSiteRisksReply { risks: out })
     }
 

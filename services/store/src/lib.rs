@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use healthcode_core::{Facts, UnixMicros};
+use healthcode_core::{Facts, SiteRiskFact, UnixMicros};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -105,6 +105,26 @@ pub trait StatusStore: Send + Sync + 'static {
     /// Reads never return such facts, purged or not. Stores that expire data
     /// by themselves (TTL) have nothing to do here.
     async fn purge_expired(&self) -> Result<u64, StoreError>;
+}
+
+/// `risks` newest first (by issued_at, then event_id), each with the
+/// residents its window exposed (0 once retracted), counted from the
+/// store's by-site index: what `ListSiteRisks` and the console show.
+pub async fn with_exposed(
+    store: &dyn StatusStore,
+    mut risks: Vec<SiteRiskFact>,
+) -> Result<Vec<(SiteRiskFact, u64)>, StoreError> {
+    risks.sort_by(|a, b| (b.issued_at, &b.event_id).cmp(&(a.issued_at, &a.event_id)));
+    let mut out = Vec::with_capacity(risks.len());
+    for risk in risks {
+        let exposed = if risk.retracted {
+            0
+        } else {
+            store.count_visitors(&risk.site_id, risk.risky_from, risk.risky_until).await?
+        };
+        out.push((risk, exposed));
+    }
+    Ok(out)
 }
 
 /// A page of a [`StatusStore::scan`].

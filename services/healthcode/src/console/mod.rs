@@ -270,16 +270,11 @@ impl Console {
         }
         let read = async {
             let registry = store.get(SITE_RISKS_KEY).await.map_err(|e| e.to_string())?;
-            let mut risks = registry.map(|f| f.site_risks).unwrap_or_default();
-            risks.sort_by_key(|r| std::cmp::Reverse(r.issued_at));
-            let mut out = Vec::with_capacity(risks.len());
-            for r in risks {
-                let exposed_residents = if r.retracted {
-                    0
-                } else {
-                    store.count_visitors(&r.site_id, r.risky_from, r.risky_until).await.map_err(|e| e.to_string())?
-                };
-                out.push(RiskView {
+            let risks = registry.map(|f| f.site_risks).unwrap_or_default();
+            let risks = healthcode_store::with_exposed(&**store, risks).await.map_err(|e| e.to_string())?;
+            Ok(risks
+                .into_iter()
+                .map(|(r, exposed_residents)| RiskView {
                     risk_id: r.risk_id,
                     site_id: r.site_id,
                     risky_from: time(r.risky_from),
@@ -287,9 +282,8 @@ impl Console {
                     issued_at: time(r.issued_at),
                     retracted: r.retracted,
                     exposed_residents,
-                });
-            }
-            Ok(out)
+                })
+                .collect())
         };
         let risks = read.await;
         *held = Some((Instant::now(), risks.clone()));
