@@ -221,7 +221,10 @@ impl Workload {
         move |n| {
             let mut c = IngestClient::with_interceptor(w.channel.clone(), w.bearer.clone());
             let events = (n * w.batch..(n + 1) * w.batch)
-                .map(|m| pb::Event { kind: Some(pb::event::Kind::Scan(scan(w.run, m, w.residents, &w.station))) })
+                .map(|m| pb::Event {
+                    kind: Some(pb::event::Kind::Scan(scan(w.run, m, w.residents, &w.station))),
+                    provenance: None,
+                })
                 .collect();
             Box::pin(async move { honour_retry_after(c.submit_batch(pb::SubmitBatchRequest { events }).await).await })
         }
@@ -318,7 +321,9 @@ mod tests {
             .into_inner();
         assert_eq!(status.resident_id, "r000000001");
         assert!(status.as_of.is_some() && status.valid_until.is_some());
-        let events = (0..3).map(|n| pb::Event { kind: Some(pb::event::Kind::Scan(scan(1, n, 10, "st"))) }).collect();
+        let events = (0..3)
+            .map(|n| pb::Event { kind: Some(pb::event::Kind::Scan(scan(1, n, 10, "st"))), provenance: None })
+            .collect();
         let reply = IngestClient::new(channel).submit_batch(pb::SubmitBatchRequest { events }).await.unwrap();
         assert_eq!(reply.into_inner().results.len(), 3);
     }

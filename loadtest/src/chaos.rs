@@ -346,6 +346,7 @@ pub async fn drill(options: &ChaosOptions, scenario: Scenario) -> anyhow::Result
         progress: false,
         shuffle: None,
         checks: 0,
+        ca_file: None,
     };
     let (round, out) = (options.round.clone(), dir.join("report"));
     let replaying = tokio::spawn(async move { replay::replay(&round, &replay_options, &out).await });
@@ -370,7 +371,7 @@ pub async fn drill(options: &ChaosOptions, scenario: Scenario) -> anyhow::Result
     // matches or the time is up.
     let deadline = replay_done + Duration::from_secs(180);
     let verified = loop {
-        let verified = verify::verify(&options.round, &d.lookup_url, 10, 4).await?;
+        let verified = verify::verify(&options.round, &d.lookup_url, None, 10, 4).await?;
         if verified.mismatches == 0 || Instant::now() > deadline {
             break verified;
         }

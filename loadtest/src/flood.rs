@@ -20,7 +20,7 @@ pub struct Flooded {
 /// A SubmitBatch of about `bytes` bytes: one scan whose ids carry the weight.
 fn heavy_batch(bytes: usize) -> pb::SubmitBatchRequest {
     let scan = pb::ScanEvent { event_id: "x".repeat(bytes.saturating_sub(64)), ..Default::default() };
-    pb::SubmitBatchRequest { events: vec![pb::Event { kind: Some(pb::event::Kind::Scan(scan)) }] }
+    pb::SubmitBatchRequest { events: vec![pb::Event { kind: Some(pb::event::Kind::Scan(scan)), provenance: None }] }
 }
 
 /// `connections` connections, each with `per_connection` calls in flight,

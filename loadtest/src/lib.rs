@@ -17,10 +17,11 @@ pub mod stats;
 pub mod verify;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::round::RoundConfig;
@@ -160,6 +161,10 @@ pub struct ReplayArgs {
     /// judged by the oracle on what had been answered by then (0: none).
     #[arg(long, default_value_t = 3)]
     pub checks: usize,
+    /// The CA certificate (PEM) that signed an https:// target's certificate
+    /// (`ca.pem` of `healthcode credentials init`).
+    #[arg(long, env = "HEALTHCODE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -174,6 +179,25 @@ pub struct VerifyArgs {
     /// BatchGetStatus calls in flight.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// The CA certificate (PEM) that signed an https:// target's certificate.
+    #[arg(long, env = "HEALTHCODE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The endpoint of `target`: an `https://` target is checked against
+/// `ca_file` (a deployment's own CA), or else the system's roots.
+pub fn endpoint(target: &str, ca_file: Option<&Path>) -> anyhow::Result<tonic::transport::Endpoint> {
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(target.to_owned()).with_context(|| format!("bad address {target}"))?;
+    if !target.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let mut tls = tonic::transport::ClientTlsConfig::new();
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+    }
+    endpoint.tls_config(tls).context("configuring TLS")
 }
 
 #[derive(Args, Debug)]
@@ -338,6 +362,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         progress: std::io::stderr().is_terminal(),
         shuffle: args.shuffle,
         checks: args.checks,
+        ca_file: args.ca_file,
     };
     let out = args.out.unwrap_or_else(|| replay::default_out(&args.dir));
     let r = replay::replay(&args.dir, &options, &out).await?;
@@ -392,7 +417,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let o = verify::verify(&args.dir, &args.target, args.show, args.concurrency).await?;
+    let o = verify::verify(&args.dir, &args.target, args.ca_file.as_deref(), args.show, args.concurrency).await?;
     println!("checked {} residents: {} mismatches", o.checked, o.mismatches);
     for line in &o.first {
         println!("  {line}");

@@ -19,7 +19,7 @@ use healthcode_proto::{Message, Timestamp};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::credentials::{Credentials, gate};
 use crate::midround::{MidRound, MidRoundCheck, Watermark};
@@ -56,6 +56,8 @@ pub struct ReplayOptions {
     /// Checks of a sample of residents while the round runs (0: none; a
     /// shuffled replay has none).
     pub checks: usize,
+    /// The CA that signed an `https://` target's certificate.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Where the round sits on the wall clock, and what the replay saw.
@@ -184,13 +186,13 @@ enum Outcome {
 
 /// `connections` channels, spread over the comma-separated `targets` (the
 /// replicas of a role), one after another.
-async fn connect(targets: &str, connections: usize) -> anyhow::Result<Vec<Channel>> {
+async fn connect(targets: &str, connections: usize, ca_file: Option<&Path>) -> anyhow::Result<Vec<Channel>> {
     let targets: Vec<&str> = targets.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
     anyhow::ensure!(!targets.is_empty(), "no target to connect to");
     let mut channels = Vec::with_capacity(connections);
     for i in 0..connections.max(targets.len()) {
         let target = targets[i % targets.len()];
-        let channel = Endpoint::from_shared(target.to_owned())?
+        let channel = crate::endpoint(target, ca_file)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect()
@@ -235,9 +237,9 @@ pub async fn replay(dir: &Path, options: &ReplayOptions, out: &Path) -> anyhow::
     let manifest = read_manifest(dir)?;
     let credentials = Arc::new(Credentials::load(dir)?);
     let probe_token: Arc<str> = credentials.token(&gate(0))?.into();
-    let channels = connect(&options.target, options.connections).await?;
+    let channels = connect(&options.target, options.connections, options.ca_file.as_deref()).await?;
     let lookup_channels = match &options.lookup_target {
-        Some(target) => connect(target, options.connections).await?,
+        Some(target) => connect(target, options.connections, options.ca_file.as_deref()).await?,
         None => channels.clone(),
     };
     let probe_channel = lookup_channels[0].clone();

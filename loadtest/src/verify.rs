@@ -9,7 +9,7 @@ use anyhow::Context;
 use futures_util::{StreamExt, stream};
 use healthcode_core::UnixMicros;
 use healthcode_proto::v1::{self as pb, lookup_client::LookupClient};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::replay::{REPLAY_FILE, ReplayRecord, UNACKNOWLEDGED_FILE};
 use crate::schedule::EXPECTED_FILE;
@@ -150,12 +150,18 @@ fn round_now(anchor_ms: i64) -> i64 {
     wall.unwrap_or(0) - anchor_ms
 }
 
-pub async fn verify(dir: &Path, target: &str, show: usize, concurrency: usize) -> anyhow::Result<VerifyOutcome> {
+pub async fn verify(
+    dir: &Path,
+    target: &str,
+    ca_file: Option<&Path>,
+    show: usize,
+    concurrency: usize,
+) -> anyhow::Result<VerifyOutcome> {
     let record: ReplayRecord = serde_json::from_slice(
         &std::fs::read(dir.join(REPLAY_FILE)).context("no replay.json: replay the round first")?,
     )?;
     let skip = unacknowledged_residents(&std::fs::read_to_string(dir.join(UNACKNOWLEDGED_FILE)).unwrap_or_default());
-    let channel: Channel = Endpoint::from_shared(target.to_owned())?.connect().await?;
+    let channel: Channel = crate::endpoint(target, ca_file)?.connect().await?;
     let credentials = crate::credentials::Credentials::load(dir)?;
     let bearer = healthcode_auth::Bearer::new(credentials.token(&crate::credentials::gate(0))?)?;
     let lines = BufReader::with_capacity(1 << 20, File::open(dir.join(EXPECTED_FILE))?).lines().skip(1);

@@ -4,7 +4,7 @@
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::{Principal, Role};
+use crate::{Principal, Proof, Role};
 
 /// A PEM certificate and its PEM private key.
 #[derive(Clone, Debug)]
@@ -19,5 +19,5 @@ pub fn principal_from_cert(der: &[u8]) -> Option<Principal> {
     let subject = cert.subject();
     let name = subject.iter_common_name().next()?.as_str().ok()?;
     let role = subject.iter_organizational_unit().next()?.as_str().ok()?.parse::<Role>().ok()?;
-    (!name.is_empty()).then(|| Principal { name: name.to_owned(), role })
+    (!name.is_empty()).then(|| Principal { name: name.to_owned(), role, proof: Proof::ClientCertificate })
 }

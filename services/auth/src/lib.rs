@@ -18,7 +18,7 @@ pub use certs::{ClientCert, principal_from_cert};
 pub use dev::{DEV_PRINCIPALS, DevCredentials, Issuer};
 pub use guard::{Admitted, Authenticate, Bearer, Guard, GuardConfig, bearer, with_token};
 pub use pseudonym::Pseudonymizer;
-pub use role::{Principal, Role, Rpc, check_owner, owner};
+pub use role::{Principal, Proof, Role, Rpc, check_owner, owner};
 pub use tokens::{TokenEntry, TokenRegistry, new_token};
 
 #[derive(Debug, thiserror::Error)]

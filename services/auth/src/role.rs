@@ -52,6 +52,15 @@ impl FromStr for Role {
 pub struct Principal {
     pub name: String,
     pub role: Role,
+    /// How it proved its name: what the audit record keeps beside it.
+    pub proof: Proof,
+}
+
+/// The credential a principal was recognised by.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Proof {
+    BearerToken,
+    ClientCertificate,
 }
 
 /// The calls that need a credential.
@@ -155,16 +164,19 @@ mod tests {
     }
 
     fn scan(station: &str) -> pb::Event {
-        pb::Event { kind: Some(Kind::Scan(pb::ScanEvent { station_id: station.into(), ..Default::default() })) }
+        pb::Event {
+            kind: Some(Kind::Scan(pb::ScanEvent { station_id: station.into(), ..Default::default() })),
+            provenance: None,
+        }
     }
 
     #[test]
     fn an_event_must_name_its_caller() {
-        let st = Principal { name: "st-1".into(), role: Role::Station };
+        let st = Principal { name: "st-1".into(), role: Role::Station, proof: Proof::BearerToken };
         assert!(check_owner(&st, &scan("st-1"), "event").is_ok());
         let err = check_owner(&st, &scan("st-2"), "events[4]").unwrap_err().to_string();
         assert!(err.contains("events[4].station_id"), "{err}");
-        let lab = Principal { name: "st-1".into(), role: Role::Lab };
+        let lab = Principal { name: "st-1".into(), role: Role::Lab, proof: Proof::BearerToken };
         let err = check_owner(&lab, &scan("st-1"), "event").unwrap_err().to_string();
         assert!(err.contains("needs the station role"), "{err}");
     }

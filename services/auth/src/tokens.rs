@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AuthError, Principal, Role, hex, random_bytes};
+use crate::{AuthError, Principal, Proof, Role, hex, random_bytes};
 
 /// One line of the tokens file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +130,7 @@ fn load(path: &Path) -> Result<Loaded, AuthError> {
         if entry.principal.is_empty() {
             return Err(AuthError::invalid(path, format!("token[{i}].principal: must not be empty")));
         }
-        by_hash.insert(entry.sha256, Principal { name: entry.principal, role: entry.role });
+        by_hash.insert(entry.sha256, Principal { name: entry.principal, role: entry.role, proof: Proof::BearerToken });
     }
     Ok(Loaded { by_hash, modified: Some(modified), checked: Instant::now() })
 }
@@ -153,7 +153,10 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains(&token), "the file must not hold the token itself");
         let registry = TokenRegistry::open(&path).unwrap();
-        assert_eq!(registry.authenticate(&token), Some(Principal { name: "lab-7".into(), role: Role::Lab }));
+        assert_eq!(
+            registry.authenticate(&token),
+            Some(Principal { name: "lab-7".into(), role: Role::Lab, proof: Proof::BearerToken })
+        );
         assert_eq!(registry.authenticate(&token[1..]), None);
     }
 

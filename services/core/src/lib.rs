@@ -3,6 +3,7 @@
 //! commutative and associative; the color is computed at read time from the
 //! facts and `now`. Nothing here does I/O.
 
+pub mod audit;
 pub mod event;
 pub mod exposure;
 pub mod facts;
@@ -13,6 +14,7 @@ pub mod time;
 pub mod validation;
 pub mod wire;
 
+pub use audit::{AuditCursor, AuditEntry, AuditPage, Credential, Decision, Provenance};
 pub use event::{Color, Event, EventBody, ScanKind, TestKind, TestOutcome};
 pub use exposure::SiteRisks;
 pub use facts::{Facts, OverrideFact, SITE_RISKS_KEY, ScanFact, SiteRiskFact, VisitFact};

@@ -5,7 +5,9 @@
 use healthcode_proto::Message;
 use healthcode_proto::v1 as pb;
 
+use crate::audit::{Credential, Provenance};
 use crate::event::Event;
+use crate::time::UnixMicros;
 use crate::validation::{ValidationError, Validator};
 
 /// Why a record's payload is not an event (it is then dead-lettered).
@@ -17,16 +19,28 @@ pub enum RecordError {
     Invalid(#[from] ValidationError),
 }
 
-/// The payload of `event`'s record.
-pub fn encode(event: &Event) -> Vec<u8> {
-    pb::Event::from(event).encode_to_vec()
+/// The payload of `event`'s record, stamped with who had it accepted.
+pub fn encode(event: &Event, by: &Provenance) -> Vec<u8> {
+    let mut wire = pb::Event::from(event);
+    wire.provenance = Some(pb::Provenance {
+        principal: by.principal.clone(),
+        credential: pb::Credential::from(by.credential) as i32,
+        accepted_at: Some(by.accepted_at.to_timestamp()),
+    });
+    wire.encode_to_vec()
 }
 
 /// The event in a record's payload, checked for shape (not for the clock:
-/// it was accepted once, perhaps long ago).
-pub fn decode(payload: &[u8], validator: &Validator) -> Result<Event, RecordError> {
-    let wire = pb::Event::decode(payload)?;
-    Ok(validator.decode_record(wire)?)
+/// it was accepted once, perhaps long ago), and who had it accepted when
+/// the record says (records written before provenance was stamped do not).
+pub fn decode(payload: &[u8], validator: &Validator) -> Result<(Event, Option<Provenance>), RecordError> {
+    let mut wire = pb::Event::decode(payload)?;
+    let by = wire.provenance.take().and_then(|p| {
+        let credential = Credential::try_from(pb::Credential::try_from(p.credential).ok()?).ok()?;
+        let accepted_at = p.accepted_at.as_ref().and_then(UnixMicros::from_timestamp).unwrap_or(UnixMicros(0));
+        Some(Provenance { principal: p.principal, credential, accepted_at })
+    });
+    Ok((validator.decode_record(wire)?, by))
 }
 
 #[cfg(test)]
@@ -48,7 +62,15 @@ mod tests {
             },
         };
         let v = Validator::default();
-        assert_eq!(decode(&encode(&event), &v), Ok(event));
+        let by = Provenance {
+            principal: "st-1".into(),
+            credential: Credential::ClientCertificate,
+            accepted_at: UnixMicros(1_800_000_000_000_001),
+        };
+        assert_eq!(decode(&encode(&event, &by), &v), Ok((event.clone(), Some(by))));
+        // A record from before provenance was stamped still decodes.
+        let unstamped = pb::Event::from(&event).encode_to_vec();
+        assert_eq!(decode(&unstamped, &v), Ok((event, None)));
         assert!(matches!(decode(&[0xff, 0xff], &v), Err(RecordError::NotAnEvent(_))));
         let empty = decode(&[], &v).unwrap_err().to_string();
         assert!(empty.contains("record.kind"), "{empty}");

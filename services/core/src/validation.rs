@@ -373,7 +373,7 @@ mod tests {
     }
 
     fn wrap(e: pb::TestResultEvent) -> pb::Event {
-        pb::Event { kind: Some(pb::event::Kind::TestResult(e)) }
+        pb::Event { kind: Some(pb::event::Kind::TestResult(e)), provenance: None }
     }
 
     fn err(e: pb::TestResultEvent) -> ValidationError {
@@ -404,7 +404,11 @@ mod tests {
         let bad = wrap(pb::TestResultEvent { lab_id: String::new(), ..good_test() });
         let e = Validator::default().validate(bad, EventPath::indexed("events", 3), now()).unwrap_err();
         assert_eq!(e.field, "events[3].test_result.lab_id");
-        let unset = Validator::default().validate(pb::Event { kind: None }, EventPath::indexed("events", 7), now());
+        let unset = Validator::default().validate(
+            pb::Event { kind: None, provenance: None },
+            EventPath::indexed("events", 7),
+            now(),
+        );
         assert_eq!(unset.unwrap_err().field, "events[7].kind");
     }
 
@@ -428,6 +432,7 @@ mod tests {
                 issued_at: ts(now()),
                 expires_at: ts(now().saturating_add(d)),
             })),
+            provenance: None,
         }
     }
 
@@ -464,6 +469,7 @@ mod tests {
                 retracted: false,
                 note: String::new(),
             })),
+            provenance: None,
         }
     }
 
@@ -498,6 +504,7 @@ mod tests {
                 resulted_at: ts(UnixMicros(1)),
                 ..good_test()
             })),
+            provenance: None,
         };
         let v = Validator::default();
         assert_eq!(

@@ -4,6 +4,7 @@
 
 use healthcode_proto::v1 as pb;
 
+use crate::audit::Credential;
 use crate::event::{Color, Event, EventBody, ScanKind, TestKind, TestOutcome};
 use crate::policy::Reason;
 use crate::time::UnixMicros;
@@ -52,6 +53,7 @@ enum_pair!(Color <=> Color { Green, Yellow, Red });
 enum_pair!(ScanKind <=> ScanKind { VenueEntry, Checkpoint, TestSiteArrival });
 enum_pair!(TestKind <=> TestKind { Pcr, PcrPooled, Antigen });
 enum_pair!(TestOutcome <=> TestOutcome { Negative, Positive, Inconclusive });
+enum_pair!(Credential <=> Credential { BearerToken, ClientCertificate });
 
 impl From<Reason> for pb::Reason {
     fn from(reason: Reason) -> Self {
@@ -125,7 +127,7 @@ impl From<&Event> for pb::Event {
                 note: note.clone(),
             }),
         };
-        pb::Event { kind: Some(kind) }
+        pb::Event { kind: Some(kind), provenance: None }
     }
 }
 

@@ -18,10 +18,11 @@ pub use activity::{CallerActivity, CallerCount};
 use std::sync::Arc;
 use std::time::Duration;
 
-use healthcode_auth::{Guard, Principal, Pseudonymizer, Rpc, check_owner};
+use healthcode_auth::{Guard, Principal, Proof, Pseudonymizer, Rpc, check_owner};
 use healthcode_core::wire::event_id;
 use healthcode_core::{
-    Event, EventBody, EventPath, UnixMicros, ValidationError, Validator, validation::MAX_BATCH_EVENTS,
+    Credential, Event, EventBody, EventPath, Provenance, UnixMicros, ValidationError, Validator,
+    validation::MAX_BATCH_EVENTS,
 };
 use healthcode_log::{EventLog, LogError, Record};
 use healthcode_proto::v1::{self as pb, event::Kind, ingest_server::Ingest};
@@ -156,11 +157,12 @@ impl EdgeService {
         if events.is_empty() {
             return Ok(());
         }
+        let by = provenance(caller);
         let records = events
             .iter()
             .map(|event| Record {
                 key: event.resident_id.as_bytes().to_vec(),
-                payload: healthcode_core::record::encode(event),
+                payload: healthcode_core::record::encode(event, &by),
             })
             .collect();
         self.durably(records).await?;
@@ -204,7 +206,7 @@ impl EdgeService {
     ) -> Result<Response<pb::SubmitReply>, Status> {
         self.guard
             .serve(rpc, &self.lane, request, |call, r| async move {
-                self.submit_one(&call.caller, pb::Event { kind: kind(r) }).await
+                self.submit_one(&call.caller, pb::Event { kind: kind(r), provenance: None }).await
             })
             .await
     }
@@ -295,6 +297,18 @@ impl EventKey {
             EventBody::Override { authority_id, .. } | EventBody::SiteRisk { authority_id, .. } => authority_id,
         };
         EventKey { kind: event.kind_label(), submitter: submitter.clone(), event_id: event.event_id.clone() }
+    }
+}
+
+/// Who had events accepted now, as the log record carries it to the audit record.
+fn provenance(caller: &Principal) -> Provenance {
+    Provenance {
+        principal: caller.name.clone(),
+        credential: match caller.proof {
+            Proof::BearerToken => Credential::BearerToken,
+            Proof::ClientCertificate => Credential::ClientCertificate,
+        },
+        accepted_at: UnixMicros::now(),
     }
 }
 

@@ -91,7 +91,7 @@ fn event(call: Call, actor: &str, n: usize) -> pb::Event {
             expires_at: Some(now.saturating_add(Duration::from_secs(3600)).to_timestamp()),
         }),
     };
-    pb::Event { kind: Some(kind) }
+    pb::Event { kind: Some(kind), provenance: None }
 }
 
 /// Makes `call` on `channel` with an optional bearer token; the code it got.
@@ -136,7 +136,7 @@ async fn invoke(channel: &Channel, call: Call, token: Option<&str>, actor: &str,
             code(lookup.batch_get_status(req(request, token)).await.map(drop))
         }
         (Call::ListOverrides, _) => {
-            let request = pb::ListOverridesRequest { resident_id: "R-auth".into() };
+            let request = pb::ListOverridesRequest { resident_id: "R-auth".into(), ..Default::default() };
             code(lookup.list_overrides(req(request, token)).await.map(drop))
         }
         (call, kind) => unreachable!("{call:?} with {kind:?}"),
@@ -327,4 +327,130 @@ async fn limits_shed_a_fast_caller_and_refuse_oversized_and_undecodable_messages
         assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     }
     app.stop().await.unwrap();
+}
+
+/// The audit record keeps every override, past the facts' latest 64, with
+/// the principal and the credential it was accepted on, and pages through
+/// them newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_record_lists_every_override_with_who_and_by_which_credential() {
+    let s = Secured::start().await;
+    let token = s.token(Caller::Authority);
+    let (by_token, by_cert) = (s.channel(None).await, s.channel(Some(Caller::Authority)).await);
+    let now = UnixMicros::now();
+    // 70 overrides, a second apart, alternately sent with a token and a certificate.
+    for i in 0..70i64 {
+        let event = pb::OverrideEvent {
+            event_id: format!("ov-{i:02}"),
+            resident_id: "R-audited".into(),
+            authority_id: "dev-authority".into(),
+            color: if i % 3 == 0 { pb::Color::Red } else { pb::Color::Yellow } as i32,
+            note: format!("decision {i}"),
+            issued_at: Some(UnixMicros(now.0 - (100 - i) * 1_000_000).to_timestamp()),
+            expires_at: Some(UnixMicros(now.0 + 3_600_000_000).to_timestamp()),
+        };
+        let message = pb::SubmitOverrideRequest { event: Some(event) };
+        let reply = if i % 2 == 0 {
+            IngestClient::new(by_token.clone()).submit_override(with_token(message, &token)).await
+        } else {
+            IngestClient::new(by_cert.clone()).submit_override(tonic::Request::new(message)).await
+        };
+        assert_eq!(reply.unwrap().into_inner().outcome, pb::Outcome::Accepted as i32, "override {i}");
+    }
+
+    let mut lookup = LookupClient::new(by_token.clone());
+    let list = |page_size: i32, page_token: String| {
+        with_token(pb::ListOverridesRequest { resident_id: "R-audited".into(), page_size, page_token }, &token)
+    };
+    // Folded in asynchronously: wait until the newest is on record.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let first = lookup.list_overrides(list(1, String::new())).await.unwrap().into_inner();
+        if first.overrides.first().is_some_and(|o| o.event_id == "ov-69") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the newest override never reached the audit record");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut pages, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let reply = lookup.list_overrides(list(32, page_token)).await.unwrap().into_inner();
+        pages.push(reply.overrides);
+        if reply.next_page_token.is_empty() {
+            break;
+        }
+        page_token = reply.next_page_token;
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [32, 32, 6]);
+    let listed: Vec<pb::OverrideRecord> = pages.concat();
+    let ids: Vec<String> = listed.iter().map(|o| o.event_id.clone()).collect();
+    let newest_first: Vec<String> = (0..70).rev().map(|i| format!("ov-{i:02}")).collect();
+    assert_eq!(ids, newest_first, "all 70, newest first, none twice");
+    for o in &listed {
+        let i: usize = o.event_id[3..].parse().unwrap();
+        let credential =
+            if i.is_multiple_of(2) { pb::Credential::BearerToken } else { pb::Credential::ClientCertificate };
+        assert_eq!((o.principal.as_str(), o.credential), ("dev-authority", credential as i32), "{}", o.event_id);
+        assert_eq!(o.note, format!("decision {i}"));
+        assert!(o.accepted_at.is_some());
+    }
+    // The default page is 100: everything at once.
+    let all = lookup.list_overrides(list(0, String::new())).await.unwrap().into_inner();
+    assert_eq!((all.overrides.len(), all.next_page_token.as_str()), (70, ""));
+
+    for (page_size, page_token, field) in
+        [(1001, String::new(), "page_size"), (-1, String::new(), "page_size"), (10, "nonsense".into(), "page_token")]
+    {
+        let refused = lookup.list_overrides(list(page_size, page_token)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().starts_with(field), "{refused:?}");
+    }
+    s.app.stop().await.unwrap();
+}
+
+/// What deploy/README.md does against a deployment that serves TLS: the
+/// load test replays a round over `https://` checked against the
+/// deployment's CA, and verifies every resident the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_test_replays_and_verifies_a_round_over_tls() {
+    use healthcode_loadtest::round::RoundConfig;
+    use healthcode_loadtest::{credentials, replay, schedule, verify};
+    let s = Secured::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let round = RoundConfig { residents: 300, days: 1, tests_per_day: 1, ..RoundConfig::default() };
+    schedule::generate(&round, dir.path(), |_| {}).unwrap();
+    credentials::provision(dir.path(), &s.creds.tokens_file()).unwrap();
+    let target = format!("https://localhost:{}", s.app.grpc_addr.unwrap().port());
+    let ca = s.creds.ca_cert();
+    // Without the deployment's CA the server's certificate is not trusted.
+    assert!(verify::verify(dir.path(), &target, None, 5, 2).await.is_err());
+    let options = replay::ReplayOptions {
+        target: target.clone(),
+        lookup_target: None,
+        compression: 8000.0,
+        connections: 2,
+        max_in_flight: 256,
+        freshness_every: 5,
+        attempts: 20,
+        progress: false,
+        shuffle: Some(7),
+        checks: 0,
+        ca_file: Some(ca.clone()),
+    };
+    // The tokens file is reread within a second: wait until a round's caller is admitted.
+    let gate = credentials::Credentials::load(dir.path()).unwrap().token(&credentials::gate(0)).unwrap().to_owned();
+    let mut lookup = LookupClient::new(s.channel(None).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Err(refused) =
+        lookup.get_status(with_token(pb::GetStatusRequest { resident_id: "r1".into() }, &gate)).await
+    {
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+        assert!(tokio::time::Instant::now() < deadline, "the round's tokens were never admitted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = replay::replay(dir.path(), &options, &dir.path().join("report")).await.unwrap();
+    assert!(report.ingest.codes.keys().all(|c| c == "OK"), "{:?}", report.ingest.codes);
+    let verified = verify::verify(dir.path(), &target, Some(&ca), 5, 2).await.unwrap();
+    assert_eq!((verified.checked, verified.mismatches), (300, 0), "{:?}", verified.first);
+    s.app.stop().await.unwrap();
 }

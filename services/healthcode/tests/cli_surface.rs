@@ -103,6 +103,7 @@ const SAMPLES: &[(&str, &[&str])] = &[
     ("console_peers = \"edge-1:9090, lookup-1:9090\"", &[]),
     ("log_cache_bytes = 1048576", &[]),
     ("store_cache_bytes = 2097152", &[]),
+    ("audit_retention = \"2years\"", &[]),
     ("log = \"kafka\"", &["--kafka-brokers", "k1:9092"]),
     ("store = \"scylla\"", &["--scylla-nodes", "s1"]),
     ("negative_validity = \"24h\"", &[]),

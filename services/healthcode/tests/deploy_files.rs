@@ -109,8 +109,16 @@ fn check_credentials(origin: &str, p: &Process, mounted_at: &str, provided: &BTr
             .unwrap_or_else(|e| panic!("{origin}: the {} would not start: {e:#}", p.role));
     }
     assert!(!security.dev_credentials, "{origin}: deployments bring their own credentials");
+    let mut tls_files = Vec::new();
+    if p.role != "materializer" {
+        let tls = security.tls.as_ref().unwrap_or_else(|| panic!("{origin}: the {} serves gRPC without TLS", p.role));
+        assert!(!security.allow_plaintext, "{origin}: plaintext gRPC is allowed");
+        let client_ca = tls.client_ca_file.as_ref().unwrap_or_else(|| panic!("{origin}: client certificates refused"));
+        tls_files.extend([&tls.cert_file, &tls.key_file, client_ca]);
+    }
     assert_eq!(security.credentials_dir, Path::new(mounted_at), "{origin}: credentials are mounted elsewhere");
-    let mut needed = vec![&security.tokens_file];
+    let mut needed = tls_files;
+    needed.push(&security.tokens_file);
     if p.role != "materializer" {
         needed.push(&security.pseudonym_key_file);
     }

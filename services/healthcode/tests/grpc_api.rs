@@ -120,7 +120,7 @@ async fn callers_sharing_an_event_id_each_get_theirs_applied() {
     assert_eq!(outcome(reply), pb::Outcome::Accepted as i32, "another lab's result with the same id is new");
     // Batches follow the same rule.
     let batch = pb::SubmitBatchRequest {
-        events: vec![pb::Event { kind: Some(pb::event::Kind::TestResult(positive.clone())) }],
+        events: vec![pb::Event { kind: Some(pb::event::Kind::TestResult(positive.clone())), provenance: None }],
     };
     let results = lab2.submit_batch(batch).await.unwrap().into_inner().results;
     assert_eq!(results[0].outcome, pb::Outcome::Duplicate as i32, "the second lab's own retry");

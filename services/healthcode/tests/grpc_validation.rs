@@ -81,8 +81,9 @@ async fn every_validation_rule_is_enforced_over_grpc() {
 
     // Batches over 1000 events are refused as a whole.
     let mut ingest = t.ingest(Caller::Station);
-    let events =
-        (0..1001).map(|i| pb::Event { kind: Some(pb::event::Kind::Scan(scan(&format!("b{i}"), "r1"))) }).collect();
+    let events = (0..1001)
+        .map(|i| pb::Event { kind: Some(pb::event::Kind::Scan(scan(&format!("b{i}"), "r1"))), provenance: None })
+        .collect();
     let status = ingest.submit_batch(pb::SubmitBatchRequest { events }).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(status.metadata().get(INVALID_FIELD).unwrap(), "events");
@@ -117,11 +118,11 @@ async fn a_batch_rejects_bad_events_and_accepts_the_rest_in_order() {
     let inconclusive = test_result("i1", "batch-r1", pb::TestOutcome::Inconclusive);
     let bad = pb::TestResultEvent { sampled_at: None, ..test_result("b1", "batch-r2", pb::TestOutcome::Negative) };
     let events = vec![
-        pb::Event { kind: Some(pb::event::Kind::TestResult(good.clone())) },
-        pb::Event { kind: Some(pb::event::Kind::TestResult(bad)) },
-        pb::Event { kind: None },
-        pb::Event { kind: Some(pb::event::Kind::TestResult(inconclusive.clone())) },
-        pb::Event { kind: Some(pb::event::Kind::TestResult(good)) },
+        pb::Event { kind: Some(pb::event::Kind::TestResult(good.clone())), provenance: None },
+        pb::Event { kind: Some(pb::event::Kind::TestResult(bad)), provenance: None },
+        pb::Event { kind: None, provenance: None },
+        pb::Event { kind: Some(pb::event::Kind::TestResult(inconclusive.clone())), provenance: None },
+        pb::Event { kind: Some(pb::event::Kind::TestResult(good)), provenance: None },
     ];
     let results = ingest.submit_batch(pb::SubmitBatchRequest { events }).await.unwrap().into_inner().results;
     let outcomes: Vec<(String, i32)> = results.iter().map(|r| (r.event_id.clone(), r.outcome)).collect();
@@ -140,7 +141,7 @@ async fn a_batch_rejects_bad_events_and_accepts_the_rest_in_order() {
     assert!(results[0].reason.is_empty());
 
     // The retried batch is answered DUPLICATE for what was accepted.
-    let retry = vec![pb::Event { kind: Some(pb::event::Kind::TestResult(inconclusive)) }];
+    let retry = vec![pb::Event { kind: Some(pb::event::Kind::TestResult(inconclusive)), provenance: None }];
     let results = ingest.submit_batch(pb::SubmitBatchRequest { events: retry }).await.unwrap().into_inner().results;
     assert_eq!(results[0].outcome, pb::Outcome::Duplicate as i32);
 

@@ -71,7 +71,10 @@ impl OnKafka {
 
 fn batch(events: &[pb::TestResultEvent]) -> pb::SubmitBatchRequest {
     pb::SubmitBatchRequest {
-        events: events.iter().map(|e| pb::Event { kind: Some(pb::event::Kind::TestResult(e.clone())) }).collect(),
+        events: events
+            .iter()
+            .map(|e| pb::Event { kind: Some(pb::event::Kind::TestResult(e.clone())), provenance: None })
+            .collect(),
     }
 }
 

@@ -39,6 +39,7 @@ fn test_event(resident: &str, n: usize, outcome: pb::TestOutcome, sampled: UnixM
             sampled_at: Some(sampled.to_timestamp()),
             resulted_at: Some(sampled.to_timestamp()),
         })),
+        provenance: None,
     }
 }
 

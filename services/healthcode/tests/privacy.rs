@@ -62,10 +62,11 @@ async fn no_raw_resident_id_reaches_the_log_the_store_the_logs_or_metrics() {
         progress: false,
         shuffle: None,
         checks: 0,
+        ca_file: None,
     };
     let report = replay::replay(&round_dir, &options, &dir.path().join("report")).await.unwrap();
     assert_eq!(report.ingest.codes.keys().collect::<Vec<_>>(), vec!["OK"], "{:?}", report.ingest.codes);
-    let verified = verify::verify(&round_dir, &target, 5, 4).await.unwrap();
+    let verified = verify::verify(&round_dir, &target, None, 5, 4).await.unwrap();
     assert_eq!((verified.checked, verified.mismatches), (RESIDENTS, 0), "{:?}", verified.first);
 
     let ops = DevCredentials::at(&data.join("credentials")).token(Caller::Ops).unwrap();

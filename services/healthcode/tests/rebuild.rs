@@ -68,6 +68,7 @@ fn events(now: UnixMicros) -> (Vec<(Caller, pb::Event)>, BTreeMap<String, UnixMi
                     sampled_at: at(sampled),
                     resulted_at: at(hours(20)),
                 })),
+                provenance: None,
             },
         ));
         note(hours(20));
@@ -84,6 +85,7 @@ fn events(now: UnixMicros) -> (Vec<(Caller, pb::Event)>, BTreeMap<String, UnixMi
                         issued_at: at(hours(2)),
                         expires_at: at(UnixMicros(now.0 + 86_400_000_000)),
                     })),
+                    provenance: None,
                 },
             ));
             note(hours(2));
@@ -100,6 +102,7 @@ fn events(now: UnixMicros) -> (Vec<(Caller, pb::Event)>, BTreeMap<String, UnixMi
                         kind: pb::ScanKind::VenueEntry as i32,
                         scanned_at: at(hours(1)),
                     })),
+                    provenance: None,
                 },
             ));
             note(hours(1));

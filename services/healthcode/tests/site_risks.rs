@@ -148,6 +148,7 @@ async fn only_an_authority_declares_a_site_risk_and_a_bad_window_names_its_field
                 site_id: String::new(),
                 ..risk("k4", "r1", "m", (HOUR, MIN), false)
             })),
+            provenance: None,
         }],
     };
     let results = authority.submit_batch(batch).await.unwrap().into_inner().results;

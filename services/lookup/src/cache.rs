@@ -293,6 +293,17 @@ mod tests {
         async fn count_visitors(&self, _: &str, _: UnixMicros, _: UnixMicros) -> Result<u64, StoreError> {
             unreachable!("lookups never count visitors")
         }
+        async fn record_decisions(&self, _: Arc<[healthcode_core::AuditEntry]>) -> Result<(), StoreError> {
+            unreachable!("the cache never writes the audit record")
+        }
+        async fn decisions(
+            &self,
+            _: &str,
+            _: Option<healthcode_core::AuditCursor>,
+            _: usize,
+        ) -> Result<healthcode_core::AuditPage, StoreError> {
+            unreachable!("the cache never reads the audit record")
+        }
     }
 
     #[tokio::test]

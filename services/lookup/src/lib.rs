@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use healthcode_auth::{Admitted, Guard, Pseudonymizer, Rpc};
 use healthcode_core::validation::{MAX_LOOKUP_BATCH, check_id};
-use healthcode_core::{Color, Facts, Policy, SITE_RISKS_KEY, SiteRisks, Status, UnixMicros, ValidationError};
+use healthcode_core::{
+    AuditCursor, Color, Decision, Facts, Policy, SITE_RISKS_KEY, SiteRisks, Status, UnixMicros, ValidationError,
+};
 use healthcode_proto::v1::{self as pb, lookup_server::Lookup};
 use healthcode_rpc::{Lane, LaneConfig, LookupsFirst, ServiceError};
 use healthcode_status_token::Signer;
@@ -24,7 +26,12 @@ use healthcode_store::StatusStore;
 
 use crate::cache::{FactsCache, Known, Read, ReadError};
 use crate::tokens::TokenReuse;
+
 use tonic::{Request, Response};
+
+/// Overrides per `ListOverrides` reply when the caller names no page size, and at most.
+const DEFAULT_OVERRIDES_PAGE: i32 = 100;
+const MAX_OVERRIDES_PAGE: i32 = 1_000;
 
 #[derive(Clone, Debug)]
 pub struct LookupConfig {
@@ -323,30 +330,60 @@ impl LookupService {
         Ok(pb::ListSiteRisksReply { risks: out })
     }
 
+    /// A page of the resident's overrides from the audit record: every
+    /// override for the audit retention, not only the facts' latest 64.
     async fn list_overrides(
         &self,
-        call: Admitted,
+        _call: Admitted,
         request: pb::ListOverridesRequest,
     ) -> Result<pb::ListOverridesReply, ServiceError> {
         check_id(&request.resident_id, "resident_id")?;
-        let read = self.read(&request.resident_id, &call).await?;
-        let facts = read.known().facts.clone();
+        let page_size = match request.page_size {
+            0 => DEFAULT_OVERRIDES_PAGE,
+            n @ 1..=MAX_OVERRIDES_PAGE => n,
+            _ => {
+                let rule = format!("must be from 1 to {MAX_OVERRIDES_PAGE} (0 for {DEFAULT_OVERRIDES_PAGE})");
+                return Err(ValidationError::new("page_size", rule).into());
+            }
+        };
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(AuditCursor::from_token(token).ok_or_else(|| {
+                ValidationError::new("page_token", "must be a next_page_token this service returned")
+            })?),
+        };
+        let subject = self.pseudonyms.pseudonym(&request.resident_id);
+        let page =
+            self.store.decisions(&subject, after, page_size as usize).await.map_err(|e| ServiceError::Unavailable {
+                what: "status store",
+                detail: e.to_string(),
+                retry_after: self.config.retry_after,
+            })?;
         let ts = |t: UnixMicros| Some(t.to_timestamp());
-        let overrides = facts
-            .map(|f| f.overrides)
-            .unwrap_or_default()
+        let overrides = page
+            .entries
             .into_iter()
-            .rev()
-            .map(|o| pb::OverrideRecord {
-                event_id: o.event_id,
-                authority_id: o.authority_id,
-                color: pb::Color::from(o.color) as i32,
-                note: o.note,
-                issued_at: ts(o.issued_at),
-                expires_at: ts(o.expires_at),
+            .filter_map(|entry| {
+                let Decision::Override { color, expires_at } = entry.decision else { return None };
+                let (principal, credential, accepted_at) = match entry.by {
+                    Some(by) => (by.principal, pb::Credential::from(by.credential), ts(by.accepted_at)),
+                    None => (String::new(), pb::Credential::Unspecified, None),
+                };
+                Some(pb::OverrideRecord {
+                    event_id: entry.event_id,
+                    authority_id: entry.authority_id,
+                    color: pb::Color::from(color) as i32,
+                    note: entry.note,
+                    issued_at: ts(entry.issued_at),
+                    expires_at: ts(expires_at),
+                    principal,
+                    credential: credential as i32,
+                    accepted_at,
+                })
             })
             .collect();
-        Ok(pb::ListOverridesReply { overrides })
+        let next_page_token = page.next.map(|c| c.to_token()).unwrap_or_default();
+        Ok(pb::ListOverridesReply { overrides, next_page_token })
     }
 
     async fn batch_get_status(

@@ -1,6 +1,7 @@
 //! The materializer: reads events from the log, folds each batch into one
-//! facts update per resident, merges them into the store, and only then
-//! commits the log positions. A crash between the merge and the commit
+//! facts update per resident, appends its decisions to the audit record,
+//! merges the facts into the store, and only then commits the log
+//! positions. A crash between the merge and the commit
 //! replays the batch, which the facts merge absorbs.
 
 use std::collections::HashMap;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
-use healthcode_core::{Facts, Validator};
+use healthcode_core::{AuditEntry, Facts, Validator};
 use healthcode_log::{Delivered, LogConsumer, LogError, Position};
 use healthcode_store::{FactsUpdate, StatusStore};
 use tokio_util::sync::CancellationToken;
@@ -79,6 +80,8 @@ pub struct Materializer {
 pub struct Folded {
     /// Shared: a retried merge and the observer take the same updates.
     pub updates: Arc<[FactsUpdate]>,
+    /// The batch's decisions (overrides, site risks) for the audit record.
+    pub decisions: Arc<[AuditEntry]>,
     pub events: usize,
     /// Index in the batch and reason.
     pub poison: Vec<(usize, String)>,
@@ -87,10 +90,11 @@ pub struct Folded {
 /// Folds a batch of log records into one facts update per resident.
 pub fn fold(batch: &[Delivered], validator: &Validator) -> Folded {
     let mut per_resident: foldhash::HashMap<String, Facts> = foldhash::HashMap::default();
-    let (mut events, mut poison) = (0, Vec::new());
+    let (mut events, mut poison, mut decisions) = (0, Vec::new(), Vec::new());
     for (index, delivered) in batch.iter().enumerate() {
         match healthcode_core::record::decode(&delivered.record.payload, validator) {
-            Ok(mut event) => {
+            Ok((mut event, by)) => {
+                decisions.extend(AuditEntry::of(&event, &event.resident_id, by));
                 let resident = std::mem::take(&mut event.resident_id);
                 per_resident.entry(resident).or_default().apply(event);
                 events += 1;
@@ -99,7 +103,7 @@ pub fn fold(batch: &[Delivered], validator: &Validator) -> Folded {
         }
     }
     let updates = per_resident.into_iter().map(|(resident, facts)| FactsUpdate { resident, facts }).collect();
-    Folded { updates, events, poison }
+    Folded { updates, decisions: decisions.into(), events, poison }
 }
 
 impl Materializer {
@@ -227,7 +231,12 @@ impl Materializer {
         let failing = std::sync::atomic::AtomicBool::new(false);
         let backoff = self.backoff();
         let (store, consumer) = (&self.store, &mut self.consumer);
-        let merge = (|| store.merge(folded.updates.clone())).retry(backoff).notify(|e, wait| {
+        // The audit record first: no decision is in force without its entry.
+        let write = || async {
+            store.record_decisions(folded.decisions.clone()).await?;
+            store.merge(folded.updates.clone()).await
+        };
+        let merge = write.retry(backoff).notify(|e, wait| {
             failing.store(true, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("healthcode_materializer_store_retries_total").increment(1);
             tracing::warn!(

@@ -25,6 +25,7 @@ fn test_result(event_id: &str, resident: &str, outcome: pb::TestOutcome, hours_a
             sampled_at: Some(sampled.to_timestamp()),
             resulted_at: Some(sampled.to_timestamp()),
         })),
+        provenance: None,
     };
     Record { key: resident.as_bytes().to_vec(), payload: event.encode_to_vec() }
 }

@@ -65,6 +65,7 @@ fn negative(n: usize) -> Record {
             sampled_at: Some(t),
             resulted_at: Some(t),
         })),
+        provenance: None,
     };
     Record { key: format!("r{n}").into_bytes(), payload: event.encode_to_vec() }
 }

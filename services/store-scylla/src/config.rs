@@ -89,6 +89,8 @@ pub struct ScyllaConfig {
     pub credentials: Option<(String, String)>,
     /// Each fact's cells live this long after the fact's own time.
     pub retention: Duration,
+    /// Each audit entry lives this long after its issued_at.
+    pub audit_retention: Duration,
     /// Residents written at once by one merge.
     pub write_concurrency: usize,
     /// Residents read at once by one batch lookup.
@@ -110,6 +112,7 @@ impl ScyllaConfig {
             connect_timeout: crate::DEFAULT_CONNECT_TIMEOUT,
             credentials: None,
             retention: healthcode_core::validation::DEFAULT_RETENTION,
+            audit_retention: healthcode_store::DEFAULT_AUDIT_RETENTION,
             write_concurrency: 256,
             read_concurrency: 64,
         }

@@ -8,8 +8,10 @@ use std::str::FromStr;
 /// The schema version this build writes and reads. Recorded in
 /// `schema_version`; a keyspace with a newer one is refused at start.
 /// Version 2 added visits and site risks (row kinds 3 and 4) and the
-/// `site_visits` index, which version 1 cannot read.
-pub const SCHEMA_VERSION: i32 = 2;
+/// `site_visits` index, which version 1 cannot read. Version 3 added the
+/// audit record: a version-2 build would apply decisions without recording
+/// them, so it is refused once a version-3 build has run.
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Schema components tracked in `schema_version`.
 pub const FACTS_COMPONENT: &str = "resident_facts";
@@ -214,6 +216,43 @@ impl Cql {
         )
     }
 
+    /// Every decision of an authority, one partition per subject (a
+    /// resident's key, or the site-risk registry's), newest first. Written
+    /// with the audit retention as TTL and never updated.
+    pub fn create_audit_table(&self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {}.audit_record (\
+             subject text, issued_at bigint, entry_id text, entry blob, \
+             PRIMARY KEY ((subject), issued_at, entry_id)) \
+             WITH CLUSTERING ORDER BY (issued_at DESC, entry_id DESC) \
+             AND gc_grace_seconds = 86400",
+            self.keyspace
+        )
+    }
+
+    /// Binds: subject, issued_at, entry_id, entry, write timestamp, TTL.
+    pub fn write_audit_entry(&self) -> String {
+        format!(
+            "INSERT INTO {}.audit_record (subject, issued_at, entry_id, entry) VALUES (?, ?, ?, ?) \
+             USING TIMESTAMP ? AND TTL ?",
+            self.keyspace
+        )
+    }
+
+    /// Binds: subject, limit. The newest entries of a subject.
+    pub fn read_audit_first(&self) -> String {
+        format!("SELECT entry FROM {}.audit_record WHERE subject = ? LIMIT ?", self.keyspace)
+    }
+
+    /// Binds: subject, issued_at, entry_id, limit. The entries after a
+    /// cursor in the clustering order (older, or as old with a smaller id).
+    pub fn read_audit_after(&self) -> String {
+        format!(
+            "SELECT entry FROM {}.audit_record WHERE subject = ? AND (issued_at, entry_id) < (?, ?) LIMIT ?",
+            self.keyspace
+        )
+    }
+
     pub fn create_schema_version_table(&self) -> String {
         format!(
             "CREATE TABLE IF NOT EXISTS {}.schema_version (component text PRIMARY KEY, version int, applied_at_micros bigint)",
@@ -348,6 +387,21 @@ mod tests {
             };
             assert_eq!(stmt.matches('?').count(), markers, "{stmt}");
         }
+    }
+
+    #[test]
+    fn the_audit_record_is_one_partition_per_subject_newest_first_and_written_without_reading() {
+        let cql = Cql::new("hc").unwrap();
+        let ddl = cql.create_audit_table();
+        assert!(ddl.contains("PRIMARY KEY ((subject), issued_at, entry_id)"), "{ddl}");
+        assert!(ddl.contains("CLUSTERING ORDER BY (issued_at DESC, entry_id DESC)"), "{ddl}");
+        let write = cql.write_audit_entry();
+        assert!(write.ends_with("USING TIMESTAMP ? AND TTL ?") && !write.contains(" IF "), "{write}");
+        assert_eq!(write.matches('?').count(), 6, "{write}");
+        for read in [cql.read_audit_first(), cql.read_audit_after()] {
+            assert!(read.contains("WHERE subject = ?") && read.ends_with("LIMIT ?"), "{read}");
+        }
+        assert!(cql.read_audit_after().contains("(issued_at, entry_id) < (?, ?)"));
     }
 
     #[test]

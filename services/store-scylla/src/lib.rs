@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::{StreamExt, TryStreamExt, stream};
-use healthcode_core::{Facts, SITE_RISKS_KEY, UnixMicros};
-use healthcode_store::{FactsUpdate, ScanPage, StatusStore, StoreError, retained};
+use healthcode_core::{AuditCursor, AuditEntry, AuditPage, Facts, SITE_RISKS_KEY, UnixMicros};
+use healthcode_store::{FactsUpdate, ScanPage, StatusStore, StoreError, decode_entry, encode_entry, retained};
 use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -50,6 +50,9 @@ pub struct ScyllaStore {
     /// Rows with a payload (overrides) and without (negatives).
     row: PreparedStatement,
     bare_row: PreparedStatement,
+    audit_write: PreparedStatement,
+    audit_first: PreparedStatement,
+    audit_after: PreparedStatement,
     write_profile: ExecutionProfileHandle,
     config: ScyllaConfig,
 }
@@ -144,6 +147,9 @@ impl ScyllaStore {
         }
         let row = prepare_fact(cql.write_row(true), &write_profile).await?;
         let bare_row = prepare_fact(cql.write_row(false), &write_profile).await?;
+        let audit_write = prepare_fact(cql.write_audit_entry(), &write_profile).await?;
+        let audit_first = prepare_fact(cql.read_audit_first(), &read_profile).await?;
+        let audit_after = prepare_fact(cql.read_audit_after(), &read_profile).await?;
         tracing::info!(
             nodes = config.nodes.join(","),
             keyspace = %config.keyspace,
@@ -161,6 +167,9 @@ impl ScyllaStore {
             registers: registers.try_into().expect("one statement per register"),
             row,
             bare_row,
+            audit_write,
+            audit_first,
+            audit_after,
             write_profile,
             config,
         })
@@ -281,6 +290,7 @@ async fn create_schema(session: &Session, cql: &Cql, config: &ScyllaConfig) -> R
         cql.create_keyspace(&config.replication),
         cql.create_facts_table(),
         cql.create_site_visits_table(),
+        cql.create_audit_table(),
         cql.create_schema_version_table(),
     ];
     for statement in ddl {
@@ -437,6 +447,57 @@ impl StatusStore for ScyllaStore {
     /// Every cell carries its TTL: ScyllaDB expires facts by itself.
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         Ok(0)
+    }
+
+    /// One row per entry, its write timestamp the entry's issued_at, so a
+    /// rewrite of the same entry is the same cell.
+    async fn record_decisions(&self, entries: Arc<[AuditEntry]>) -> Result<(), StoreError> {
+        let now = UnixMicros::now();
+        let writes = entries.iter().filter_map(|entry| {
+            let ttl = cells::ttl_seconds(entry.issued_at, self.config.audit_retention, now)?;
+            let at = entry.issued_at.0;
+            let values = (entry.subject.as_str(), at, entry.entry_id(), encode_entry(entry), at, ttl);
+            Some(async move { self.session.execute_unpaged(&self.audit_write, values).await.map(drop) })
+        });
+        futures_util::future::try_join_all(writes).await.map_err(|e| store_error("write", &e))?;
+        Ok(())
+    }
+
+    async fn decisions(
+        &self,
+        subject: &str,
+        after: Option<AuditCursor>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        let limit = limit.clamp(1, i32::MAX as usize - 1);
+        // One more than asked: whether a next page exists.
+        let asked = (limit + 1) as i32;
+        let result = match &after {
+            None => self.session.execute_unpaged(&self.audit_first, (subject, asked)).await,
+            Some(c) => {
+                let values = (subject, c.issued_at.0, c.entry_id.as_str(), asked);
+                self.session.execute_unpaged(&self.audit_after, values).await
+            }
+        }
+        .map_err(|e| store_error("read", &e))?;
+        let rows = result.into_rows_result().map_err(|e| StoreError::storage_from("reading the audit record", e))?;
+        // TTLs count whole seconds from the server's clock: cut exactly here.
+        // Newest first, so everything after the first expired entry is too.
+        let now = UnixMicros::now();
+        let mut page = AuditPage::default();
+        for row in rows.rows::<(Vec<u8>,)>().map_err(|e| StoreError::storage_from("audit_record columns", e))? {
+            let (bytes,) = row.map_err(|e| StoreError::storage_from("undecodable audit row", e))?;
+            let entry = decode_entry(&bytes)?;
+            if !entry.retained(self.config.audit_retention, now) {
+                return Ok(page);
+            }
+            page.entries.push(entry);
+        }
+        if page.entries.len() > limit {
+            page.entries.truncate(limit);
+            page.next = page.entries.last().map(AuditEntry::cursor);
+        }
+        Ok(page)
     }
 }
 

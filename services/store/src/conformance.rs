@@ -5,12 +5,17 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use healthcode_core::{Color, Facts, OverrideFact, ScanFact, ScanKind, SiteRiskFact, UnixMicros, VisitFact};
+use healthcode_core::{
+    AuditEntry, Color, Credential, Decision, Facts, OverrideFact, Provenance, ScanFact, ScanKind, SiteRiskFact,
+    UnixMicros, VisitFact,
+};
 
 use crate::{FactsUpdate, StatusStore};
 
 /// The retention every factory must open its store with.
 pub const RETENTION: std::time::Duration = healthcode_core::validation::DEFAULT_RETENTION;
+/// The audit retention every factory must open its store with.
+pub const AUDIT_RETENTION: std::time::Duration = crate::DEFAULT_AUDIT_RETENTION;
 
 /// Opens the store under test. A call after the previous handle was dropped
 /// opens the same data again. Residents are prefixed so that suites sharing a
@@ -40,6 +45,8 @@ macro_rules! status_store_conformance {
             scans_at_the_same_instant_resolve_by_event_id,
             visits_and_site_risks_merge_in_any_order,
             visitors_are_counted_once_per_resident_within_the_window,
+            the_audit_record_pages_newest_first_and_keeps_every_entry_once,
+            the_audit_record_outlives_the_facts_and_not_its_own_retention,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -405,4 +412,84 @@ pub async fn visitors_are_counted_once_per_resident_within_the_window(factory: &
     assert_eq!(store.count_visitors(&site, at(0), at(101)).await.unwrap(), 3);
     assert_eq!(store.count_visitors(&other, at(0), at(101)).await.unwrap(), 1);
     assert_eq!(store.count_visitors(&factory.resident("nowhere"), at(0), at(101)).await.unwrap(), 0);
+}
+
+fn decision(subject: &str, authority: &str, event_id: &str, issued_at: UnixMicros) -> AuditEntry {
+    AuditEntry {
+        subject: subject.to_owned(),
+        event_id: event_id.to_owned(),
+        authority_id: authority.to_owned(),
+        issued_at,
+        decision: Decision::Override { color: Color::Red, expires_at: UnixMicros(issued_at.0 + 3_600_000_000) },
+        note: format!("note of {event_id}"),
+        by: Some(Provenance {
+            principal: authority.to_owned(),
+            credential: Credential::BearerToken,
+            accepted_at: issued_at,
+        }),
+    }
+}
+
+/// Every page of `subject`'s record, `limit` at a time.
+async fn every_page(store: &dyn StatusStore, subject: &str, limit: usize) -> Vec<Vec<AuditEntry>> {
+    let (mut pages, mut after) = (Vec::new(), None);
+    loop {
+        let page = store.decisions(subject, after, limit).await.unwrap();
+        pages.push(page.entries);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return pages,
+        }
+    }
+}
+
+pub async fn the_audit_record_pages_newest_first_and_keeps_every_entry_once(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let (subject, other) = (factory.resident("audited"), factory.resident("audited-other"));
+    let now = UnixMicros::now();
+    // 70 decisions (past the facts' 64), two authorities reusing event ids,
+    // two at the same instant; written in two calls, one of them twice.
+    let entries: Vec<AuditEntry> = (0..70)
+        .map(|i| {
+            let authority = if i % 2 == 0 { "auth-a" } else { "auth-b" };
+            decision(&subject, authority, &format!("ov-{}", i / 2), UnixMicros(now.0 - 1_000_000 * (i / 2)))
+        })
+        .collect();
+    store.record_decisions(entries[..40].to_vec().into()).await.unwrap();
+    store.record_decisions(entries[30..].to_vec().into()).await.unwrap();
+    store.record_decisions(entries[..10].to_vec().into()).await.unwrap();
+    store.record_decisions(vec![decision(&other, "auth-a", "ov-0", now)].into()).await.unwrap();
+
+    let pages = every_page(store.as_ref(), &subject, 32).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [32, 32, 6], "pages of 32 over 70 entries");
+    let listed: Vec<AuditEntry> = pages.concat();
+    let mut expected = entries.clone();
+    expected.sort_by_key(|e| std::cmp::Reverse(e.cursor()));
+    assert_eq!(listed, expected, "every entry once, newest first, ties by entry id, as written");
+    assert_eq!(every_page(store.as_ref(), &other, 32).await.concat().len(), 1, "subjects are separate");
+    let unknown = store.decisions(&factory.resident("never-audited"), None, 10).await.unwrap();
+    assert!(unknown.entries.is_empty() && unknown.next.is_none());
+
+    // A page exactly full at the end has no next page, or an empty one.
+    let pages = every_page(store.as_ref(), &subject, 35).await;
+    assert_eq!(pages.concat().len(), 70);
+    assert!(pages.last().is_some_and(|p| p.len() == 35 || p.is_empty()), "{:?}", pages.iter().map(Vec::len));
+}
+
+pub async fn the_audit_record_outlives_the_facts_and_not_its_own_retention(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let subject = factory.resident("audited-long-ago");
+    let now = UnixMicros::now();
+    let ago = |d: std::time::Duration| UnixMicros(now.0 - d.as_micros() as i64);
+    let day = std::time::Duration::from_secs(24 * 3_600);
+    let within = decision(&subject, "auth-a", "past-facts", ago(RETENTION * 2));
+    let past = decision(&subject, "auth-a", "past-audit", ago(AUDIT_RETENTION + day));
+    store.record_decisions(vec![within.clone(), past].into()).await.unwrap();
+    assert_eq!(store.decisions(&subject, None, 10).await.unwrap().entries, vec![within.clone()]);
+    store.purge_expired().await.unwrap();
+    assert_eq!(
+        store.decisions(&subject, None, 10).await.unwrap().entries,
+        vec![within],
+        "the purge of facts leaves decisions within the audit retention"
+    );
 }

@@ -3,21 +3,27 @@
 //! A merge is one write transaction (read, join, write back), committed with
 //! an fsync before it returns. Facts are kept as a version byte followed by a
 //! postcard encoding of [`Facts`]. Facts past retention are invisible at
-//! once and deleted by [`StatusStore::purge_expired`].
+//! once and deleted by [`StatusStore::purge_expired`]. The audit record is
+//! its own table, keyed (subject, issued_at, entry id), with its own
+//! retention.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use healthcode_core::{Facts, UnixMicros};
+use healthcode_core::{AuditCursor, AuditEntry, AuditPage, Facts, UnixMicros};
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::{FactsUpdate, ScanPage, StatusStore, StoreError, retained};
+use crate::{
+    DEFAULT_AUDIT_RETENTION, FactsUpdate, ScanPage, StatusStore, StoreError, decode_entry, encode_entry, retained,
+};
 
 const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
 /// Every kept visit by site: (site_id, scanned_at, resident).
 const SITE_VISITS: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("site_visits");
+/// The audit record: (subject, issued_at, entry id) to an encoded entry.
+const AUDIT: TableDefinition<(&str, i64, &str), &[u8]> = TableDefinition::new("audit");
 /// Version 2 added the override audit trail (and notes) to the facts;
 /// version 3 the visits and site risks.
 const ENCODING: u8 = 3;
@@ -35,6 +41,7 @@ pub const DEFAULT_CACHE_BYTES: usize = 512 << 20;
 pub struct EmbeddedStore {
     db: Arc<Database>,
     retention: Duration,
+    audit_retention: Duration,
 }
 
 impl EmbeddedStore {
@@ -79,8 +86,16 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(FACTS).map_err(storage)?;
         txn.open_table(SITE_VISITS).map_err(storage)?;
+        txn.open_table(AUDIT).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        Ok(EmbeddedStore { db: Arc::new(db), retention })
+        Ok(EmbeddedStore { db: Arc::new(db), retention, audit_retention: DEFAULT_AUDIT_RETENTION })
+    }
+
+    /// Keeps the audit record for `retention` (`--audit-retention`) instead
+    /// of [`DEFAULT_AUDIT_RETENTION`].
+    pub fn with_audit_retention(mut self, retention: Duration) -> Self {
+        self.audit_retention = retention;
+        self
     }
 
     async fn blocking<T: Send + 'static>(
@@ -255,7 +270,7 @@ impl StatusStore for EmbeddedStore {
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
-        let retention = self.retention;
+        let (retention, audit_retention) = (self.retention, self.audit_retention);
         let purged = self
             .blocking(move |db| {
                 let now = UnixMicros::now();
@@ -279,6 +294,9 @@ impl StatusStore for EmbeddedStore {
                     let mut visits = txn.open_table(SITE_VISITS).map_err(storage)?;
                     let cutoff = now.saturating_sub(retention).0;
                     visits.retain(|(_, at, _), ()| at >= cutoff).map_err(storage)?;
+                    let mut audit = txn.open_table(AUDIT).map_err(storage)?;
+                    let cutoff = now.saturating_sub(audit_retention).0;
+                    audit.retain(|(_, at, _), _| at >= cutoff).map_err(storage)?;
                     changed.len() as u64
                 };
                 txn.commit().map_err(storage)?;
@@ -287,6 +305,54 @@ impl StatusStore for EmbeddedStore {
             .await?;
         metrics::counter!("healthcode_store_expired_residents_total", "store" => "embedded").increment(purged);
         Ok(purged)
+    }
+
+    async fn record_decisions(&self, entries: Arc<[AuditEntry]>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(storage)?;
+            {
+                let mut audit = txn.open_table(AUDIT).map_err(storage)?;
+                for entry in entries.iter() {
+                    let key = (entry.subject.as_str(), entry.issued_at.0, entry.entry_id());
+                    audit.insert((key.0, key.1, key.2.as_str()), encode_entry(entry).as_slice()).map_err(storage)?;
+                }
+            }
+            txn.commit().map_err(storage)
+        })
+        .await
+    }
+
+    async fn decisions(
+        &self,
+        subject: &str,
+        after: Option<AuditCursor>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        let (subject, retention) = (subject.to_owned(), self.audit_retention);
+        self.blocking(move |db| {
+            let cutoff = UnixMicros::now().saturating_sub(retention).0;
+            let txn = db.begin_read().map_err(storage)?;
+            let audit = txn.open_table(AUDIT).map_err(storage)?;
+            // No valid time reaches i64::MAX (timestamps end in year 9999).
+            let (end_at, end_id) = after.as_ref().map_or((i64::MAX, ""), |a| (a.issued_at.0, a.entry_id.as_str()));
+            let range =
+                audit.range((subject.as_str(), cutoff, "")..(subject.as_str(), end_at, end_id)).map_err(storage)?;
+            let limit = limit.max(1);
+            let mut page = AuditPage::default();
+            for row in range.rev().take(limit + 1) {
+                let (_, value) = row.map_err(storage)?;
+                page.entries.push(decode_entry(value.value())?);
+            }
+            if page.entries.len() > limit {
+                page.entries.truncate(limit);
+                page.next = page.entries.last().map(AuditEntry::cursor);
+            }
+            Ok(page)
+        })
+        .await
     }
 }
 

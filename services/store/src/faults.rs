@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use healthcode_core::{Facts, UnixMicros};
+use healthcode_core::{AuditCursor, AuditEntry, AuditPage, Facts, UnixMicros};
 
 use crate::{FactsUpdate, ScanPage, StatusStore, StoreError};
 
@@ -107,5 +107,20 @@ impl StatusStore for FaultyStore {
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         self.faults.enter().await?;
         self.inner.purge_expired().await
+    }
+
+    async fn record_decisions(&self, entries: Arc<[AuditEntry]>) -> Result<(), StoreError> {
+        self.faults.enter().await?;
+        self.inner.record_decisions(entries).await
+    }
+
+    async fn decisions(
+        &self,
+        subject: &str,
+        after: Option<AuditCursor>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        self.faults.enter().await?;
+        self.inner.decisions(subject, after, limit).await
     }
 }

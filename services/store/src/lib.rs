@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use healthcode_core::{Facts, SiteRiskFact, UnixMicros};
+use healthcode_core::{AuditCursor, AuditEntry, AuditPage, Facts, SiteRiskFact, UnixMicros};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -105,6 +105,42 @@ pub trait StatusStore: Send + Sync + 'static {
     /// Reads never return such facts, purged or not. Stores that expire data
     /// by themselves (TTL) have nothing to do here.
     async fn purge_expired(&self) -> Result<u64, StoreError>;
+
+    /// Appends decisions to their subjects' audit records, kept for the
+    /// audit retention (not the facts'). Append-only and idempotent: an
+    /// entry written again (a redelivered event) is the same entry, keyed
+    /// by (subject, issued_at, [`AuditEntry::entry_id`]). Durable when `Ok`.
+    async fn record_decisions(&self, entries: Arc<[AuditEntry]>) -> Result<(), StoreError>;
+
+    /// Up to `limit` entries of `subject`'s audit record, newest first
+    /// (by issued_at, then entry id), after `after`; entries past the audit
+    /// retention are left out. `next` is `None` after the last page.
+    async fn decisions(&self, subject: &str, after: Option<AuditCursor>, limit: usize)
+    -> Result<AuditPage, StoreError>;
+}
+
+/// How long the audit record keeps a decision unless set otherwise
+/// (`--audit-retention`): a year, against the facts' 30 days.
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(365 * 24 * 3_600);
+
+/// The version byte of an encoded [`AuditEntry`].
+const AUDIT_ENCODING: u8 = 1;
+
+/// An audit entry as stores keep it: a version byte, then postcard.
+pub fn encode_entry(entry: &AuditEntry) -> Vec<u8> {
+    let mut out = vec![AUDIT_ENCODING];
+    out.extend(postcard::to_allocvec(entry).expect("audit entries always serialize"));
+    out
+}
+
+pub fn decode_entry(bytes: &[u8]) -> Result<AuditEntry, StoreError> {
+    match bytes.split_first() {
+        Some((&AUDIT_ENCODING, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| StoreError::storage_from("undecodable audit entry", e))
+        }
+        Some((v, _)) => Err(StoreError::storage(format!("audit entry encoded with unknown version {v}"))),
+        None => Err(StoreError::storage("empty audit entry")),
+    }
 }
 
 /// `risks` newest first (by issued_at, then event_id), each with the

@@ -345,7 +345,8 @@ async fn open_store(settings: &Settings, shared: bool) -> anyhow::Result<Arc<dyn
             let dir = settings.data_dir.join("store");
             let retention = settings.limits.retention;
             let store = EmbeddedStore::open_sized(&dir, retention, shared, settings.store_cache_bytes);
-            Ok(Arc::new(store.with_context(|| format!("opening the store in {}", dir.display()))?))
+            let store = store.with_context(|| format!("opening the store in {}", dir.display()))?;
+            Ok(Arc::new(store.with_audit_retention(settings.audit_retention)))
         }
         StoreBackend::Scylla => Ok(Arc::new(
             ScyllaStore::connect(settings.scylla.clone())

@@ -89,35 +89,57 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every override on record for the resident, newest first, read from the
+/// audit record page by page.
 pub async fn overrides(args: OverridesArgs) -> anyhow::Result<()> {
     let mut client = LookupClient::new(channel(&args.target).await?);
-    let message = pb::ListOverridesRequest { resident_id: args.resident.clone() };
-    let reply = client.list_overrides(request(&args.target, Role::Authority, message)?).await?.into_inner();
-    if reply.overrides.is_empty() && !args.target.json {
+    let (mut page_token, mut listed) = (String::new(), 0usize);
+    loop {
+        let message = pb::ListOverridesRequest { resident_id: args.resident.clone(), page_size: 0, page_token };
+        let reply = client.list_overrides(request(&args.target, Role::Authority, message)?).await?.into_inner();
+        listed += reply.overrides.len();
+        for o in reply.overrides {
+            print_override(o, args.target.json)?;
+        }
+        if reply.next_page_token.is_empty() {
+            break;
+        }
+        page_token = reply.next_page_token;
+    }
+    if listed == 0 && !args.target.json {
         out!("{}: no overrides on record", args.resident)?;
     }
-    for o in reply.overrides {
-        let color = pb::Color::try_from(o.color).unwrap_or_default().as_str_name();
-        let (issued, expires) = (rfc3339(&o.issued_at), rfc3339(&o.expires_at));
-        if args.target.json {
-            out!(
-                "{}",
-                json!({
-                    "event_id": o.event_id, "authority_id": o.authority_id, "color": color,
-                    "note": o.note, "issued_at": issued, "expires_at": expires,
-                })
-            )?;
-        } else {
-            let dash = || "-".to_string();
-            out!(
-                "{} {color} by {} from {} until {}: {}",
-                o.event_id,
-                o.authority_id,
-                issued.unwrap_or_else(dash),
-                expires.unwrap_or_else(dash),
-                o.note
-            )?;
-        }
+    Ok(())
+}
+
+fn print_override(o: pb::OverrideRecord, json: bool) -> anyhow::Result<()> {
+    let color = pb::Color::try_from(o.color).unwrap_or_default().as_str_name();
+    let (issued, expires) = (rfc3339(&o.issued_at), rfc3339(&o.expires_at));
+    let credential = match pb::Credential::try_from(o.credential).unwrap_or_default() {
+        pb::Credential::BearerToken => "token",
+        pb::Credential::ClientCertificate => "certificate",
+        pb::Credential::Unspecified => "unrecorded",
+    };
+    if json {
+        out!(
+            "{}",
+            json!({
+                "event_id": o.event_id, "authority_id": o.authority_id, "color": color,
+                "note": o.note, "issued_at": issued, "expires_at": expires,
+                "principal": o.principal, "credential": credential, "accepted_at": rfc3339(&o.accepted_at),
+            })
+        )?;
+    } else {
+        let dash = || "-".to_string();
+        let principal = if o.principal.is_empty() { dash() } else { o.principal };
+        out!(
+            "{} {color} by {} ({principal}, {credential}) from {} until {}: {}",
+            o.event_id,
+            o.authority_id,
+            issued.unwrap_or_else(dash),
+            expires.unwrap_or_else(dash),
+            o.note
+        )?;
     }
     Ok(())
 }

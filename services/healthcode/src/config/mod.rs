@@ -16,6 +16,7 @@ mod security;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -87,6 +88,11 @@ pub struct ServeArgs {
     /// Bytes of the embedded store's pages kept in memory [default: 536870912]
     #[arg(long, env = "HEALTHCODE_STORE_CACHE_BYTES")]
     pub store_cache_bytes: Option<usize>,
+    /// How long the audit record keeps each override and site-risk decision,
+    /// after its issued_at; at least the retention window [default: 365days]
+    #[arg(long, env = "HEALTHCODE_AUDIT_RETENTION", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub audit_retention: Option<Duration>,
     /// Facts store backend [default: embedded]
     #[arg(long, env = "HEALTHCODE_STORE", value_enum)]
     pub store: Option<StoreBackend>,
@@ -146,6 +152,8 @@ pub struct Settings {
     /// Page caches of the embedded log and store.
     pub log_cache_bytes: usize,
     pub store_cache_bytes: usize,
+    /// How long the audit record keeps a decision.
+    pub audit_retention: Duration,
     pub store: StoreBackend,
     pub policy: Policy,
     /// The name of the rules in force: the policy file's `version`, or `built-in`.
@@ -203,6 +211,15 @@ impl ServeArgs {
         let log = self.log.unwrap_or(LogBackend::Embedded);
         let store = self.store.unwrap_or(StoreBackend::Embedded);
         let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let audit_retention = self.audit_retention.unwrap_or(healthcode_store::DEFAULT_AUDIT_RETENTION);
+        anyhow::ensure!(
+            audit_retention >= limits.retention,
+            "audit_retention must be at least the retention window ({}): a decision may not leave the audit record \
+             while its facts are kept",
+            humantime::format_duration(limits.retention)
+        );
+        let mut scylla = self.scylla.into_config(store == StoreBackend::Scylla, limits.retention, lookup.budget)?;
+        scylla.audit_retention = audit_retention;
         Ok(Settings {
             grpc_addr: self.grpc_addr.unwrap_or(([127, 0, 0, 1], 50051).into()),
             admin_addr: self.admin_addr.unwrap_or(([127, 0, 0, 1], 9090).into()),
@@ -222,7 +239,8 @@ impl ServeArgs {
                 .collect(),
             materializer: self.materializer.into_config()?,
             kafka: self.kafka.into_config(log == LogBackend::Kafka, limits.retention)?,
-            scylla: self.scylla.into_config(store == StoreBackend::Scylla, limits.retention, lookup.budget)?,
+            scylla,
+            audit_retention,
             security: self.security.into_config(&data_dir)?,
             data_dir,
             policy,
@@ -303,6 +321,17 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(resolve(bad, "").is_err());
+    }
+
+    #[test]
+    fn the_audit_retention_defaults_to_a_year_and_never_ends_before_the_facts() {
+        let s = resolve(ServeArgs::default(), "").unwrap();
+        assert_eq!(s.audit_retention, Duration::from_secs(365 * 24 * 3600));
+        assert_eq!(s.scylla.audit_retention, s.audit_retention);
+        let s = resolve(ServeArgs::default(), "audit_retention = \"2years\"").unwrap();
+        assert_eq!(s.audit_retention, humantime::parse_duration("2years").unwrap());
+        let err = resolve(ServeArgs::default(), "audit_retention = \"7days\"").unwrap_err().to_string();
+        assert!(err.contains("audit_retention") && err.contains("30days"), "{err}");
     }
 
     #[test]
