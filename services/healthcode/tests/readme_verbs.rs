@@ -94,7 +94,8 @@ async fn every_verb_in_the_readme_works_against_a_real_server() {
         "{}",
         said("hc site-risks")
     );
-    assert!(said("hc overrides").contains("close contact"), "{}", said("hc overrides"));
+    let overrides = said("hc overrides");
+    assert!(overrides.contains("close contact") && overrides.contains("(dev-authority, token)"), "{overrides}");
     assert!(said("hc policy diff").contains("would change color"), "{}", said("hc policy diff"));
     assert!(server.terminate().success());
 }
