@@ -174,7 +174,8 @@ mod tests {
             assert_eq!((principal.name.as_str(), principal.role), (name, role));
             let pem = std::fs::read_to_string(creds.client_cert(role)).unwrap();
             let der = rustls_pem(&pem);
-            assert_eq!(principal_from_cert(&der), Some(principal));
+            let by_cert = crate::Principal { proof: crate::Proof::ClientCertificate, ..principal };
+            assert_eq!(principal_from_cert(&der), Some(by_cert));
         }
         // The CA can be reopened to sign more.
         let issuer = Issuer::open(&creds).unwrap();
