@@ -337,13 +337,17 @@ impl RoundConfig {
         // Half are declared while the window is open: visits after that are
         // uploaded after the declaration; the others after it closed.
         let issued = if draw(3) % 2 == 0 { from + 10 * MINUTE } else { until + HOUR };
+        // Every version is issued before the round ends: one issued after it
+        // would be stamped in the server's future and refused. Versions held
+        // at the end tie on issued_at and keep their order by event id.
+        let last_ms = self.end_ms() - 1;
         let version = |n: u32, issued: u64, window: (u64, u64), retracted: bool| RiskVersion {
             risk_id: format!("risk-{r}"),
             event_id: format!("k-{r}-{n}"),
             site: site.clone(),
             from_ms: window.0 as i64,
             until_ms: window.1 as i64,
-            issued_ms: issued as i64,
+            issued_ms: issued.min(last_ms) as i64,
             retracted,
         };
         let mut versions = vec![version(0, issued, (from, until), false)];
@@ -654,9 +658,11 @@ mod tests {
 
     #[test]
     fn site_risks_are_declared_during_and_after_their_windows_and_some_move_or_are_withdrawn() {
-        let c = RoundConfig { residents: 200_000, ..RoundConfig::default() };
+        // The city's size: 3,250 risks, enough that some versions would
+        // fall after the round's end if nothing held them.
+        let c = RoundConfig { residents: 13_000_000, ..RoundConfig::default() };
         let all: Vec<Vec<RiskVersion>> = (0..c.site_risks()).map(|r| c.risk_versions(r)).collect();
-        assert_eq!(all.len(), 50);
+        assert_eq!(all.len(), 3_250);
         let during = all.iter().filter(|v| v[0].issued_ms < v[0].until_ms).count();
         assert!(during > 0 && during < all.len(), "{during} of {} declared while open", all.len());
         assert!(all.iter().any(|v| v.len() > 1 && !v[1].retracted), "a window moves");
@@ -664,6 +670,10 @@ mod tests {
         for v in all.iter().flatten() {
             assert!(v.from_ms < v.until_ms && v.from_ms <= v.issued_ms, "{v:?}");
             assert!((v.issued_ms as u64) < c.end_ms());
+        }
+        for versions in &all {
+            let order: Vec<(i64, &str)> = versions.iter().map(|v| (v.issued_ms, v.event_id.as_str())).collect();
+            assert!(order.is_sorted(), "versions apply in issue order: {order:?}");
         }
     }
 }
