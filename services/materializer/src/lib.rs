@@ -41,7 +41,14 @@ impl Default for MaterializerConfig {
     fn default() -> Self {
         MaterializerConfig {
             group: "healthcode-materializer".to_owned(),
-            batch_size: 2_000,
+            // Each resident merged into the embedded store rewrites its
+            // B-tree leaf, and a batch rewrites the interior pages above the
+            // leaves it touched once: 20,000 shares them ten times wider
+            // than 2,000 (materialising a 1M-resident three-day backlog:
+            // 31k events/s at 2,000, 55k at 20,000, 60k at 50,000; the disk
+            // writes about 200 MB/s either way). Under light load batches
+            // stay small: `linger` ends them.
+            batch_size: 20_000,
             poll_wait: Duration::from_millis(200),
             linger: Duration::from_millis(20),
             max_retry_delay: Duration::from_secs(5),

@@ -83,7 +83,7 @@ impl IngestArgs {
 #[serde(default)]
 #[merge(strategy = merge::option::overwrite_none)]
 pub struct MaterializerArgs {
-    /// Most log records folded into one store write [default: 2000]
+    /// Most log records folded into one store write [default: 20000]
     #[arg(long, env = "HEALTHCODE_MATERIALIZER_BATCH")]
     pub materializer_batch: Option<usize>,
     /// Consumer group of the materializers [default: healthcode-materializer]
