@@ -157,6 +157,18 @@ pub struct AuditPage {
     pub next: Option<AuditCursor>,
 }
 
+impl AuditPage {
+    /// The page of at most `limit` from `entries`, newest first, read one
+    /// past the limit: that one's presence is what says a next page exists.
+    pub fn from_one_past(mut entries: Vec<AuditEntry>, limit: usize) -> AuditPage {
+        let next = (entries.len() > limit).then(|| {
+            entries.truncate(limit);
+            entries.last().map(AuditEntry::cursor)
+        });
+        AuditPage { entries, next: next.flatten() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -240,7 +240,10 @@ impl Materializer {
         let (store, consumer) = (&self.store, &mut self.consumer);
         // The audit record first: no decision is in force without its entry.
         let write = || async {
-            store.record_decisions(folded.decisions.clone()).await?;
+            // Most batches carry none: no extra store call for them.
+            if !folded.decisions.is_empty() {
+                store.record_decisions(folded.decisions.clone()).await?;
+            }
             store.merge(folded.updates.clone()).await
         };
         let merge = write.retry(backoff).notify(|e, wait| {

@@ -484,20 +484,16 @@ impl StatusStore for ScyllaStore {
         // TTLs count whole seconds from the server's clock: cut exactly here.
         // Newest first, so everything after the first expired entry is too.
         let now = UnixMicros::now();
-        let mut page = AuditPage::default();
+        let mut entries = Vec::with_capacity(limit + 1);
         for row in rows.rows::<(Vec<u8>,)>().map_err(|e| StoreError::storage_from("audit_record columns", e))? {
             let (bytes,) = row.map_err(|e| StoreError::storage_from("undecodable audit row", e))?;
             let entry = decode_entry(&bytes)?;
             if !entry.retained(self.config.audit_retention, now) {
-                return Ok(page);
+                break;
             }
-            page.entries.push(entry);
+            entries.push(entry);
         }
-        if page.entries.len() > limit {
-            page.entries.truncate(limit);
-            page.next = page.entries.last().map(AuditEntry::cursor);
-        }
-        Ok(page)
+        Ok(AuditPage::from_one_past(entries, limit))
     }
 }
 

@@ -341,16 +341,12 @@ impl StatusStore for EmbeddedStore {
             let range =
                 audit.range((subject.as_str(), cutoff, "")..(subject.as_str(), end_at, end_id)).map_err(storage)?;
             let limit = limit.max(1);
-            let mut page = AuditPage::default();
-            for row in range.rev().take(limit + 1) {
-                let (_, value) = row.map_err(storage)?;
-                page.entries.push(decode_entry(value.value())?);
-            }
-            if page.entries.len() > limit {
-                page.entries.truncate(limit);
-                page.next = page.entries.last().map(AuditEntry::cursor);
-            }
-            Ok(page)
+            let entries = range
+                .rev()
+                .take(limit + 1)
+                .map(|row| decode_entry(row.map_err(storage)?.1.value()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(AuditPage::from_one_past(entries, limit))
         })
         .await
     }
