@@ -349,6 +349,29 @@ impl StoreFactory for EmbeddedStoreFactory {
     }
 }
 
+/// A factory for the one-process LSM store in a temporary directory.
+pub struct LsmStoreFactory {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for LsmStoreFactory {
+    fn default() -> Self {
+        LsmStoreFactory { dir: tempfile::tempdir().expect("temp dir") }
+    }
+}
+
+#[async_trait]
+impl StoreFactory for LsmStoreFactory {
+    async fn open(&self) -> Arc<dyn StatusStore> {
+        let store = crate::LsmStore::open(self.dir.path(), RETENTION, 16 << 20).expect("open LSM store");
+        Arc::new(store.with_audit_retention(AUDIT_RETENTION))
+    }
+
+    fn resident(&self, name: &str) -> String {
+        name.to_owned()
+    }
+}
+
 /// Visits are a set and site risks a map of last-writer-wins registers:
 /// whatever order the versions of a risk and the visits arrive in, the store
 /// reads back the domain's join.

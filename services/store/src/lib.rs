@@ -11,9 +11,11 @@ use healthcode_core::{AuditCursor, AuditEntry, AuditPage, Facts, SiteRiskFact, U
 pub mod conformance;
 pub mod embedded;
 pub mod faults;
+pub mod lsm;
 
 pub use embedded::EmbeddedStore;
 pub use faults::{FaultyStore, StoreFaults};
+pub use lsm::LsmStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,7 +1,7 @@
-//! The StatusStore conformance suite against the embedded (redb) store, in
-//! both of its sharing modes.
+//! The StatusStore conformance suite against the embedded stores: the redb
+//! B-tree in both of its sharing modes, and the one-process LSM tree.
 
-use healthcode_store::conformance::EmbeddedStoreFactory;
+use healthcode_store::conformance::{EmbeddedStoreFactory, LsmStoreFactory};
 
 mod exclusive {
     use super::*;
@@ -11,4 +11,9 @@ mod exclusive {
 mod shared {
     use super::*;
     healthcode_store::status_store_conformance!(Some(EmbeddedStoreFactory::shared()));
+}
+
+mod lsm {
+    use super::*;
+    healthcode_store::status_store_conformance!(Some(LsmStoreFactory::default()));
 }

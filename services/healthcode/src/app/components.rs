@@ -1,6 +1,7 @@
 //! What a process opens once at start (log, store, guard, pseudonyms,
 //! lookup) and the steps that start its parts from them.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use healthcode_proto::v1::lookup_server::LookupServer;
 use healthcode_rpc::LookupsFirst;
 use healthcode_rpc::codes::DecodeErrorsLayer;
 use healthcode_status_token::Signer;
-use healthcode_store::{EmbeddedStore, FaultyStore, StatusStore, StoreFaults};
+use healthcode_store::{EmbeddedStore, FaultyStore, LsmStore, StatusStore, StoreFaults};
 use healthcode_store_scylla::ScyllaStore;
 
 use crate::config::VersionedPolicy;
@@ -71,11 +72,8 @@ impl Components {
     /// guard, the pseudonym key and the lookup service, as the role needs.
     pub(super) async fn open(role: Role, settings: Settings) -> anyhow::Result<Components> {
         let log = if role.edge() || role.materializer() { Some(open_log(&settings).await?) } else { None };
-        let mut store = if role.materializer() || role.lookup() {
-            Some(open_store(&settings, role != Role::Up).await?)
-        } else {
-            None
-        };
+        let mut store =
+            if role.materializer() || role.lookup() { Some(open_store(&settings, role.alone()).await?) } else { None };
         let mut store_faults = None;
         if settings.fault_injection
             && let Some(inner) = store.take()
@@ -337,22 +335,62 @@ async fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
     }
 }
 
-/// `shared`: other processes of this machine (separate materializer and
-/// lookup roles) may open the embedded store too.
-async fn open_store(settings: &Settings, shared: bool) -> anyhow::Result<Arc<dyn StatusStore>> {
+/// `alone`: no other process opens this data directory (`up`, `rebuild`).
+async fn open_store(settings: &Settings, alone: bool) -> anyhow::Result<Arc<dyn StatusStore>> {
     match settings.store {
         StoreBackend::Embedded => {
             let dir = settings.data_dir.join("store");
-            let retention = settings.limits.retention;
-            let store = EmbeddedStore::open_sized(&dir, retention, shared, settings.store_cache_bytes);
-            let store = store.with_context(|| format!("opening the store in {}", dir.display()))?;
-            Ok(Arc::new(store.with_audit_retention(settings.audit_retention)))
+            let (retention, cache) = (settings.limits.retention, settings.store_cache_bytes);
+            let opened = || format!("opening the store in {}", dir.display());
+            Ok(match embedded_kind(&dir, alone)? {
+                EmbeddedKind::Lsm => Arc::new(
+                    LsmStore::open(&dir, retention, cache)
+                        .with_context(opened)?
+                        .with_audit_retention(settings.audit_retention),
+                ),
+                EmbeddedKind::BTree => Arc::new(
+                    EmbeddedStore::open_sized(&dir, retention, !alone, cache)
+                        .with_context(opened)?
+                        .with_audit_retention(settings.audit_retention),
+                ),
+            })
         }
         StoreBackend::Scylla => Ok(Arc::new(
             ScyllaStore::connect(settings.scylla.clone())
                 .await
                 .with_context(|| format!("opening the ScyllaDB store at {}", settings.scylla.nodes.join(",")))?,
         )),
+    }
+}
+
+/// Which embedded store a data directory holds.
+#[derive(Debug, PartialEq, Eq)]
+enum EmbeddedKind {
+    /// fjall: one process, merges without rewriting B-tree pages.
+    Lsm,
+    /// redb: several processes of one machine may open it.
+    BTree,
+}
+
+/// The store a directory already holds; a new one is the LSM tree for a
+/// process alone on it and the shareable B-tree for separate roles.
+fn embedded_kind(dir: &Path, alone: bool) -> anyhow::Result<EmbeddedKind> {
+    let (lsm, btree) = (dir.join(healthcode_store::lsm::LSM_DIR).exists(), dir.join("store.redb").exists());
+    match (lsm, btree, alone) {
+        (true, _, false) => anyhow::bail!(
+            "{} holds the one-process store that `healthcode up` writes, which separate roles cannot share: \
+             give the roles a data directory of their own, or use --store scylla",
+            dir.display()
+        ),
+        (true, _, true) | (false, false, true) => Ok(EmbeddedKind::Lsm),
+        (false, true, true) => {
+            tracing::info!(
+                path = %dir.display(),
+                "the store is the B-tree that separate roles share; `rm -rf` it and `healthcode rebuild` for the faster one-process store"
+            );
+            Ok(EmbeddedKind::BTree)
+        }
+        (false, _, false) => Ok(EmbeddedKind::BTree),
     }
 }
 
@@ -412,5 +450,27 @@ struct CacheObserver(Arc<healthcode_lookup::cache::FactsCache>);
 impl healthcode_materializer::MergeObserver for CacheObserver {
     async fn merged(&self, updates: &[healthcode_store::FactsUpdate]) {
         self.0.merged(updates).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_keeps_the_embedded_store_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing yet: the process alone gets the LSM tree, roles the B-tree.
+        assert_eq!(embedded_kind(dir.path(), true).unwrap(), EmbeddedKind::Lsm);
+        assert_eq!(embedded_kind(dir.path(), false).unwrap(), EmbeddedKind::BTree);
+        // A B-tree stays one for `up` too, so nothing written is hidden.
+        std::fs::write(dir.path().join("store.redb"), b"").unwrap();
+        assert_eq!(embedded_kind(dir.path(), true).unwrap(), EmbeddedKind::BTree);
+        // An LSM tree is refused to roles, with the way out.
+        let lsm = tempfile::tempdir().unwrap();
+        std::fs::create_dir(lsm.path().join(healthcode_store::lsm::LSM_DIR)).unwrap();
+        assert_eq!(embedded_kind(lsm.path(), true).unwrap(), EmbeddedKind::Lsm);
+        let refused = embedded_kind(lsm.path(), false).unwrap_err().to_string();
+        assert!(refused.contains("--store scylla"), "{refused}");
     }
 }

@@ -29,6 +29,9 @@ pub enum Role {
     Edge,
     Materializer,
     Lookup,
+    /// The materializer alone on its data directory, re-materialising the
+    /// store from the log.
+    Rebuild,
 }
 
 impl Role {
@@ -36,10 +39,14 @@ impl Role {
         matches!(self, Role::Up | Role::Edge)
     }
     fn materializer(self) -> bool {
-        matches!(self, Role::Up | Role::Materializer)
+        matches!(self, Role::Up | Role::Materializer | Role::Rebuild)
     }
     fn lookup(self) -> bool {
         matches!(self, Role::Up | Role::Lookup)
+    }
+    /// No other process opens this data directory meanwhile.
+    fn alone(self) -> bool {
+        matches!(self, Role::Up | Role::Rebuild)
     }
 }
 
@@ -113,7 +120,7 @@ impl App {
 /// the store was lost; `stop` interrupts it. On the embedded log and store
 /// no server may run on the same data directory meanwhile.
 pub async fn rebuild(settings: Settings, stop: CancellationToken) -> anyhow::Result<CaughtUp> {
-    let c = Components::open(Role::Materializer, settings).await?;
+    let c = Components::open(Role::Rebuild, settings).await?;
     let forward = c.shutdown.clone();
     let _stop = tokio::spawn(async move {
         stop.cancelled().await;

@@ -1,0 +1,352 @@
+//! The one-process store: facts in a log-structured merge tree (fjall) under
+//! the data directory.
+//!
+//! Why not the B-tree ([`crate::EmbeddedStore`]) here: a merge touches
+//! residents spread over the whole key space, and a copy-on-write B-tree
+//! rewrites a leaf and its interior pages for each of them (about 20 KB
+//! written per event once the city no longer fits in the page cache). An LSM
+//! tree appends the batch to its journal and memtable and sorts it into
+//! tables in the background, so a merge costs the reads and one journal
+//! fsync. The price: one process only (fjall locks its directory), so
+//! separate roles on one machine keep the B-tree, which redb shares between
+//! processes.
+//!
+//! A merge reads every resident's stored facts, joins, and writes the batch
+//! with one fsync of the journal; a lock keeps merges (and the purge) one at
+//! a time, so no read-join-write loses another's write. Keys of the two
+//! ordered indexes are `len(prefix) ‖ prefix ‖ time ‖ suffix`, the time
+//! big-endian with its sign bit flipped so that bytes sort as numbers.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use healthcode_core::{AuditCursor, AuditEntry, AuditPage, Facts, UnixMicros};
+
+use crate::embedded::{decode_facts, encode_facts};
+use crate::{
+    DEFAULT_AUDIT_RETENTION, FactsUpdate, ScanPage, StatusStore, StoreError, decode_entry, encode_entry, retained,
+};
+
+fn storage(e: fjall::Error) -> StoreError {
+    StoreError::storage_from("fjall", e)
+}
+
+/// The directory under the store's directory that holds the LSM tree: its
+/// presence says which embedded store a data directory has.
+pub const LSM_DIR: &str = "lsm";
+
+#[derive(Clone)]
+pub struct LsmStore {
+    inner: Arc<Inner>,
+    retention: Duration,
+    audit_retention: Duration,
+}
+
+struct Inner {
+    db: Database,
+    facts: Keyspace,
+    /// Every kept visit by site: (site_id, scanned_at, resident) to nothing.
+    site_visits: Keyspace,
+    /// The audit record: (subject, issued_at, entry id) to an encoded entry.
+    audit: Keyspace,
+    /// Held by each read-join-write (merge, purge).
+    writer: Mutex<()>,
+}
+
+impl LsmStore {
+    /// Opens (or creates) the store in `dir/lsm` with at most `cache_bytes`
+    /// of blocks held in memory (`--store-cache-bytes`).
+    pub fn open(dir: &Path, retention: Duration, cache_bytes: usize) -> Result<LsmStore, StoreError> {
+        let path = dir.join(LSM_DIR);
+        std::fs::create_dir_all(&path)
+            .map_err(|e| StoreError::storage_from(format!("creating {}", path.display()), e))?;
+        let db = Database::builder(&path).cache_size(cache_bytes as u64).open().map_err(storage)?;
+        let keyspace = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(storage);
+        let (facts, site_visits, audit) = (keyspace("facts")?, keyspace("site_visits")?, keyspace("audit")?);
+        let inner = Inner { db, facts, site_visits, audit, writer: Mutex::new(()) };
+        Ok(LsmStore { inner: Arc::new(inner), retention, audit_retention: DEFAULT_AUDIT_RETENTION })
+    }
+
+    /// Keeps the audit record for `retention` (`--audit-retention`) instead
+    /// of [`DEFAULT_AUDIT_RETENTION`].
+    pub fn with_audit_retention(mut self, retention: Duration) -> Self {
+        self.audit_retention = retention;
+        self
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::storage_from("a blocking task of the store failed", e))?
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panicked writer left no half-written batch: batches are atomic.
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read_facts(&self, resident: &str) -> Result<Option<Facts>, StoreError> {
+        self.facts.get(resident).map_err(storage)?.map(|v| decode_facts(&v)).transpose()
+    }
+
+    /// Writes `batch` with the journal synced to disk: durable when `Ok`.
+    fn commit(batch: fjall::OwnedWriteBatch) -> Result<(), StoreError> {
+        batch.durability(Some(PersistMode::SyncAll)).commit().map_err(storage)
+    }
+}
+
+/// Stores a resident's facts, or deletes the row when nothing is left.
+fn put(batch: &mut fjall::OwnedWriteBatch, facts_ks: &Keyspace, resident: &str, facts: Option<&Facts>) {
+    match facts {
+        Some(facts) => batch.insert(facts_ks, resident, encode_facts(facts)),
+        None => batch.remove(facts_ks, resident),
+    }
+}
+
+/// `len(prefix) ‖ prefix`: every key of one site or subject starts so.
+fn group(prefix: &str) -> Vec<u8> {
+    let len = u16::try_from(prefix.len()).unwrap_or(u16::MAX);
+    let mut out = Vec::with_capacity(2 + prefix.len() + 8);
+    out.extend(len.to_be_bytes());
+    out.extend(&prefix.as_bytes()[..usize::from(len)]);
+    out
+}
+
+/// A time that sorts as bytes the way it sorts as a number.
+fn ordered(at: i64) -> [u8; 8] {
+    ((at as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn unordered(bytes: &[u8]) -> Option<i64> {
+    Some((u64::from_be_bytes(bytes.try_into().ok()?) ^ (1 << 63)) as i64)
+}
+
+/// `group(prefix) ‖ ordered(at) ‖ suffix`.
+fn index_key(prefix: &str, at: i64, suffix: &str) -> Vec<u8> {
+    let mut key = group(prefix);
+    key.extend(ordered(at));
+    key.extend(suffix.as_bytes());
+    key
+}
+
+/// The time and suffix of an [`index_key`].
+fn split_index_key(key: &[u8]) -> Option<(i64, &[u8])> {
+    let len = usize::from(u16::from_be_bytes(key.get(..2)?.try_into().ok()?));
+    let rest = key.get(2 + len..)?;
+    Some((unordered(rest.get(..8)?)?, &rest[8..]))
+}
+
+#[async_trait]
+impl StatusStore for LsmStore {
+    async fn merge(&self, updates: Arc<[FactsUpdate]>) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let count = updates.len();
+        let retention = self.retention;
+        self.blocking(move |inner| {
+            let now = UnixMicros::now();
+            let cutoff = now.saturating_sub(retention);
+            // A batch is not read back before it commits: join a resident's
+            // updates first, so each is read and written once.
+            let mut joined: HashMap<&str, Facts> = HashMap::with_capacity(updates.len());
+            for update in updates.iter() {
+                match joined.get_mut(update.resident.as_str()) {
+                    Some(facts) => facts.merge(&update.facts),
+                    None => drop(joined.insert(&update.resident, update.facts.clone())),
+                }
+            }
+            let _writer = inner.lock();
+            let mut batch = inner.db.batch();
+            for (resident, facts) in &joined {
+                for v in facts.visits.iter().filter(|v| v.scanned_at >= cutoff) {
+                    batch.insert(&inner.site_visits, index_key(&v.site_id, v.scanned_at.0, resident), []);
+                }
+                let stored = inner.read_facts(resident)?.unwrap_or_default();
+                // Facts past retention are gone even before the purge deletes them.
+                let merged = retained(&stored.merged(facts), retention, now);
+                put(&mut batch, &inner.facts, resident, merged.as_ref());
+            }
+            Inner::commit(batch)
+        })
+        .await?;
+        metrics::histogram!("healthcode_store_merge_seconds", "store" => "lsm").record(started.elapsed());
+        metrics::counter!("healthcode_store_merged_residents_total", "store" => "lsm").increment(count as u64);
+        Ok(())
+    }
+
+    async fn get(&self, resident: &str) -> Result<Option<Facts>, StoreError> {
+        let mut all = self.get_many(&[resident.to_owned()]).await?;
+        Ok(all.pop().flatten())
+    }
+
+    async fn get_many(&self, residents: &[String]) -> Result<Vec<Option<Facts>>, StoreError> {
+        let residents = residents.to_vec();
+        let retention = self.retention;
+        self.blocking(move |inner| {
+            let now = UnixMicros::now();
+            residents
+                .iter()
+                .map(|r| Ok(inner.read_facts(r)?.and_then(|facts| retained(&facts, retention, now))))
+                .collect()
+        })
+        .await
+    }
+
+    async fn scan(&self, cursor: Option<String>, limit: usize) -> Result<ScanPage, StoreError> {
+        let retention = self.retention;
+        self.blocking(move |inner| {
+            let now = UnixMicros::now();
+            let range = match &cursor {
+                Some(after) => inner
+                    .facts
+                    .range::<&[u8], _>((std::ops::Bound::Excluded(after.as_bytes()), std::ops::Bound::Unbounded)),
+                None => inner.facts.iter(),
+            };
+            let limit = limit.max(1);
+            let (mut page, mut read, mut last) = (ScanPage::default(), 0, None);
+            for entry in range.take(limit) {
+                let (key, value) = entry.into_inner().map_err(storage)?;
+                let resident = String::from_utf8(key.to_vec())
+                    .map_err(|e| StoreError::storage_from("a resident key is not UTF-8", e))?;
+                if let Some(facts) = retained(&decode_facts(&value)?, retention, now) {
+                    page.residents.push(FactsUpdate { resident: resident.clone(), facts });
+                }
+                (read, last) = (read + 1, Some(resident));
+            }
+            // A short page is the last one.
+            page.next = last.filter(|_| read == limit);
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn count_visitors(&self, site_id: &str, from: UnixMicros, until: UnixMicros) -> Result<u64, StoreError> {
+        let (site, retention) = (site_id.to_owned(), self.retention);
+        self.blocking(move |inner| {
+            let from = from.max(UnixMicros::now().saturating_sub(retention));
+            if from >= until {
+                return Ok(0);
+            }
+            let range = index_key(&site, from.0, "")..index_key(&site, until.0, "");
+            let mut residents = std::collections::HashSet::new();
+            for entry in inner.site_visits.range(range) {
+                let key = entry.key().map_err(storage)?;
+                if let Some((_, resident)) = split_index_key(&key) {
+                    residents.insert(resident.to_vec());
+                }
+            }
+            Ok(residents.len() as u64)
+        })
+        .await
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let (retention, audit_retention) = (self.retention, self.audit_retention);
+        let purged = self
+            .blocking(move |inner| {
+                let now = UnixMicros::now();
+                let _writer = inner.lock();
+                let mut batch = inner.db.batch();
+                let mut purged = 0;
+                for entry in inner.facts.iter() {
+                    let (key, value) = entry.into_inner().map_err(storage)?;
+                    // Undecodable rows are kept: deleting them would hide the fault.
+                    let Ok(stored) = decode_facts(&value) else { continue };
+                    let kept = retained(&stored, retention, now);
+                    if kept.as_ref() != Some(&stored) {
+                        match kept {
+                            Some(facts) => batch.insert(&inner.facts, key, encode_facts(&facts)),
+                            None => batch.remove(&inner.facts, key),
+                        }
+                        purged += 1;
+                    }
+                }
+                for (keyspace, keep) in [(&inner.site_visits, retention), (&inner.audit, audit_retention)] {
+                    let cutoff = now.saturating_sub(keep).0;
+                    for entry in keyspace.iter() {
+                        let key = entry.key().map_err(storage)?;
+                        if split_index_key(&key).is_some_and(|(at, _)| at < cutoff) {
+                            batch.remove(keyspace, key);
+                        }
+                    }
+                }
+                Inner::commit(batch)?;
+                Ok(purged)
+            })
+            .await?;
+        metrics::counter!("healthcode_store_expired_residents_total", "store" => "lsm").increment(purged);
+        Ok(purged)
+    }
+
+    async fn record_decisions(&self, entries: Arc<[AuditEntry]>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.blocking(move |inner| {
+            let mut batch = inner.db.batch();
+            for entry in entries.iter() {
+                let key = index_key(&entry.subject, entry.issued_at.0, &entry.entry_id());
+                batch.insert(&inner.audit, key, encode_entry(entry));
+            }
+            Inner::commit(batch)
+        })
+        .await
+    }
+
+    async fn decisions(
+        &self,
+        subject: &str,
+        after: Option<AuditCursor>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        let (subject, retention) = (subject.to_owned(), self.audit_retention);
+        self.blocking(move |inner| {
+            let cutoff = UnixMicros::now().saturating_sub(retention).0;
+            // No valid time reaches i64::MAX (timestamps end in year 9999).
+            let (end_at, end_id) = after.as_ref().map_or((i64::MAX, ""), |a| (a.issued_at.0, a.entry_id.as_str()));
+            let range = index_key(&subject, cutoff, "")..index_key(&subject, end_at, end_id);
+            let limit = limit.max(1);
+            let entries = inner
+                .audit
+                .range(range)
+                .rev()
+                .take(limit + 1)
+                .map(|row| decode_entry(&row.value().map_err(storage)?))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(AuditPage::from_one_past(entries, limit))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_keys_sort_as_their_times_and_split_back() {
+        let times = [i64::MIN, -5, -1, 0, 1, 7, 1 << 40, i64::MAX];
+        let keys: Vec<_> = times.iter().map(|&t| index_key("site-1", t, "r")).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys do not sort by time");
+        for (key, &t) in keys.iter().zip(&times) {
+            assert_eq!(split_index_key(key), Some((t, b"r".as_slice())));
+        }
+        // A site whose name extends another's is a group of its own.
+        let (short, long) = (index_key("s", i64::MAX, ""), index_key("s1", i64::MIN, ""));
+        assert!(!long.starts_with(&group("s")));
+        assert_ne!(short[..3], long[..3]);
+        assert_eq!(split_index_key(b"\x00"), None);
+    }
+}
