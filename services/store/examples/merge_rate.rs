@@ -1,44 +1,77 @@
-//! How fast the embedded store merges facts: batches of 2,000 residents (the
-//! materializer's default), fresh and already known.
+//! How fast an embedded store merges facts: batches of 20,000 updates (the
+//! materializer's default) for residents drawn at random from a city of
+//! `residents`, as pseudonyms are spread over the key space.
 //!
-//! cargo run --release -p healthcode-store --example merge_rate -- [batches]
+//! cargo run --release -p healthcode-store --example merge_rate -- [lsm|btree] [residents] [merges]
+//!
+//! Prints the rate every 10 s and at the end; the store is written under a
+//! temporary directory on the same disk as `$TMPDIR`.
 
 use std::time::Instant;
 
 use healthcode_core::{Facts, UnixMicros};
-use healthcode_store::{EmbeddedStore, FactsUpdate, StatusStore};
+use healthcode_store::{EmbeddedStore, FactsUpdate, LsmStore, StatusStore};
+
+const BATCH: u64 = 20_000;
+
+/// 32 hex characters spread over the key space, as the edge's pseudonyms
+/// are (splitmix64 of the resident's number).
+fn pseudonym(n: u64) -> String {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    format!("{:016x}{:016x}", mix(n), mix(!n))
+}
 
 #[tokio::main]
 async fn main() {
-    let batches: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
+    let mut args = std::env::args().skip(1);
+    let kind = args.next().unwrap_or_else(|| "lsm".into());
+    let residents: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let merges: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), healthcode_core::Limits::default().retention).unwrap();
+    let retention = healthcode_core::Limits::default().retention;
+    let cache = healthcode_store::embedded::DEFAULT_CACHE_BYTES;
+    let store: Box<dyn StatusStore> = match kind.as_str() {
+        "btree" => Box::new(EmbeddedStore::open_sized(dir.path(), retention, false, cache).unwrap()),
+        "lsm" => Box::new(LsmStore::open(dir.path(), retention, cache).unwrap()),
+        other => panic!("store {other:?}: lsm or btree"),
+    };
     // Recent times: facts past retention would be dropped, not merged.
     let base = UnixMicros::now().0 - 3_600_000_000;
-    let batch = |b: u64| -> Vec<FactsUpdate> {
-        (b * 2000..(b + 1) * 2000)
-            .map(|i| FactsUpdate {
-                resident: format!("r{i:09}"),
-                facts: Facts {
-                    latest_negatives: [Some(UnixMicros(base + i as i64)), None],
-                    latest_test: Some(UnixMicros(base + i as i64)),
-                    updated_at: Some(UnixMicros(base + i as i64)),
-                    ..Facts::default()
-                },
-            })
-            .collect()
+    // A fixed xorshift: the same residents every run, no dependency.
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
     };
-    for (label, offset) in [("new residents", 0), ("known residents", 0)] {
-        let started = Instant::now();
-        for b in 0..batches {
-            store.merge(batch(b + offset).into()).await.unwrap();
+    let (started, mut reported, mut done) = (Instant::now(), Instant::now(), 0);
+    while done < merges {
+        let batch: Vec<FactsUpdate> = (0..BATCH)
+            .map(|i| {
+                let at = Some(UnixMicros(base + (done + i) as i64));
+                FactsUpdate {
+                    resident: pseudonym(next() % residents),
+                    facts: Facts { latest_negatives: [at, None], latest_test: at, updated_at: at, ..Facts::default() },
+                }
+            })
+            .collect();
+        store.merge(batch.into()).await.unwrap();
+        done += BATCH;
+        if reported.elapsed().as_secs() >= 10 {
+            println!("{done} merges, {:.0}/s so far", done as f64 / started.elapsed().as_secs_f64());
+            reported = Instant::now();
         }
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "{label}: {} merges in {secs:.2} s = {:.0} residents/s, {:.1} ms per batch of 2000",
-            batches * 2000,
-            (batches * 2000) as f64 / secs,
-            secs * 1000.0 / batches as f64
-        );
     }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{kind}: {done} merges over {residents} residents in {secs:.1} s = {:.0} merges/s ({:.1} ms per batch of {BATCH})",
+        done as f64 / secs,
+        secs * 1000.0 / (done / BATCH) as f64
+    );
 }

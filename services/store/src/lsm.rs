@@ -39,6 +39,9 @@ fn storage(e: fjall::Error) -> StoreError {
 /// presence says which embedded store a data directory has.
 pub const LSM_DIR: &str = "lsm";
 
+/// The journal's bound: writes not yet in tables, in memory and on disk.
+const JOURNAL_BYTES: u64 = 128 << 20;
+
 #[derive(Clone)]
 pub struct LsmStore {
     inner: Arc<Inner>,
@@ -64,9 +67,20 @@ impl LsmStore {
         let path = dir.join(LSM_DIR);
         std::fs::create_dir_all(&path)
             .map_err(|e| StoreError::storage_from(format!("creating {}", path.display()), e))?;
-        let db = Database::builder(&path).cache_size(cache_bytes as u64).open().map_err(storage)?;
-        let keyspace = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(storage);
-        let (facts, site_visits, audit) = (keyspace("facts")?, keyspace("site_visits")?, keyspace("audit")?);
+        // What is not yet flushed to tables is in memtables and in the
+        // journal, so the journal's bound is also the bound on memtables
+        // waiting for a flush (fjall's default, 512 MiB, let them take a
+        // third of the process through a city round).
+        let db = Database::builder(&path)
+            .cache_size(cache_bytes as u64)
+            .max_journaling_size(JOURNAL_BYTES)
+            .open()
+            .map_err(storage)?;
+        let keyspace = |name: &str, memtable: u64| {
+            db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable)).map_err(storage)
+        };
+        let (facts, site_visits, audit) =
+            (keyspace("facts", 32 << 20)?, keyspace("site_visits", 16 << 20)?, keyspace("audit", 8 << 20)?);
         let inner = Inner { db, facts, site_visits, audit, writer: Mutex::new(()) };
         Ok(LsmStore { inner: Arc::new(inner), retention, audit_retention: DEFAULT_AUDIT_RETENTION })
     }
