@@ -1,4 +1,6 @@
-//! The one-machine store: facts in a redb file under the data directory.
+//! The B-tree store: facts in a redb file under the data directory, which
+//! several processes of one machine may open (separate roles); `up` keeps
+//! its facts in [`crate::LsmStore`] instead (decision 14).
 //!
 //! A merge is one write transaction (read, join, write back), committed with
 //! an fsync before it returns. Facts are kept as a version byte followed by a
@@ -45,8 +47,9 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir/store.redb` for this process alone
-    /// (`healthcode up`): redb keeps its page cache across transactions.
+    /// Opens (or creates) the store in `dir/store.redb` for this process
+    /// alone (`up` on a data directory that has this store): redb keeps its
+    /// page cache across transactions.
     pub fn open(dir: &Path, retention: Duration) -> Result<EmbeddedStore, StoreError> {
         Self::open_with(dir, retention, ConcurrencyMode::ExclusiveWriter, DEFAULT_CACHE_BYTES)
     }
