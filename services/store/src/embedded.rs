@@ -18,7 +18,8 @@ use healthcode_core::{AuditCursor, AuditEntry, AuditPage, Facts, UnixMicros};
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::{
-    DEFAULT_AUDIT_RETENTION, FactsUpdate, ScanPage, StatusStore, StoreError, decode_entry, encode_entry, retained,
+    DEFAULT_AUDIT_RETENTION, FactsUpdate, ScanPage, StatusStore, StoreError, decode_entry, encode_entry,
+    on_blocking_pool, purged_row, retained, scan_page,
 };
 
 const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
@@ -105,10 +106,7 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| StoreError::storage_from("a blocking task of the store failed", e))?
+        on_blocking_pool(&self.db, f).await
     }
 }
 
@@ -226,7 +224,6 @@ impl StatusStore for EmbeddedStore {
     async fn scan(&self, cursor: Option<String>, limit: usize) -> Result<ScanPage, StoreError> {
         let retention = self.retention;
         self.blocking(move |db| {
-            let now = UnixMicros::now();
             let txn = db.begin_read().map_err(storage)?;
             let table = txn.open_table(FACTS).map_err(storage)?;
             let range = match &cursor {
@@ -236,19 +233,11 @@ impl StatusStore for EmbeddedStore {
                 None => table.range::<&str>(..),
             }
             .map_err(storage)?;
-            let limit = limit.max(1);
-            let (mut page, mut read, mut last) = (ScanPage::default(), 0, None);
-            for entry in range.take(limit) {
+            let rows = range.map(|entry| {
                 let (key, value) = entry.map_err(storage)?;
-                let resident = key.value().to_owned();
-                if let Some(facts) = retained(&decode_facts(value.value())?, retention, now) {
-                    page.residents.push(FactsUpdate { resident: resident.clone(), facts });
-                }
-                (read, last) = (read + 1, Some(resident));
-            }
-            // A short page is the last one.
-            page.next = last.filter(|_| read == limit);
-            Ok(page)
+                Ok((key.value().to_owned(), decode_facts(value.value())?))
+            });
+            scan_page(rows, limit, retention, UnixMicros::now())
         })
         .await
     }
@@ -281,13 +270,10 @@ impl StatusStore for EmbeddedStore {
                 let purged = {
                     let mut table = txn.open_table(FACTS).map_err(storage)?;
                     // Residents whose facts shrink: None when nothing is left.
-                    // Undecodable rows are kept: deleting them would hide the fault.
                     let mut changed: Vec<(String, Option<Facts>)> = Vec::new();
                     for entry in table.iter().map_err(storage)? {
                         let (key, value) = entry.map_err(storage)?;
-                        let Ok(stored) = decode_facts(value.value()) else { continue };
-                        let kept = retained(&stored, retention, now);
-                        if kept.as_ref() != Some(&stored) {
+                        if let Some(kept) = purged_row(value.value(), retention, now) {
                             changed.push((key.value().to_owned(), kept));
                         }
                     }

@@ -179,3 +179,50 @@ pub struct ScanPage {
 pub fn retained(facts: &Facts, retention: Duration, now: UnixMicros) -> Option<Facts> {
     Some(facts.retained(now.saturating_sub(retention))).filter(|f| !f.is_empty())
 }
+
+/// Runs a store's blocking work on tokio's blocking pool, with a shared
+/// handle to what it reads and writes (the embedded stores).
+pub(crate) async fn on_blocking_pool<H, T>(
+    handle: &Arc<H>,
+    f: impl FnOnce(&H) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError>
+where
+    H: Send + Sync + 'static,
+    T: Send + 'static,
+{
+    let handle = handle.clone();
+    tokio::task::spawn_blocking(move || f(&handle))
+        .await
+        .map_err(|e| StoreError::storage_from("a blocking task of the store failed", e))?
+}
+
+/// A [`StatusStore::scan`] page from `rows` (resident and stored facts) in key
+/// order: at most `limit` rows read, what retention keeps of each, and the
+/// next page's start only after a full page (a short page is the last one).
+pub(crate) fn scan_page(
+    rows: impl Iterator<Item = Result<(String, Facts), StoreError>>,
+    limit: usize,
+    retention: Duration,
+    now: UnixMicros,
+) -> Result<ScanPage, StoreError> {
+    let limit = limit.max(1);
+    let (mut page, mut read, mut last) = (ScanPage::default(), 0, None);
+    for row in rows.take(limit) {
+        let (resident, stored) = row?;
+        if let Some(facts) = retained(&stored, retention, now) {
+            page.residents.push(FactsUpdate { resident: resident.clone(), facts });
+        }
+        (read, last) = (read + 1, Some(resident));
+    }
+    page.next = last.filter(|_| read == limit);
+    Ok(page)
+}
+
+/// What the purge does with a stored facts row: `None` leaves it as it is,
+/// `Some(None)` deletes it, `Some(Some(facts))` rewrites it. Undecodable rows
+/// are left: deleting them would hide the fault.
+pub(crate) fn purged_row(bytes: &[u8], retention: Duration, now: UnixMicros) -> Option<Option<Facts>> {
+    let stored = embedded::decode_facts(bytes).ok()?;
+    let kept = retained(&stored, retention, now);
+    (kept.as_ref() != Some(&stored)).then_some(kept)
+}

@@ -28,7 +28,8 @@ use healthcode_core::{AuditCursor, AuditEntry, AuditPage, Facts, UnixMicros};
 
 use crate::embedded::{decode_facts, encode_facts};
 use crate::{
-    DEFAULT_AUDIT_RETENTION, FactsUpdate, ScanPage, StatusStore, StoreError, decode_entry, encode_entry, retained,
+    DEFAULT_AUDIT_RETENTION, FactsUpdate, ScanPage, StatusStore, StoreError, decode_entry, encode_entry,
+    on_blocking_pool, purged_row, retained, scan_page,
 };
 
 fn storage(e: fjall::Error) -> StoreError {
@@ -96,10 +97,7 @@ impl LsmStore {
         &self,
         f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| StoreError::storage_from("a blocking task of the store failed", e))?
+        on_blocking_pool(&self.inner, f).await
     }
 }
 
@@ -221,27 +219,19 @@ impl StatusStore for LsmStore {
     async fn scan(&self, cursor: Option<String>, limit: usize) -> Result<ScanPage, StoreError> {
         let retention = self.retention;
         self.blocking(move |inner| {
-            let now = UnixMicros::now();
             let range = match &cursor {
                 Some(after) => inner
                     .facts
                     .range::<&[u8], _>((std::ops::Bound::Excluded(after.as_bytes()), std::ops::Bound::Unbounded)),
                 None => inner.facts.iter(),
             };
-            let limit = limit.max(1);
-            let (mut page, mut read, mut last) = (ScanPage::default(), 0, None);
-            for entry in range.take(limit) {
+            let rows = range.map(|entry| {
                 let (key, value) = entry.into_inner().map_err(storage)?;
                 let resident = String::from_utf8(key.to_vec())
                     .map_err(|e| StoreError::storage_from("a resident key is not UTF-8", e))?;
-                if let Some(facts) = retained(&decode_facts(&value)?, retention, now) {
-                    page.residents.push(FactsUpdate { resident: resident.clone(), facts });
-                }
-                (read, last) = (read + 1, Some(resident));
-            }
-            // A short page is the last one.
-            page.next = last.filter(|_| read == limit);
-            Ok(page)
+                Ok((resident, decode_facts(&value)?))
+            });
+            scan_page(rows, limit, retention, UnixMicros::now())
         })
         .await
     }
@@ -276,10 +266,7 @@ impl StatusStore for LsmStore {
                 let mut purged = 0;
                 for entry in inner.facts.iter() {
                     let (key, value) = entry.into_inner().map_err(storage)?;
-                    // Undecodable rows are kept: deleting them would hide the fault.
-                    let Ok(stored) = decode_facts(&value) else { continue };
-                    let kept = retained(&stored, retention, now);
-                    if kept.as_ref() != Some(&stored) {
+                    if let Some(kept) = purged_row(&value, retention, now) {
                         match kept {
                             Some(facts) => batch.insert(&inner.facts, key, encode_facts(&facts)),
                             None => batch.remove(&inner.facts, key),
