@@ -3,7 +3,8 @@
 # `healthcode up` on the embedded log and store, wait until the materializer
 # has caught up, verify every resident. Prints the wall times and the peak
 # memory (VmHWM) of the server. Settings via the environment:
-#   RESIDENTS (13000000), COMPRESSION (100), LOOKUPS per resident (0.1), WORK dir;
+#   RESIDENTS (13000000), COMPRESSION (100), LOOKUPS per resident (0.1), WORK dir,
+#   VERIFY_CONCURRENCY (4: BatchGetStatus calls of 500 residents in flight);
 #   DAYS (3) and TESTS_PER_DAY (2) shape the round (DAYS=1 TESTS_PER_DAY=1
 #   is the one-day round of the benchmarks in docs/benchmarks.md);
 #   DIFF=1 then times a policy diff over every resident (ops, on the live
@@ -23,6 +24,7 @@ LOOKUPS=${LOOKUPS:-0.1}
 DAYS=${DAYS:-3}
 TESTS_PER_DAY=${TESTS_PER_DAY:-2}
 WORK=${WORK:-/tmp/healthcode-city-round}
+VERIFY_CONCURRENCY=${VERIFY_CONCURRENCY:-4}
 B=target/release
 GRPC=127.0.0.1:50951
 ADMIN=127.0.0.1:9951
@@ -61,7 +63,7 @@ while [ "$(metric healthcode_materializer_lag_records)" != "0" ]; do sleep 1; do
 materialized=$(date +%s.%N)
 peak=$(grep VmHWM "/proc/$UP/status" | awk '{print $2}')
 echo "== verify"
-"$B/healthcode-loadtest" verify --dir "$WORK/round" --target "http://$GRPC" --concurrency 4
+"$B/healthcode-loadtest" verify --dir "$WORK/round" --target "http://$GRPC" --concurrency "$VERIFY_CONCURRENCY"
 verified=$(date +%s.%N)
 python3 - "$start" "$replayed" "$materialized" "$verified" "$peak" <<'PY'
 import sys
@@ -85,6 +87,6 @@ if [ "${REBUILD:-0}" = 1 ]; then
     UP=$!
     until python3 -c "import urllib.request; urllib.request.urlopen('http://$ADMIN/ready', timeout=1)" 2>/dev/null; do sleep 0.2; done
     echo "== verify after the rebuild"
-    "$B/healthcode-loadtest" verify --dir "$WORK/round" --target "http://$GRPC" --concurrency 4
+    "$B/healthcode-loadtest" verify --dir "$WORK/round" --target "http://$GRPC" --concurrency "$VERIFY_CONCURRENCY"
     kill -TERM $UP && wait $UP
 fi
