@@ -70,7 +70,47 @@ impl Default for EdgeConfig {
     }
 }
 
+/// The ingest counters, registered once: a labelled metric looked up by
+/// name for every event costs a hash of its labels and a registry read.
+struct Meters {
+    /// `healthcode_ingest_events_total` by kind ([`kind_index`]), accepted.
+    accepted: [metrics::Counter; 4],
+    /// The same, duplicate.
+    duplicate: [metrics::Counter; 4],
+    /// Refused by validation; their kind is not known for sure.
+    rejected: metrics::Counter,
+}
+
+const KINDS: [&str; 4] = ["scan", "test_result", "override", "site_risk"];
+
+fn kind_index(event: &Event) -> usize {
+    match event.body {
+        EventBody::Scan { .. } => 0,
+        EventBody::TestResult { .. } => 1,
+        EventBody::Override { .. } => 2,
+        EventBody::SiteRisk { .. } => 3,
+    }
+}
+
+impl Meters {
+    fn new() -> Meters {
+        let events = |outcome: &'static str| {
+            KINDS.map(|kind| metrics::counter!("healthcode_ingest_events_total", "kind" => kind, "outcome" => outcome))
+        };
+        Meters {
+            accepted: events("accepted"),
+            duplicate: events("duplicate"),
+            rejected: metrics::counter!("healthcode_ingest_events_total", "kind" => "unknown", "outcome" => "rejected"),
+        }
+    }
+
+    fn duplicate(&self, event: &Event) {
+        self.duplicate[kind_index(event)].increment(1);
+    }
+}
+
 pub struct EdgeService {
+    meters: Meters,
     log: Arc<dyn EventLog>,
     validator: Validator,
     recent: RecentIds,
@@ -95,6 +135,7 @@ impl EdgeService {
         let recent = RecentIds::new(config.dedup_capacity, config.dedup_ttl);
         let lane = Lane::new("ingest", config.lane.clone());
         EdgeService {
+            meters: Meters::new(),
             log,
             validator,
             recent,
@@ -147,8 +188,9 @@ impl EdgeService {
         event
     }
 
-    /// Appends validated events in one durable append and remembers their ids.
-    async fn append(&self, events: Vec<Event>, caller: &Principal) -> Result<(), ServiceError> {
+    /// Appends validated events in one durable append, then remembers their
+    /// `keys` (each event's [`EventKey`], taken once by the caller).
+    async fn append(&self, events: Vec<Event>, keys: Vec<EventKey>, caller: &Principal) -> Result<(), ServiceError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -164,10 +206,11 @@ impl EdgeService {
         if let Some(activity) = &self.activity {
             activity.record(&caller.name, caller.role.as_str(), events.len() as u64);
         }
+        for key in keys {
+            self.recent.insert(key);
+        }
         for event in &events {
-            self.recent.insert(EventKey::of(event));
-            metrics::counter!("healthcode_ingest_events_total", "kind" => event.kind_label(), "outcome" => "accepted")
-                .increment(1);
+            self.meters.accepted[kind_index(event)].increment(1);
             audit(event, caller);
         }
         Ok(())
@@ -212,13 +255,14 @@ impl EdgeService {
         let event = self
             .validator
             .validate_single(wire, EventPath::single("event"), UnixMicros::now())
-            .inspect_err(|_| count_rejected())?;
+            .inspect_err(|_| self.meters.rejected.increment(1))?;
         let event_id = event.event_id.clone();
-        if self.recent.contains(&EventKey::of(&event)) {
-            duplicate(&event);
+        let key = EventKey::of(&event);
+        if self.recent.contains(&key) {
+            self.meters.duplicate(&event);
             return Ok(pb::SubmitReply { event_id, outcome: pb::Outcome::Duplicate as i32 });
         }
-        self.append(vec![self.pseudonymized(event)], caller).await?;
+        self.append(vec![self.pseudonymized(event)], vec![key], caller).await?;
         Ok(pb::SubmitReply { event_id, outcome: pb::Outcome::Accepted as i32 })
     }
 
@@ -246,7 +290,7 @@ impl EdgeService {
             let wire_id = event_id(&wire).to_owned();
             match self.validator.validate(wire, EventPath::indexed("events", i), now) {
                 Err(e) => {
-                    count_rejected();
+                    self.meters.rejected.increment(1);
                     results.push(pb::EventResult {
                         event_id: wire_id,
                         outcome: pb::Outcome::Rejected as i32,
@@ -261,14 +305,14 @@ impl EdgeService {
                     if fresh {
                         to_append.push(self.pseudonymized(event));
                     } else {
-                        duplicate(&event);
+                        self.meters.duplicate(&event);
                     }
                 }
             }
         }
         // All or nothing for the valid events: on failure the station retries
         // the batch, and ids already accepted come back DUPLICATE.
-        self.append(to_append, caller).await?;
+        self.append(to_append, in_this_batch.into_iter().collect(), caller).await?;
         Ok(pb::SubmitBatchReply { results })
     }
 }
@@ -380,16 +424,6 @@ fn audit(event: &Event, caller: &Principal) {
             "override accepted"
         );
     }
-}
-
-fn duplicate(event: &Event) {
-    metrics::counter!("healthcode_ingest_events_total", "kind" => event.kind_label(), "outcome" => "duplicate")
-        .increment(1);
-}
-
-/// Events refused by validation; their kind is not known for sure.
-fn count_rejected() {
-    metrics::counter!("healthcode_ingest_events_total", "kind" => "unknown", "outcome" => "rejected").increment(1);
 }
 
 #[tonic::async_trait]
