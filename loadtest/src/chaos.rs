@@ -494,9 +494,15 @@ impl Probe {
         let channel = Endpoint::from_shared(d.lookup_url.clone())?.connect().await?;
         let mut lookup = LookupClient::with_interceptor(channel, bearer);
         let sample: Vec<String> = (0..100).map(resident_id).collect();
-        lookup
-            .batch_get_status(pb::BatchGetStatusRequest { resident_id: sample.clone(), ..Default::default() })
-            .await?;
+        // Retried as a station would: under the replay's load, a first read
+        // of 100 uncached residents may miss its budget (UNAVAILABLE) before
+        // any fault is injected.
+        let request = pb::BatchGetStatusRequest { resident_id: sample.clone(), ..Default::default() };
+        crate::replay::as_station(crate::verify::VERIFY_ATTEMPTS, || {
+            let (mut lookup, request) = (lookup.clone(), request.clone());
+            async move { lookup.batch_get_status(request).await }
+        })
+        .await?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut seen = FaultLookups::default();

@@ -120,7 +120,7 @@ fn at_read_time(
 
 /// Attempts per read, as a station retries (backoff up to 2 s): a store
 /// still folding in the round's last burst may time reads out for a while.
-const VERIFY_ATTEMPTS: usize = 15;
+pub const VERIFY_ATTEMPTS: usize = 15;
 
 /// A lookup client with the verifying gate's credential.
 pub type StatusReader = LookupClient<tonic::service::interceptor::InterceptedService<Channel, healthcode_auth::Bearer>>;
