@@ -62,14 +62,15 @@ echo "== wait for the materializer"
 while [ "$(metric healthcode_materializer_lag_records)" != "0" ]; do sleep 1; done
 materialized=$(date +%s.%N)
 peak=$(grep VmHWM "/proc/$UP/status" | awk '{print $2}')
+cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f", ($14 + $15) / hz}' "/proc/$UP/stat")
 echo "== verify"
 "$B/healthcode-loadtest" verify --dir "$WORK/round" --target "http://$GRPC" --concurrency "$VERIFY_CONCURRENCY"
 verified=$(date +%s.%N)
-python3 - "$start" "$replayed" "$materialized" "$verified" "$peak" <<'PY'
+python3 - "$start" "$replayed" "$materialized" "$verified" "$peak" "$cpu" <<'PY'
 import sys
-s, r, m, v, peak = map(float, sys.argv[1:])
+s, r, m, v, peak, cpu = map(float, sys.argv[1:])
 print(f"replay {r - s:.0f} s; materializer caught up {m - r:.0f} s later (ingest + materialise {m - s:.0f} s); verify {v - m:.0f} s")
-print(f"healthcode up peak memory (VmHWM): {peak / 1024:.0f} MiB")
+print(f"healthcode up peak memory (VmHWM): {peak / 1024:.0f} MiB; CPU until caught up: {cpu:.0f} s")
 PY
 du -sh "$WORK/data/log" "$WORK/data/store"
 if [ "${DIFF:-0}" = 1 ]; then

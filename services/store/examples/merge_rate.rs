@@ -2,12 +2,16 @@
 //! materializer's default) for residents drawn at random from a city of
 //! `residents`, as pseudonyms are spread over the key space.
 //!
-//! cargo run --release -p healthcode-store --example merge_rate -- [lsm|btree] [residents] [merges]
+//! cargo run --release -p healthcode-store --example merge_rate -- [lsm|btree] [residents] [merges] [reads]
 //!
 //! Prints the rate every 10 s and at the end; the store is written under a
-//! temporary directory on the same disk as `$TMPDIR`.
+//! temporary directory on the same disk as `$TMPDIR`. With `reads`, then
+//! reads that many random residents back in batches of 500 on 8 tasks at a
+//! time, as a verify's BatchGetStatus calls read them.
 
 use std::time::Instant;
+
+use futures_util::StreamExt;
 
 use healthcode_core::{Facts, UnixMicros};
 use healthcode_store::{EmbeddedStore, FactsUpdate, LsmStore, StatusStore};
@@ -32,12 +36,13 @@ async fn main() {
     let kind = args.next().unwrap_or_else(|| "lsm".into());
     let residents: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
     let merges: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5_000_000);
+    let reads: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
     let dir = tempfile::tempdir().unwrap();
     let retention = healthcode_core::Limits::default().retention;
     let cache = healthcode_store::embedded::DEFAULT_CACHE_BYTES;
-    let store: Box<dyn StatusStore> = match kind.as_str() {
-        "btree" => Box::new(EmbeddedStore::open_sized(dir.path(), retention, false, cache).unwrap()),
-        "lsm" => Box::new(LsmStore::open(dir.path(), retention, cache).unwrap()),
+    let store: std::sync::Arc<dyn StatusStore> = match kind.as_str() {
+        "btree" => std::sync::Arc::new(EmbeddedStore::open_sized(dir.path(), retention, false, cache).unwrap()),
+        "lsm" => std::sync::Arc::new(LsmStore::open(dir.path(), retention, cache).unwrap()),
         other => panic!("store {other:?}: lsm or btree"),
     };
     // Recent times: facts past retention would be dropped, not merged.
@@ -74,4 +79,21 @@ async fn main() {
         done as f64 / secs,
         secs * 1000.0 / (done / BATCH) as f64
     );
+    if reads == 0 {
+        return;
+    }
+    let started = Instant::now();
+    let batches: Vec<Vec<String>> =
+        (0..reads.div_ceil(500)).map(|_| (0..500).map(|_| pseudonym(next() % residents)).collect()).collect();
+    let found = futures_util::stream::iter(batches)
+        .map(|batch| {
+            let store = store.clone();
+            async move { tokio::spawn(async move { store.get_many(&batch).await.unwrap() }).await.unwrap() }
+        })
+        .buffer_unordered(8)
+        .map(|read| read.iter().filter(|f| f.is_some()).count())
+        .fold(0, |all, n| async move { all + n })
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    println!("{kind}: {reads} random reads in {secs:.1} s = {:.0} reads/s ({found} found)", reads as f64 / secs);
 }
