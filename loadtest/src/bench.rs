@@ -248,6 +248,8 @@ pub struct BenchOptions {
     pub target: String,
     pub concurrency: usize,
     pub duration: Duration,
+    /// Unmeasured lookups before each server's lookup run.
+    pub warmup: Duration,
     pub residents: u64,
     pub batch: usize,
     /// The station the target admits: its id and bearer token.
@@ -276,7 +278,12 @@ pub async fn bench(options: &BenchOptions) -> anyhow::Result<Vec<Measured>> {
             let (c, d) = (options.concurrency, options.duration);
             let mut ingest_beside = None;
             let (requests, errors, latency) = match workload {
-                "lookup" => drive(c, d, w.lookups()).await,
+                "lookup" => {
+                    if !options.warmup.is_zero() {
+                        drive(c, options.warmup, w.lookups()).await;
+                    }
+                    drive(c, d, w.lookups()).await
+                }
                 "ingest-unary" => drive(c, d, w.unary_scans()).await,
                 "ingest-batch" => drive(c, d, w.batches()).await,
                 _ => {

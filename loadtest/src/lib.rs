@@ -243,6 +243,11 @@ pub struct BenchArgs {
     pub concurrency: usize,
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Lookups sent to each server before its lookup run is measured, for
+    /// this long: the target's cache and status tokens then hold what a
+    /// server that has been answering for a while holds (0s: none).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
     /// Residents to pick lookup ids from (r000000000 ..).
     #[arg(long, default_value_t = 20_000)]
     pub residents: u64,
@@ -499,6 +504,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         target: args.target,
         concurrency: args.concurrency,
         duration: args.duration,
+        warmup: args.warmup,
         residents: args.residents,
         batch: args.batch,
         token: match args.token {
@@ -509,9 +515,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let results = bench::bench(&options).await?;
     println!(
-        "concurrency {}, {} s per run, batch {} events",
+        "concurrency {}, {} s per run (lookups after {} s of warm-up), batch {} events",
         options.concurrency,
         options.duration.as_secs_f64(),
+        options.warmup.as_secs_f64(),
         options.batch
     );
     println!(

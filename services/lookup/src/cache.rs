@@ -32,13 +32,17 @@ pub struct Known {
     /// The one refresh of these facts from the store that concurrent
     /// lookups share once they are no longer fresh.
     refreshed: tokio::sync::OnceCell<Arc<Known>>,
+    /// For the city's site-risk registry: the active risks these facts
+    /// hold, derived once per cached value (every lookup needs them, and a
+    /// lock around them made lookups wait on each other).
+    pub site_risks: std::sync::OnceLock<Arc<healthcode_core::SiteRisks>>,
 }
 
 impl Known {
     fn new(facts: Option<Facts>, read_at: Instant) -> Arc<Known> {
         let bytes = facts_bytes(facts.as_ref());
-        let (token, refreshed) = (TokenSlot::default(), tokio::sync::OnceCell::new());
-        Arc::new(Known { facts, read_at, stored_at: Instant::now(), bytes, token, refreshed })
+        let (token, refreshed, site_risks) = (TokenSlot::default(), tokio::sync::OnceCell::new(), Default::default());
+        Arc::new(Known { facts, read_at, stored_at: Instant::now(), bytes, token, refreshed, site_risks })
     }
 }
 

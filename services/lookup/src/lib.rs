@@ -130,9 +130,6 @@ pub struct LookupService {
     lane: Lane,
     tokens: Option<TokenReuse>,
     priority: Option<Arc<LookupsFirst>>,
-    /// The active site risks of the registry entry last read: rebuilt only
-    /// when the cache holds a newer entry.
-    risks: std::sync::Mutex<Option<(Arc<Known>, Arc<SiteRisks>)>>,
 }
 
 /// The site risks an answer was judged against, and whether they are known
@@ -168,7 +165,6 @@ impl LookupService {
             lane,
             tokens: None,
             priority: None,
-            risks: std::sync::Mutex::new(None),
         }
     }
 
@@ -233,17 +229,12 @@ impl LookupService {
             }
         };
         let stale = read.stale();
-        let known = read.known();
-        let mut held = self.risks.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((seen, risks)) = held.as_ref()
-            && Arc::ptr_eq(seen, known)
-        {
-            return RisksRead { risks: risks.clone(), stale };
-        }
-        let risks = Arc::new(known.facts.as_ref().map(SiteRisks::from_facts).unwrap_or_default());
-        metrics::gauge!("healthcode_site_risks_active").set(risks.len() as f64);
-        *held = Some((known.clone(), risks.clone()));
-        RisksRead { risks, stale }
+        let risks = read.known().site_risks.get_or_init(|| {
+            let risks = read.known().facts.as_ref().map(SiteRisks::from_facts).unwrap_or_default();
+            metrics::gauge!("healthcode_site_risks_active").set(risks.len() as f64);
+            Arc::new(risks)
+        });
+        RisksRead { risks: risks.clone(), stale }
     }
 
     /// The answer for one resident; signed unless `sign` is false.
