@@ -24,7 +24,7 @@ use healthcode_rpc::{Lane, LaneConfig, LookupsFirst, ServiceError};
 use healthcode_status_token::Signer;
 use healthcode_store::StatusStore;
 
-use crate::cache::{FactsCache, Known, Read, ReadError};
+use crate::cache::{FactsCache, Read, ReadError};
 use crate::tokens::TokenReuse;
 
 use tonic::{Request, Response};
