@@ -26,7 +26,7 @@ pub struct Known {
     read_at: Instant,
     /// When this value went into the cache: it lives `stale_for` from then.
     stored_at: Instant,
-    /// What the entry weighs besides its key (see [`entry_bytes`]).
+    /// What the entry weighs besides its key (see [`facts_bytes`]).
     bytes: usize,
     pub token: TokenSlot,
     /// The one refresh of these facts from the store that concurrent
