@@ -497,12 +497,7 @@ impl Probe {
         // Retried as a station would: under the replay's load, a first read
         // of 100 uncached residents may miss its budget (UNAVAILABLE) before
         // any fault is injected.
-        let request = pb::BatchGetStatusRequest { resident_id: sample.clone(), ..Default::default() };
-        crate::replay::as_station(crate::verify::VERIFY_ATTEMPTS, || {
-            let (mut lookup, request) = (lookup.clone(), request.clone());
-            async move { lookup.batch_get_status(request).await }
-        })
-        .await?;
+        crate::verify::read_statuses(&lookup, sample.clone(), crate::verify::VERIFY_ATTEMPTS, 0).await?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut seen = FaultLookups::default();

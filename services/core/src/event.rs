@@ -91,13 +91,22 @@ impl Event {
         }
     }
 
+    /// The event's kind as an index into [`Event::KIND_LABELS`] (for
+    /// per-kind metrics registered once).
+    pub fn kind_index(&self) -> usize {
+        match self.body {
+            EventBody::Scan { .. } => 0,
+            EventBody::TestResult { .. } => 1,
+            EventBody::Override { .. } => 2,
+            EventBody::SiteRisk { .. } => 3,
+        }
+    }
+
+    /// Short, bounded names of the kinds for metrics labels, by [`Event::kind_index`].
+    pub const KIND_LABELS: [&'static str; 4] = ["scan", "test_result", "override", "site_risk"];
+
     /// A short, bounded name for metrics labels.
     pub fn kind_label(&self) -> &'static str {
-        match self.body {
-            EventBody::Scan { .. } => "scan",
-            EventBody::TestResult { .. } => "test_result",
-            EventBody::Override { .. } => "override",
-            EventBody::SiteRisk { .. } => "site_risk",
-        }
+        Self::KIND_LABELS[self.kind_index()]
     }
 }

@@ -73,7 +73,7 @@ impl Default for EdgeConfig {
 /// The ingest counters, registered once: a labelled metric looked up by
 /// name for every event costs a hash of its labels and a registry read.
 struct Meters {
-    /// `healthcode_ingest_events_total` by kind ([`kind_index`]), accepted.
+    /// `healthcode_ingest_events_total` by kind ([`Event::kind_index`]), accepted.
     accepted: [metrics::Counter; 4],
     /// The same, duplicate.
     duplicate: [metrics::Counter; 4],
@@ -81,21 +81,11 @@ struct Meters {
     rejected: metrics::Counter,
 }
 
-const KINDS: [&str; 4] = ["scan", "test_result", "override", "site_risk"];
-
-fn kind_index(event: &Event) -> usize {
-    match event.body {
-        EventBody::Scan { .. } => 0,
-        EventBody::TestResult { .. } => 1,
-        EventBody::Override { .. } => 2,
-        EventBody::SiteRisk { .. } => 3,
-    }
-}
-
 impl Meters {
     fn new() -> Meters {
         let events = |outcome: &'static str| {
-            KINDS.map(|kind| metrics::counter!("healthcode_ingest_events_total", "kind" => kind, "outcome" => outcome))
+            Event::KIND_LABELS
+                .map(|kind| metrics::counter!("healthcode_ingest_events_total", "kind" => kind, "outcome" => outcome))
         };
         Meters {
             accepted: events("accepted"),
@@ -105,7 +95,7 @@ impl Meters {
     }
 
     fn duplicate(&self, event: &Event) {
-        self.duplicate[kind_index(event)].increment(1);
+        self.duplicate[event.kind_index()].increment(1);
     }
 }
 
@@ -210,7 +200,7 @@ impl EdgeService {
             self.recent.insert(key);
         }
         for event in &events {
-            self.meters.accepted[kind_index(event)].increment(1);
+            self.meters.accepted[event.kind_index()].increment(1);
             audit(event, caller);
         }
         Ok(())

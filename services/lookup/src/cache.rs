@@ -160,20 +160,27 @@ impl FactsCache {
         }
     }
 
+    /// Reads `key` from the store: what to cache (see `cached_read`) and
+    /// what to answer.
+    async fn read_store(&self, key: &str, store: &dyn StatusStore) -> Result<(Arc<Known>, Arc<Known>), StoreError> {
+        let merges_before = self.merges.load(Ordering::SeqCst);
+        let cached = self.cached_read(store.get(key).await?, merges_before);
+        Ok((cached.clone(), self.answer(cached)))
+    }
+
     /// Reads `key` from the store and caches it; the answer is the fresh
     /// read even when the cache keeps it as not fresh.
     async fn load(&self, key: &str, store: &dyn StatusStore) -> Result<Arc<Known>, StoreError> {
-        let merges_before = self.merges.load(Ordering::SeqCst);
-        let facts = store.get(key).await?;
-        let cached = self.cached_read(facts.clone(), merges_before);
-        self.entries.insert(key.to_owned(), cached.clone());
-        Ok(self.answer(cached, facts))
+        let (cached, answer) = self.read_store(key, store).await?;
+        self.entries.insert(key.to_owned(), cached);
+        Ok(answer)
     }
 
     /// The answer of a read of the store that left `cached`: the cached
-    /// value itself (its token slot shared) unless kept as not fresh.
-    fn answer(&self, cached: Arc<Known>, facts: Option<Facts>) -> Arc<Known> {
-        if self.fresh(&cached) { cached } else { Known::new(facts, Instant::now()) }
+    /// value itself (its token slot shared) unless kept as not fresh, then
+    /// the same facts as read now.
+    fn answer(&self, cached: Arc<Known>) -> Arc<Known> {
+        if self.fresh(&cached) { cached } else { Known::new(cached.facts.clone(), Instant::now()) }
     }
 
     /// One resident's facts within `deadline`; `Err` only when the store
@@ -201,11 +208,9 @@ impl FactsCache {
                         // An entry too old to answer, that `cached` did not give.
                         Ok(_) => self.load(key, store).await.map(Read::Store),
                         Err(guard) => {
-                            let merges_before = self.merges.load(Ordering::SeqCst);
-                            let facts = store.get(key).await?;
-                            let cached = self.cached_read(facts.clone(), merges_before);
-                            let _ = guard.insert(cached.clone());
-                            Ok(Read::Store(self.answer(cached, facts)))
+                            let (cached, answer) = self.read_store(key, store).await?;
+                            let _ = guard.insert(cached);
+                            Ok(Read::Store(answer))
                         }
                     }
                 };
@@ -253,9 +258,9 @@ impl FactsCache {
                     // This read held no placeholder: a merge may have come
                     // between the store's answer and now, so it is cached as
                     // not fresh then (see `cached_read`).
-                    let cached = self.cached_read(facts.clone(), merges_before);
+                    let cached = self.cached_read(facts, merges_before);
                     self.entries.insert(keys[i].clone(), cached.clone());
-                    out[i] = Some(Read::Store(self.answer(cached, facts)));
+                    out[i] = Some(Read::Store(self.answer(cached)));
                 }
             }
             failed => {

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, UserKey};
 use healthcode_core::{AuditCursor, AuditEntry, AuditPage, Facts, UnixMicros};
 
 use crate::embedded::{decode_facts, encode_facts};
@@ -118,7 +118,7 @@ impl Inner {
 }
 
 /// Stores a resident's facts, or deletes the row when nothing is left.
-fn put(batch: &mut fjall::OwnedWriteBatch, facts_ks: &Keyspace, resident: &str, facts: Option<&Facts>) {
+fn put(batch: &mut fjall::OwnedWriteBatch, facts_ks: &Keyspace, resident: impl Into<UserKey>, facts: Option<&Facts>) {
     match facts {
         Some(facts) => batch.insert(facts_ks, resident, encode_facts(facts)),
         None => batch.remove(facts_ks, resident),
@@ -188,7 +188,7 @@ impl StatusStore for LsmStore {
                 let stored = inner.read_facts(resident)?.unwrap_or_default();
                 // Facts past retention are gone even before the purge deletes them.
                 let merged = retained(&stored.merged(facts), retention, now);
-                put(&mut batch, &inner.facts, resident, merged.as_ref());
+                put(&mut batch, &inner.facts, *resident, merged.as_ref());
             }
             Inner::commit(batch)
         })
@@ -267,10 +267,7 @@ impl StatusStore for LsmStore {
                 for entry in inner.facts.iter() {
                     let (key, value) = entry.into_inner().map_err(storage)?;
                     if let Some(kept) = purged_row(&value, retention, now) {
-                        match kept {
-                            Some(facts) => batch.insert(&inner.facts, key, encode_facts(&facts)),
-                            None => batch.remove(&inner.facts, key),
-                        }
+                        put(&mut batch, &inner.facts, key, kept.as_ref());
                         purged += 1;
                     }
                 }
