@@ -128,6 +128,8 @@ pub async fn start_bare() -> anyhow::Result<SocketAddr> {
 #[derive(Clone, Debug, Serialize)]
 pub struct Measured {
     pub workload: String,
+    /// Which of `--rounds` pairs of runs this was (from 1).
+    pub round: usize,
     pub server: String,
     pub requests: u64,
     pub errors: u64,
@@ -252,19 +254,30 @@ pub struct BenchOptions {
     pub warmup: Duration,
     pub residents: u64,
     pub batch: usize,
+    /// Pairs of runs (the bare server's, then the target's) per workload.
+    pub rounds: usize,
+    /// Which of [`WORKLOADS`] to run.
+    pub workloads: Vec<String>,
     /// The station the target admits: its id and bearer token.
     pub station: String,
     pub token: String,
 }
 
-/// Runs every workload against the bare server and the target, in turn.
+/// Every workload `bench` knows, in the order it runs them.
+pub const WORKLOADS: [&str; 4] = ["lookup", "ingest-unary", "ingest-batch", "lookup-under-ingest"];
+
+/// Runs each chosen workload against the bare server and the target, in
+/// turn, `rounds` times.
 pub async fn bench(options: &BenchOptions) -> anyhow::Result<Vec<Measured>> {
     let bare = format!("http://{}", start_bare().await?);
-    let run = UnixMicros::now().0 as u64;
     let bearer = Bearer::new(&options.token)?;
     let station: Arc<str> = options.station.as_str().into();
     let mut out = Vec::new();
-    for workload in ["lookup", "ingest-unary", "ingest-batch", "lookup-under-ingest"] {
+    let chosen = WORKLOADS.iter().filter(|w| options.workloads.iter().any(|c| c == *w));
+    let runs = chosen.flat_map(|w| (1..=options.rounds.max(1)).map(move |round| (*w, round)));
+    for (workload, round) in runs {
+        // Each round its own event ids, so no run's events are duplicates.
+        let run = UnixMicros::now().0 as u64;
         for (server, url) in [("bare", bare.as_str()), ("target", options.target.as_str())] {
             let channel: Channel = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?;
             let w = Workload {
@@ -301,6 +314,7 @@ pub async fn bench(options: &BenchOptions) -> anyhow::Result<Vec<Measured>> {
             };
             out.push(Measured {
                 workload: workload.into(),
+                round,
                 server: server.into(),
                 requests,
                 errors,
@@ -313,9 +327,98 @@ pub async fn bench(options: &BenchOptions) -> anyhow::Result<Vec<Measured>> {
     Ok(out)
 }
 
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// One line per workload: the target's rate against the bare server's in
+/// the same round, the median over rounds; for lookups under ingest, each
+/// server's p99 under the flood against its own p99 alone in the same
+/// round, and what the flood got through beside them.
+pub fn summarize(results: &[Measured]) -> Vec<String> {
+    let find = |workload: &str, round: usize, server: &str| {
+        results.iter().find(|m| m.workload == workload && m.round == round && m.server == server)
+    };
+    let rounds = results.iter().map(|m| m.round).max().unwrap_or(0);
+    let mut lines = Vec::new();
+    for workload in WORKLOADS {
+        let ratios: Vec<f64> = (1..=rounds)
+            .filter_map(|r| Some(find(workload, r, "target")?.per_second / find(workload, r, "bare")?.per_second))
+            .filter(|ratio| ratio.is_finite())
+            .collect();
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{:.2}", r)).collect();
+        if let Some(m) = median(ratios) {
+            lines.push(format!("{workload}: target {m:.2}x the bare server (median; rounds: {})", shown.join(" ")));
+        }
+    }
+    for server in ["bare", "target"] {
+        let rounds: Vec<(f64, f64, f64)> = (1..=rounds)
+            .filter_map(|r| {
+                let (idle, flooded) = (find("lookup", r, server)?, find("lookup-under-ingest", r, server)?);
+                let events = flooded.ingest_beside.map_or(0.0, |(events, _)| events);
+                Some((flooded.latency.p99_ms / idle.latency.p99_ms.max(1e-9), flooded.latency.p99_ms, events))
+            })
+            .collect();
+        let shown: Vec<String> = rounds.iter().map(|(ratio, p99, _)| format!("{ratio:.1}x ({p99:.2} ms)")).collect();
+        if let (Some(ratio), Some(events)) =
+            (median(rounds.iter().map(|r| r.0).collect()), median(rounds.iter().map(|r| r.2).collect()))
+        {
+            lines.push(format!(
+                "{server}: lookup p99 under ingest {ratio:.1}x idle (median; rounds: {}); the flood beside them: {events:.0} events/s (median)",
+                shown.join(", ")
+            ));
+        }
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn measured(workload: &str, round: usize, server: &str, per_second: f64, p99_ms: f64) -> Measured {
+        Measured {
+            workload: workload.into(),
+            round,
+            server: server.into(),
+            requests: 0,
+            errors: 0,
+            per_second,
+            latency: Percentiles { p99_ms, ..Percentiles::default() },
+            ingest_beside: (workload == "lookup-under-ingest").then_some((1_000.0, 0)),
+        }
+    }
+
+    #[test]
+    fn ratios_are_the_median_of_the_rounds_pairs() {
+        let results = vec![
+            measured("lookup", 1, "bare", 50_000.0, 4.0),
+            measured("lookup", 1, "target", 40_000.0, 5.0),
+            measured("lookup", 2, "bare", 40_000.0, 4.0),
+            measured("lookup", 2, "target", 36_000.0, 5.0),
+            measured("lookup", 3, "bare", 60_000.0, 4.0),
+            measured("lookup", 3, "target", 42_000.0, 5.0),
+            measured("lookup-under-ingest", 1, "target", 1.0, 10.0),
+            measured("lookup-under-ingest", 2, "target", 1.0, 15.0),
+            measured("lookup-under-ingest", 3, "target", 1.0, 7.5),
+        ];
+        let lines = summarize(&results);
+        // Per round 0.80, 0.90, 0.70: the median is the round's own 0.80,
+        // not the 0.79 of the summed rates.
+        assert!(lines[0].starts_with("lookup: target 0.80x"), "{lines:?}");
+        // Per round 2.0x, 3.0x, 1.5x of the idle p99.
+        assert!(lines.iter().any(|l| l.starts_with("target: lookup p99 under ingest 2.0x idle")), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.starts_with("bare: lookup p99")), "the bare server had no flooded run");
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0]), Some(2.0));
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_bare_server_answers_with_replies_of_the_real_shape() {

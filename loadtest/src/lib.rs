@@ -254,6 +254,14 @@ pub struct BenchArgs {
     /// Events per SubmitBatch in the batch workload.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
+    /// Times each workload is run on the bare server and then the target,
+    /// in turn: the bare server's own rate moves by a fifth between runs on
+    /// one machine, so a ratio is decided by the median of several pairs.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// The workloads to run, comma-separated [default: all four]
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(bench::WORKLOADS))]
+    pub workloads: Vec<String>,
     /// Also write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -507,6 +515,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         residents: args.residents,
         batch: args.batch,
+        rounds: args.rounds.max(1),
+        workloads: if args.workloads.is_empty() {
+            bench::WORKLOADS.iter().map(|w| w.to_string()).collect()
+        } else {
+            args.workloads
+        },
         token: match args.token {
             Some(token) => token,
             None => healthcode_auth::DevCredentials::at(&args.credentials_dir).token(healthcode_auth::Role::Station)?,
@@ -515,22 +529,24 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let results = bench::bench(&options).await?;
     println!(
-        "concurrency {}, {} s per run (lookups after {} s of warm-up), batch {} events",
+        "concurrency {}, {} s per run (lookups after {} s of warm-up), batch {} events, {} round(s)",
         options.concurrency,
         options.duration.as_secs_f64(),
         options.warmup.as_secs_f64(),
-        options.batch
+        options.batch,
+        options.rounds
     );
     println!(
-        "{:<13} {:<7} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9}",
-        "workload", "server", "per s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "vs bare"
+        "{:<19} {:>5} {:<7} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9}",
+        "workload", "round", "server", "per s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "vs bare"
     );
     for pair in results.chunks(2) {
         let bare = pair[0].per_second;
         for m in pair {
             println!(
-                "{:<13} {:<7} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>8.0}%",
+                "{:<19} {:>5} {:<7} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>8.0}%",
                 m.workload,
+                m.round,
                 m.server,
                 m.per_second,
                 m.latency.p50_ms,
@@ -541,19 +557,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    // Lookups first: their p99 under the flood against their p99 alone,
-    // and what the flood still got through.
-    let p99 = |workload: &str, server: &str| {
-        results.iter().find(|m| m.workload == workload && m.server == server).map(|m| (m.latency.p99_ms, m))
-    };
-    for server in ["bare", "target"] {
-        if let (Some((idle, _)), Some((flooded, m))) = (p99("lookup", server), p99("lookup-under-ingest", server)) {
-            let (events, failed) = m.ingest_beside.unwrap_or_default();
-            println!(
-                "{server}: lookup p99 under ingest {:.1}x idle ({flooded:.2} / {idle:.2} ms); the flood beside them: {events:.0} events/s, {failed} calls failed or shed",
-                flooded / idle.max(1e-9)
-            );
-        }
+    for summary in bench::summarize(&results) {
+        println!("{summary}");
     }
     if let Some(out) = args.out {
         std::fs::write(out, serde_json::to_vec_pretty(&results)?)?;

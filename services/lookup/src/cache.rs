@@ -39,9 +39,16 @@ pub struct Known {
 }
 
 impl Known {
-    fn new(facts: Option<Facts>, read_at: Instant) -> Arc<Known> {
+    /// The facts that replace `before`'s (merged into, or read again),
+    /// with its status token: the token is reused only while it vouches
+    /// for what these facts answer (see [`crate::tokens`]).
+    fn following(before: Option<&Known>, facts: Option<Facts>, read_at: Instant) -> Arc<Known> {
+        Self::with_token(facts, read_at, before.map(|b| b.token.carried()).unwrap_or_default())
+    }
+
+    fn with_token(facts: Option<Facts>, read_at: Instant, token: TokenSlot) -> Arc<Known> {
         let bytes = facts_bytes(facts.as_ref());
-        let (token, refreshed, site_risks) = (TokenSlot::default(), tokio::sync::OnceCell::new(), Default::default());
+        let (refreshed, site_risks) = (tokio::sync::OnceCell::new(), Default::default());
         Arc::new(Known { facts, read_at, stored_at: Instant::now(), bytes, token, refreshed, site_risks })
     }
 }
@@ -151,27 +158,31 @@ impl FactsCache {
     /// cache: its facts, fresh unless a merge came since (that merge may
     /// have found nothing to fold into, or been overwritten by this read),
     /// in which case they are kept as not fresh so the next lookup rereads.
-    fn cached_read(&self, facts: Option<Facts>, merges_before: u64) -> Arc<Known> {
+    /// `before` is the value it replaces, if any.
+    fn cached_read(&self, facts: Option<Facts>, merges_before: u64, before: Option<&Known>) -> Arc<Known> {
         let read_at = Instant::now();
         let overtaken = self.merges.load(Ordering::SeqCst) != merges_before;
-        match overtaken.then(|| read_at.checked_sub(self.fresh_for)).flatten() {
-            Some(before) => Known::new(facts, before),
-            None => Known::new(facts, read_at),
-        }
+        let read_at = overtaken.then(|| read_at.checked_sub(self.fresh_for)).flatten().unwrap_or(read_at);
+        Known::following(before, facts, read_at)
     }
 
     /// Reads `key` from the store: what to cache (see `cached_read`) and
-    /// what to answer.
-    async fn read_store(&self, key: &str, store: &dyn StatusStore) -> Result<(Arc<Known>, Arc<Known>), StoreError> {
+    /// what to answer; `before` is the cached value it replaces, if any.
+    async fn read_store(
+        &self,
+        key: &str,
+        store: &dyn StatusStore,
+        before: Option<&Known>,
+    ) -> Result<(Arc<Known>, Arc<Known>), StoreError> {
         let merges_before = self.merges.load(Ordering::SeqCst);
-        let cached = self.cached_read(store.get(key).await?, merges_before);
+        let cached = self.cached_read(store.get(key).await?, merges_before, before);
         Ok((cached.clone(), self.answer(cached)))
     }
 
     /// Reads `key` from the store and caches it; the answer is the fresh
     /// read even when the cache keeps it as not fresh.
-    async fn load(&self, key: &str, store: &dyn StatusStore) -> Result<Arc<Known>, StoreError> {
-        let (cached, answer) = self.read_store(key, store).await?;
+    async fn load(&self, key: &str, store: &dyn StatusStore, before: &Known) -> Result<Arc<Known>, StoreError> {
+        let (cached, answer) = self.read_store(key, store, Some(before)).await?;
         self.entries.insert(key.to_owned(), cached);
         Ok(answer)
     }
@@ -180,7 +191,7 @@ impl FactsCache {
     /// value itself (its token slot shared) unless kept as not fresh, then
     /// the same facts as read now.
     fn answer(&self, cached: Arc<Known>) -> Arc<Known> {
-        if self.fresh(&cached) { cached } else { Known::new(cached.facts.clone(), Instant::now()) }
+        if self.fresh(&cached) { cached } else { Known::following(Some(&cached), cached.facts.clone(), Instant::now()) }
     }
 
     /// One resident's facts within `deadline`; `Err` only when the store
@@ -191,7 +202,7 @@ impl FactsCache {
             // Not fresh: one refresh per cached value, shared by every
             // lookup that holds it; the value stays cached for a stale answer.
             Some(old) => {
-                let refresh = old.refreshed.get_or_try_init(|| self.load(key, store));
+                let refresh = old.refreshed.get_or_try_init(|| self.load(key, store, &old));
                 match tokio::time::timeout(deadline, refresh).await {
                     Ok(Ok(known)) => return Ok(Read::Store(known.clone())),
                     Ok(Err(e)) => ReadError::Store(e),
@@ -206,9 +217,9 @@ impl FactsCache {
                         // Another lookup's read, answered while we waited.
                         Ok(known) if self.fresh(&known) => Ok(Read::Cached(known)),
                         // An entry too old to answer, that `cached` did not give.
-                        Ok(_) => self.load(key, store).await.map(Read::Store),
+                        Ok(old) => self.load(key, store, &old).await.map(Read::Store),
                         Err(guard) => {
-                            let (cached, answer) = self.read_store(key, store).await?;
+                            let (cached, answer) = self.read_store(key, store, None).await?;
                             let _ = guard.insert(cached);
                             Ok(Read::Store(answer))
                         }
@@ -237,28 +248,29 @@ impl FactsCache {
         deadline: Duration,
     ) -> Result<Vec<Read>, ReadError> {
         let mut out: Vec<Option<Read>> = Vec::with_capacity(keys.len());
+        // Each with the cached value its read replaces, if any.
         let mut missing = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             match self.cached(key) {
                 Some(known) if self.fresh(&known) => out.push(Some(Read::Cached(known))),
-                _ => {
+                old => {
                     out.push(None);
-                    missing.push(i);
+                    missing.push((i, old));
                 }
             }
         }
         if missing.is_empty() {
             return Ok(out.into_iter().flatten().collect());
         }
-        let wanted: Vec<String> = missing.iter().map(|i| keys[*i].clone()).collect();
+        let wanted: Vec<String> = missing.iter().map(|(i, _)| keys[*i].clone()).collect();
         let merges_before = self.merges.load(Ordering::SeqCst);
         match tokio::time::timeout(deadline, store.get_many(&wanted)).await {
             Ok(Ok(read)) => {
-                for (i, facts) in missing.into_iter().zip(read) {
+                for ((i, old), facts) in missing.into_iter().zip(read) {
                     // This read held no placeholder: a merge may have come
                     // between the store's answer and now, so it is cached as
                     // not fresh then (see `cached_read`).
-                    let cached = self.cached_read(facts, merges_before);
+                    let cached = self.cached_read(facts, merges_before, old.as_deref());
                     self.entries.insert(keys[i].clone(), cached.clone());
                     out[i] = Some(Read::Store(self.answer(cached)));
                 }
@@ -268,7 +280,7 @@ impl FactsCache {
                     Ok(Err(e)) => ReadError::Store(e),
                     _ => ReadError::Late(deadline),
                 });
-                for i in missing {
+                for (i, _) in missing {
                     match self.cached(&keys[i]) {
                         Some(known) => out[i] = Some(Read::Stale(known)),
                         None => return Err(failure.take().expect("returned at the first miss")),
@@ -301,7 +313,7 @@ impl FactsCache {
         for update in updates {
             let joined = |_: &String, known: &mut Arc<Known>| {
                 let facts = Some(known.facts.clone().unwrap_or_default().merged(&update.facts));
-                *known = Known::new(facts, known.read_at);
+                *known = Known::following(Some(known), facts, known.read_at);
                 EntryAction::Retain(())
             };
             // Vacant: a placeholder taken here and dropped, so nothing is cached.
@@ -486,6 +498,59 @@ mod tests {
         assert!(late.stale(), "{late:?}");
     }
 
+    #[tokio::test]
+    async fn a_status_token_outlives_merges_and_rereads_that_leave_the_answer_as_it_was() {
+        use healthcode_proto::v1 as pb;
+        let dir = tempfile::tempdir().unwrap();
+        let (signing, keys) = (dir.path().join("signing.toml"), dir.path().join("keys.toml"));
+        healthcode_status_token::Signer::generate(&signing, &keys, "k1").unwrap();
+        let signer = healthcode_status_token::Signer::from_file(&signing, Duration::from_secs(3600)).unwrap();
+        let tokens = crate::tokens::TokenReuse::new(Arc::new(signer), Duration::from_secs(60));
+        let answer = |color: pb::Color| pb::ResidentStatus {
+            resident_id: "r1".into(),
+            color: color as i32,
+            ..Default::default()
+        };
+        let scan = |at: i64| FactsUpdate {
+            resident: "p1".into(),
+            facts: Facts {
+                latest_scan: Some(healthcode_core::ScanFact {
+                    scanned_at: UnixMicros(at),
+                    event_id: format!("s{at}"),
+                    site_id: "site".into(),
+                    station_id: "st".into(),
+                    kind: healthcode_core::ScanKind::VenueEntry,
+                }),
+                ..Facts::default()
+            },
+        };
+        let store = SlowBatchStore::new(false);
+        let fresh_for = Duration::from_millis(50);
+        let cache = FactsCache::new(100, 1 << 20, fresh_for, Duration::from_secs(3600));
+        let now = UnixMicros::now();
+        store.merge(vec![scan(1)].into()).await.unwrap();
+        let first = cache.read("p1", &*store, Duration::from_secs(1)).await.unwrap();
+        let signed = tokens.token(&first.known().token, &answer(pb::Color::Green), now);
+
+        // A scan merged in: new facts, the same answer, the same token.
+        store.merge(vec![scan(2)].into()).await.unwrap();
+        cache.merged(&[scan(2)]).await;
+        let merged = cache.read("p1", &*store, Duration::from_secs(1)).await.unwrap();
+        assert!(matches!(merged, Read::Cached(_)), "{merged:?}");
+        assert!(!Arc::ptr_eq(first.known(), merged.known()), "the merge made new facts");
+        assert_eq!(tokens.token(&merged.known().token, &answer(pb::Color::Green), now), signed);
+
+        // Reread from the store once no longer fresh: still the same token.
+        std::thread::sleep(fresh_for + Duration::from_millis(10));
+        let reread = cache.read("p1", &*store, Duration::from_secs(1)).await.unwrap();
+        assert!(matches!(reread, Read::Store(_)), "{reread:?}");
+        assert_eq!(tokens.token(&reread.known().token, &answer(pb::Color::Green), now), signed);
+
+        // A changed answer is signed anew.
+        let red = tokens.token(&reread.known().token, &answer(pb::Color::Red), now);
+        assert_ne!(red, signed);
+    }
+
     fn heavy_facts() -> Facts {
         let overrides = (0..64)
             .map(|i| healthcode_core::OverrideFact {
@@ -505,15 +570,15 @@ mod tests {
         let (capacity, max_bytes) = (1_000, 400_000);
         let cache = FactsCache::new(capacity, max_bytes, Duration::from_secs(60), Duration::from_secs(60));
         let heavy = heavy_facts();
-        assert!(Known::new(Some(heavy.clone()), Instant::now()).bytes > 64 * 1024);
+        assert!(Known::following(None, Some(heavy.clone()), Instant::now()).bytes > 64 * 1024);
         for i in 0..20 {
-            cache.entries.insert(format!("heavy{i}"), Known::new(Some(heavy.clone()), Instant::now()));
+            cache.entries.insert(format!("heavy{i}"), Known::following(None, Some(heavy.clone()), Instant::now()));
         }
         assert!(cache.entries.weight() <= max_bytes, "{} bytes", cache.entries.weight());
         assert!(cache.entries.len() < 20, "twenty residents of 70 KB each do not fit in 400 KB");
 
         for i in 0..3_000 {
-            cache.entries.insert(format!("light{i}"), Known::new(None, Instant::now()));
+            cache.entries.insert(format!("light{i}"), Known::following(None, None, Instant::now()));
         }
         assert!(cache.entries.len() as u64 <= capacity, "{} residents", cache.entries.len());
     }

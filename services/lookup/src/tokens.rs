@@ -1,8 +1,13 @@
 //! Status tokens, signed once and reused while the answer they vouch for
 //! stays the same. The last token of a resident lives beside the resident's
-//! facts in the lookup cache, so a change of facts drops it. An Ed25519 signature costs more than the rest of a cached
-//! lookup; a gate that scans the same resident twice in a minute, or a
-//! station that polls, gets the token signed for the first answer.
+//! facts in the lookup cache and is carried over when a merge changes
+//! them: a scan that changes no color, reason or validity leaves the
+//! answer, and so its token, as it was (under an ingest flood every cached
+//! resident is merged into within seconds, and dropping the token on each
+//! merge signed nearly every answer again). An Ed25519 signature costs more
+//! than the rest of a cached lookup; a gate that scans the same resident
+//! twice in a minute, or a station that polls, gets the token signed for
+//! the first answer.
 //!
 //! A reused token says what a fresh one would (resident, color, reason,
 //! validity, stale flag); only its `issued_at` is older, by less than
@@ -17,9 +22,11 @@ use healthcode_proto::Timestamp;
 use healthcode_proto::v1 as pb;
 use healthcode_status_token::Signer;
 
-/// What a token vouches for, but its time of issue.
-#[derive(Clone, Debug, PartialEq)]
+/// What a token vouches for, but its time of issue (and the signer's key,
+/// the same for the life of the process).
+#[derive(Clone, Debug)]
 struct Vouched {
+    resident_id: String,
     color: i32,
     reason: i32,
     valid_until: Option<Timestamp>,
@@ -27,22 +34,46 @@ struct Vouched {
 }
 
 impl Vouched {
+    /// Whether a token for `self` says what one for `status` would
+    /// (compared in place: no copy per lookup).
+    fn matches(&self, status: &pb::ResidentStatus) -> bool {
+        self.color == status.color
+            && self.reason == status.reason
+            && self.valid_until == status.valid_until
+            && self.stale == status.stale
+            && self.resident_id == status.resident_id
+    }
+
     fn of(status: &pb::ResidentStatus) -> Vouched {
-        Vouched { color: status.color, reason: status.reason, valid_until: status.valid_until, stale: status.stale }
+        Vouched {
+            resident_id: status.resident_id.clone(),
+            color: status.color,
+            reason: status.reason,
+            valid_until: status.valid_until,
+            stale: status.stale,
+        }
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Signed {
     vouched: Vouched,
     issued_at: UnixMicros,
     token: String,
 }
 
-/// The token last signed for a resident's facts; it lives beside them in the
-/// lookup cache and goes when they change.
+/// The token last signed for a resident; it lives beside the resident's
+/// facts in the lookup cache.
 #[derive(Debug, Default)]
 pub struct TokenSlot(Mutex<Option<Signed>>);
+
+impl TokenSlot {
+    /// A slot for the facts that replace these, holding the same token: it is
+    /// reused only while it vouches for exactly what the new facts answer.
+    pub fn carried(&self) -> TokenSlot {
+        TokenSlot(Mutex::new(self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()))
+    }
+}
 
 pub struct TokenReuse {
     signer: Arc<Signer>,
@@ -62,11 +93,10 @@ impl TokenReuse {
     /// `slot`: the one signed for the same answer less than `reuse_for` ago,
     /// else a new one.
     pub fn token(&self, slot: &TokenSlot, status: &pb::ResidentStatus, now: UnixMicros) -> String {
-        let vouched = Vouched::of(status);
         let mut last = slot.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(signed) = last.as_ref() {
             let age = now.0.saturating_sub(signed.issued_at.0);
-            if signed.vouched == vouched && (0..self.reuse_for.as_micros() as i64).contains(&age) {
+            if signed.vouched.matches(status) && (0..self.reuse_for.as_micros() as i64).contains(&age) {
                 self.reused.increment(1);
                 return signed.token.clone();
             }
@@ -74,7 +104,7 @@ impl TokenReuse {
         let token = self.signer.sign(status, now);
         self.signed.increment(1);
         if !self.reuse_for.is_zero() {
-            *last = Some(Signed { vouched, issued_at: now, token: token.clone() });
+            *last = Some(Signed { vouched: Vouched::of(status), issued_at: now, token: token.clone() });
         }
         token
     }
