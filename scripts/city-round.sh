@@ -66,11 +66,12 @@ cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f", ($14 + $15) / hz}' "/proc/
 echo "== verify"
 "$B/healthcode-loadtest" verify --dir "$WORK/round" --target "http://$GRPC" --concurrency "$VERIFY_CONCURRENCY"
 verified=$(date +%s.%N)
-python3 - "$start" "$replayed" "$materialized" "$verified" "$peak" "$cpu" <<'PY'
+peak_verified=$(grep VmHWM "/proc/$UP/status" | awk '{print $2}')
+python3 - "$start" "$replayed" "$materialized" "$verified" "$peak" "$cpu" "$peak_verified" <<'PY'
 import sys
-s, r, m, v, peak, cpu = map(float, sys.argv[1:])
+s, r, m, v, peak, cpu, peak_verified = map(float, sys.argv[1:])
 print(f"replay {r - s:.0f} s; materializer caught up {m - r:.0f} s later (ingest + materialise {m - s:.0f} s); verify {v - m:.0f} s")
-print(f"healthcode up peak memory (VmHWM): {peak / 1024:.0f} MiB; CPU until caught up: {cpu:.0f} s")
+print(f"healthcode up peak memory (VmHWM): {peak / 1024:.0f} MiB until caught up, {peak_verified / 1024:.0f} MiB through verify; CPU until caught up: {cpu:.0f} s")
 PY
 du -sh "$WORK/data/log" "$WORK/data/store"
 if [ "${DIFF:-0}" = 1 ]; then

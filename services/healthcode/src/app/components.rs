@@ -178,8 +178,10 @@ impl Components {
         let (done, finished) = tokio::sync::oneshot::channel();
         let stop = self.shutdown.clone();
         std::thread::Builder::new().name("materializer".into()).spawn(move || {
+            // It merges one batch at a time: a few blocking threads do.
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .max_blocking_threads(8)
                 .build()
                 .context("starting the materializer runtime")
                 .and_then(|runtime| runtime.block_on(run).context("materializer failed"));
