@@ -359,19 +359,20 @@ pub fn summarize(results: &[Measured]) -> Vec<String> {
         }
     }
     for server in ["bare", "target"] {
-        let rounds: Vec<(f64, f64, f64)> = (1..=rounds)
+        let rounds: Vec<(f64, f64, f64, u64)> = (1..=rounds)
             .filter_map(|r| {
                 let (idle, flooded) = (find("lookup", r, server)?, find("lookup-under-ingest", r, server)?);
-                let events = flooded.ingest_beside.map_or(0.0, |(events, _)| events);
-                Some((flooded.latency.p99_ms / idle.latency.p99_ms.max(1e-9), flooded.latency.p99_ms, events))
+                let (events, failed) = flooded.ingest_beside.unwrap_or_default();
+                Some((flooded.latency.p99_ms / idle.latency.p99_ms.max(1e-9), flooded.latency.p99_ms, events, failed))
             })
             .collect();
-        let shown: Vec<String> = rounds.iter().map(|(ratio, p99, _)| format!("{ratio:.1}x ({p99:.2} ms)")).collect();
+        let failed: u64 = rounds.iter().map(|r| r.3).sum();
+        let shown: Vec<String> = rounds.iter().map(|(ratio, p99, ..)| format!("{ratio:.1}x ({p99:.2} ms)")).collect();
         if let (Some(ratio), Some(events)) =
             (median(rounds.iter().map(|r| r.0).collect()), median(rounds.iter().map(|r| r.2).collect()))
         {
             lines.push(format!(
-                "{server}: lookup p99 under ingest {ratio:.1}x idle (median; rounds: {}); the flood beside them: {events:.0} events/s (median)",
+                "{server}: lookup p99 under ingest {ratio:.1}x idle (median; rounds: {}); the flood beside them: {events:.0} events/s (median), {failed} calls failed or shed",
                 shown.join(", ")
             ));
         }
@@ -392,7 +393,7 @@ mod tests {
             errors: 0,
             per_second,
             latency: Percentiles { p99_ms, ..Percentiles::default() },
-            ingest_beside: (workload == "lookup-under-ingest").then_some((1_000.0, 0)),
+            ingest_beside: (workload == "lookup-under-ingest").then_some((1_000.0, 2)),
         }
     }
 
@@ -415,6 +416,7 @@ mod tests {
         assert!(lines[0].starts_with("lookup: target 0.80x"), "{lines:?}");
         // Per round 2.0x, 3.0x, 1.5x of the idle p99.
         assert!(lines.iter().any(|l| l.starts_with("target: lookup p99 under ingest 2.0x idle")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.ends_with("6 calls failed or shed")), "the three rounds' failures: {lines:?}");
         assert!(!lines.iter().any(|l| l.starts_with("bare: lookup p99")), "the bare server had no flooded run");
         assert_eq!(median(vec![]), None);
         assert_eq!(median(vec![3.0, 1.0]), Some(2.0));

@@ -515,7 +515,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         residents: args.residents,
         batch: args.batch,
-        rounds: args.rounds.max(1),
+        rounds: args.rounds,
         workloads: if args.workloads.is_empty() {
             bench::WORKLOADS.iter().map(|w| w.to_string()).collect()
         } else {

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
 
 /// mimalloc asks for transparent huge pages on its arenas, and the kernel
 /// then counts a 2 MiB page as resident for every few bytes used in it:
-/// 560-880 MiB of `up`'s peak in the 13M round were huge pages. Memory
+/// 434-876 MiB of `up`'s peak in the 13M round were huge pages. Memory
 /// is bounded by settings (docs/operations.md), so the process opts out;
 /// where the call is refused, huge pages only cost memory, not correctness.
 fn without_transparent_huge_pages() {

@@ -1,7 +1,7 @@
 //! Status tokens, signed once and reused while the answer they vouch for
 //! stays the same. The last token of a resident lives beside the resident's
-//! facts in the lookup cache and is carried over when a merge changes
-//! them: a scan that changes no color, reason or validity leaves the
+//! facts in the lookup cache and is carried over when a merge or a reread
+//! replaces them: a scan that changes no color, reason or validity leaves the
 //! answer, and so its token, as it was (under an ingest flood every cached
 //! resident is merged into within seconds, and dropping the token on each
 //! merge signed nearly every answer again). An Ed25519 signature costs more
