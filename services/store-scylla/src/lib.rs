@@ -249,7 +249,7 @@ impl ScyllaStore {
             .map_err(|e| StoreError::storage_from("undecodable facts row", e))?;
         let facts = cells::facts_from_rows(&rows).map_err(|e| StoreError::storage_from("undecodable facts", e))?;
         // TTLs count whole seconds from the server's clock: cut exactly here.
-        Ok(facts.and_then(|f| retained(&f, self.config.retention, now)))
+        Ok(facts.and_then(|f| retained(f, self.config.retention, now)))
     }
 }
 

@@ -186,7 +186,7 @@ impl StatusStore for EmbeddedStore {
                         None => Facts::default(),
                     };
                     // Facts past retention are gone even before the purge deletes them.
-                    let merged = retained(&stored.merged(&update.facts), retention, now);
+                    let merged = retained(stored.merged(&update.facts), retention, now);
                     put(&mut table, &update.resident, merged.as_ref())?;
                 }
             }
@@ -213,7 +213,7 @@ impl StatusStore for EmbeddedStore {
             residents
                 .iter()
                 .map(|r| match table.get(r.as_str()).map_err(storage)? {
-                    Some(v) => Ok(retained(&decode_facts(v.value())?, retention, now)),
+                    Some(v) => Ok(retained(decode_facts(v.value())?, retention, now)),
                     None => Ok(None),
                 })
                 .collect()

@@ -176,8 +176,8 @@ pub struct ScanPage {
 /// What retention keeps of stored facts at `now`: each fact lives for the
 /// retention window after its own time ([`Facts::retained`]); `None` when
 /// nothing is left.
-pub fn retained(facts: &Facts, retention: Duration, now: UnixMicros) -> Option<Facts> {
-    Some(facts.retained(now.saturating_sub(retention))).filter(|f| !f.is_empty())
+pub fn retained(facts: Facts, retention: Duration, now: UnixMicros) -> Option<Facts> {
+    Some(facts.into_retained(now.saturating_sub(retention))).filter(|f| !f.is_empty())
 }
 
 /// Runs a store's blocking work on tokio's blocking pool, with a shared
@@ -209,7 +209,7 @@ pub(crate) fn scan_page(
     let (mut page, mut read, mut last) = (ScanPage::default(), 0, None);
     for row in rows.take(limit) {
         let (resident, stored) = row?;
-        if let Some(facts) = retained(&stored, retention, now) {
+        if let Some(facts) = retained(stored, retention, now) {
             page.residents.push(FactsUpdate { resident: resident.clone(), facts });
         }
         (read, last) = (read + 1, Some(resident));
@@ -223,6 +223,6 @@ pub(crate) fn scan_page(
 /// are left: deleting them would hide the fault.
 pub(crate) fn purged_row(bytes: &[u8], retention: Duration, now: UnixMicros) -> Option<Option<Facts>> {
     let stored = embedded::decode_facts(bytes).ok()?;
-    let kept = retained(&stored, retention, now);
+    let kept = retained(stored.clone(), retention, now);
     (kept.as_ref() != Some(&stored)).then_some(kept)
 }

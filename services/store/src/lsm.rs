@@ -187,7 +187,7 @@ impl StatusStore for LsmStore {
                 }
                 let stored = inner.read_facts(resident)?.unwrap_or_default();
                 // Facts past retention are gone even before the purge deletes them.
-                let merged = retained(&stored.merged(facts), retention, now);
+                let merged = retained(stored.merged(facts), retention, now);
                 put(&mut batch, &inner.facts, *resident, merged.as_ref());
             }
             Inner::commit(batch)
@@ -210,7 +210,7 @@ impl StatusStore for LsmStore {
             let now = UnixMicros::now();
             residents
                 .iter()
-                .map(|r| Ok(inner.read_facts(r)?.and_then(|facts| retained(&facts, retention, now))))
+                .map(|r| Ok(inner.read_facts(r)?.and_then(|facts| retained(facts, retention, now))))
                 .collect()
         })
         .await
