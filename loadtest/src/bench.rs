@@ -264,7 +264,7 @@ pub struct BenchOptions {
 }
 
 /// Every workload `bench` knows, in the order it runs them: the lookup
-/// runs first, because each ingest run leaves the target's materializer a
+/// workloads first, because each ingest run leaves the target's materializer a
 /// backlog (a batch run 1-2M events), and lookups beside that backlog
 /// would measure it instead of the flood they are run with.
 pub const WORKLOADS: [&str; 4] = ["lookup", "lookup-under-ingest", "ingest-unary", "ingest-batch"];

@@ -184,15 +184,11 @@ impl Facts {
     /// time (sample, issue, scan or event time): what retention keeps. A
     /// store that expires each written cell on its own (TTL) keeps exactly
     /// this, and no store can refresh an old fact's life without reading it
-    /// first, so this is the one rule every store follows.
-    pub fn retained(&self, cutoff: UnixMicros) -> Facts {
-        self.clone().into_retained(cutoff)
-    }
-
-    /// [`Facts::retained`] in place: every store read and merge passes its
-    /// facts through retention, and a resident with hundreds of visits
-    /// would otherwise be copied once more each time.
-    pub fn into_retained(self, cutoff: UnixMicros) -> Facts {
+    /// first, so this is the one rule every store follows. It takes the facts
+    /// and filters them in place: every store read and merge passes through
+    /// here, and a resident with hundreds of visits would otherwise be copied
+    /// once more each time.
+    pub fn retained(self, cutoff: UnixMicros) -> Facts {
         // Taken apart field by field, so a new field cannot miss retention.
         let Facts {
             latest_positive,
@@ -363,11 +359,11 @@ mod tests {
             updated_at: t(31),
             ..Facts::default()
         };
-        let kept = facts.retained(UnixMicros(25 * 1_000_000));
+        let kept = facts.clone().retained(UnixMicros(25 * 1_000_000));
         assert_eq!(kept.latest_positive, None);
         assert_eq!(kept.latest_negatives, [t(30), None]);
         assert_eq!((kept.latest_test, kept.updated_at), (t(30), t(31)));
-        assert_eq!(facts.retained(UnixMicros(0)), facts);
+        assert_eq!(facts.clone().retained(UnixMicros(0)), facts);
         assert!(facts.retained(UnixMicros(32 * 1_000_000)).is_empty());
     }
 

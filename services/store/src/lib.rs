@@ -177,7 +177,7 @@ pub struct ScanPage {
 /// retention window after its own time ([`Facts::retained`]); `None` when
 /// nothing is left.
 pub fn retained(facts: Facts, retention: Duration, now: UnixMicros) -> Option<Facts> {
-    Some(facts.into_retained(now.saturating_sub(retention))).filter(|f| !f.is_empty())
+    Some(facts.retained(now.saturating_sub(retention))).filter(|f| !f.is_empty())
 }
 
 /// Runs a store's blocking work on tokio's blocking pool, with a shared
