@@ -7,14 +7,26 @@
 # Each: replay open-loop, wait until the materializers caught up, verify every
 # resident. Prints throughput, freshness, lookup p99 and the CPU each process
 # (and each engine node) used. Settings via the environment:
-#   RESIDENTS (1000000), COMPRESSION (400), LOOKUPS per resident (0.2), WORK dir.
+#   RESIDENTS (1000000), COMPRESSION (400), LOOKUPS per resident (0.2), DAYS (3)
+#   and TESTS_PER_DAY (2) (the round's shape, as in city-round.sh), WORK dir,
+#   REPLAY_ARGS (more options for the replay, e.g. --checks 0);
+#   BENCH_ROUNDS: after each verify, `bench`'s lookups alone and under a batch
+#   flood (issue 14, target 3) that many rounds, lookups to one lookup
+#   process and the flood to one edge (the same process in `up`), with the
+#   per-caller rate limit lifted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RESIDENTS=${RESIDENTS:-1000000}
 COMPRESSION=${COMPRESSION:-400}
 LOOKUPS=${LOOKUPS:-0.2}
+DAYS=${DAYS:-3}
+TESTS_PER_DAY=${TESTS_PER_DAY:-2}
 WORK=${WORK:-/tmp/healthcode-split-round}
+BENCH_ROUNDS=${BENCH_ROUNDS:-}
+# bench's one station sends everything: lift its rate limit when benching.
+limits=()
+[ -z "$BENCH_ROUNDS" ] || limits=(--rate-limit-per-principal 1000000)
 B=target/release
 
 cargo build --release --locked -p healthcode -p healthcode-loadtest
@@ -23,9 +35,12 @@ if [ -z "${HEALTHCODE_KAFKA_BROKERS:-}" ] || [ -z "${HEALTHCODE_SCYLLA_NODES:-}"
     STARTED_ENGINES=1
 fi
 mkdir -p "$WORK"
-if [ ! -f "$WORK/round/round.json" ] || ! grep -q "\"residents\": $RESIDENTS," "$WORK/round/round.json"; then
+shape="residents=$RESIDENTS days=$DAYS tests_per_day=$TESTS_PER_DAY lookups=$LOOKUPS"
+if [ ! -f "$WORK/round/round.json" ] || [ "$(cat "$WORK/round/shape" 2>/dev/null)" != "$shape" ]; then
     echo "== generate $RESIDENTS residents"
-    "$B/healthcode-loadtest" generate --out "$WORK/round" --residents "$RESIDENTS" --lookups-per-resident "$LOOKUPS"
+    "$B/healthcode-loadtest" generate --out "$WORK/round" --residents "$RESIDENTS" --lookups-per-resident "$LOOKUPS" \
+        --days "$DAYS" --tests-per-day "$TESTS_PER_DAY"
+    echo "$shape" >"$WORK/round/shape"
 fi
 
 pids=()
@@ -72,7 +87,7 @@ run() {
     local t0 t1 t2 t3
     t0=$(date +%s.%N)
     "$B/healthcode-loadtest" replay --dir "$WORK/round" --target "$edges" --lookup-target "$lookups" \
-        --compression "$COMPRESSION" --out "$WORK/report-$label" --attempts 20
+        --compression "$COMPRESSION" --out "$WORK/report-$label" --attempts 20 ${REPLAY_ARGS:-}
     t1=$(date +%s.%N)
     local admin
     for admin in ${admins//,/ }; do
@@ -107,6 +122,15 @@ print(f"   ingest p99 {r['ingest']['latency']['p99_ms']:.1f} ms, lookup p50/p99 
 PY
 }
 
+# bench_against LABEL LOOKUP_URL EDGE_URL CREDENTIALS_DIR: target 3 on a caught-up deployment.
+bench_against() {
+    [ -n "$BENCH_ROUNDS" ] || return 0
+    echo "== $1: bench, lookups to $2, the flood to $3"
+    "$B/healthcode-loadtest" bench --target "$2" --ingest-target "$3" --credentials-dir "$4" \
+        --residents "$RESIDENTS" --workloads lookup,lookup-under-ingest --rounds "$BENCH_ROUNDS" \
+        --out "$WORK/bench-$1.json" | tee "$WORK/bench-$1.txt"
+}
+
 # 1. The split deployment on the engines.
 run_id="split_$$"
 data="$WORK/split"
@@ -115,7 +139,7 @@ rm -rf "$data"
 brokers=$HEALTHCODE_KAFKA_BROKERS nodes=$HEALTHCODE_SCYLLA_NODES
 common=(--log kafka --kafka-brokers "$brokers" --kafka-replication-factor 3 --kafka-partitions 12
     --kafka-topic "$run_id.events" --kafka-dead-letter-topic "$run_id.dead-letter" --kafka-group "$run_id"
-    --credentials-dir "$data/credentials")
+    --credentials-dir "$data/credentials" "${limits[@]}")
 store=(--store scylla --scylla-nodes "$nodes" --scylla-replication datacenter1=3 --scylla-keyspace "$run_id"
     --scylla-read-timeout 400ms --lookup-budget 1s --lookup-batch-budget 3s)
 e1=$(port) e2=$(port) l1=$(port) l2=$(port)
@@ -128,6 +152,7 @@ start lookup-1 lookup "$data/lookup-1" "${common[@]}" "${store[@]}" --grpc-addr 
 start lookup-2 lookup "$data/lookup-2" "${common[@]}" "${store[@]}" --grpc-addr "127.0.0.1:$l2"
 run split "http://127.0.0.1:$e1,http://127.0.0.1:$e2" "http://127.0.0.1:$l1,http://127.0.0.1:$l2" \
     "$ADMIN_materializer_1,$ADMIN_materializer_2" "$data/credentials"
+bench_against split "http://127.0.0.1:$l1" "http://127.0.0.1:$e1" "$data/credentials"
 cleanup
 pids=() names=()
 
@@ -136,6 +161,7 @@ data="$WORK/up"
 rm -rf "$data"
 "$B/healthcode-loadtest" credentials --dir "$WORK/round" --tokens-file "$data/credentials/tokens.toml"
 g=$(port)
-start up up "$data" --grpc-addr "127.0.0.1:$g"
+start up up "$data" --grpc-addr "127.0.0.1:$g" "${limits[@]}"
 run up "http://127.0.0.1:$g" "http://127.0.0.1:$g" "$ADMIN_up" "$data/credentials"
+bench_against up "http://127.0.0.1:$g" "http://127.0.0.1:$g" "$data/credentials"
 echo "peak memory of healthcode up (VmHWM): $(grep VmHWM "/proc/${pids[0]}/status" | awk '{print $2 / 1024}') MiB"

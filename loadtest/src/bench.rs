@@ -247,7 +247,10 @@ async fn honour_retry_after<T>(result: Result<T, Status>) -> Result<(), Status> 
 }
 
 pub struct BenchOptions {
+    /// Where lookups go.
     pub target: String,
+    /// Where ingest goes, when not to `target`: a split deployment's edge.
+    pub ingest_target: Option<String>,
     pub concurrency: usize,
     pub duration: Duration,
     /// Unmeasured lookups before each server's lookup run.
@@ -281,7 +284,11 @@ pub async fn bench(options: &BenchOptions) -> anyhow::Result<Vec<Measured>> {
     for (workload, round) in runs {
         // Each round its own event ids, so no run's events are duplicates.
         let run = UnixMicros::now().0 as u64;
-        for (server, url) in [("bare", bare.as_str()), ("target", options.target.as_str())] {
+        let target_ingest = options.ingest_target.as_deref().unwrap_or(&options.target);
+        for (server, lookup_url, ingest_url) in
+            [("bare", bare.as_str(), bare.as_str()), ("target", options.target.as_str(), target_ingest)]
+        {
+            let url = if workload.starts_with("ingest-") { ingest_url } else { lookup_url };
             let channel: Channel = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?;
             let w = Workload {
                 channel,
@@ -304,8 +311,10 @@ pub async fn bench(options: &BenchOptions) -> anyhow::Result<Vec<Measured>> {
                 "ingest-batch" => drive(c, d, w.batches()).await,
                 _ => {
                     // Lookups measured while a batch-ingest flood of the same
-                    // concurrency runs on its own connection.
-                    let flood_channel = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?;
+                    // concurrency runs on its own connection (to the edge, in a
+                    // split deployment).
+                    let flood_channel =
+                        Endpoint::from_shared(ingest_url.to_owned())?.tcp_nodelay(true).connect().await?;
                     let flood = Workload { channel: flood_channel, run: run ^ 1, ..w.clone() };
                     let flooding = tokio::spawn(drive(c, d, flood.batches()));
                     let measured = drive(c, d, w.lookups()).await;
@@ -423,6 +432,30 @@ mod tests {
         assert!(!lines.iter().any(|l| l.starts_with("bare: lookup p99")), "the bare server had no flooded run");
         assert_eq!(median(vec![]), None);
         assert_eq!(median(vec![3.0, 1.0]), Some(2.0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_split_targets_ingest_goes_to_its_edge_and_lookups_to_the_lookup_process() {
+        let lookups = format!("http://{}", start_bare().await.unwrap());
+        // Nothing listens on port 1: only a run that sends it something fails.
+        let options = |workload: &str| BenchOptions {
+            target: lookups.clone(),
+            ingest_target: Some("http://127.0.0.1:1".into()),
+            concurrency: 2,
+            duration: Duration::from_millis(200),
+            warmup: Duration::ZERO,
+            residents: 10,
+            batch: 5,
+            rounds: 1,
+            workloads: vec![workload.into()],
+            station: "st".into(),
+            token: "a-token".into(),
+        };
+        let looked_up = bench(&options("lookup")).await.unwrap();
+        assert!(looked_up.iter().all(|m| m.requests > 0 && m.errors == 0), "lookups reach --target alone");
+        for workload in ["ingest-unary", "ingest-batch", "lookup-under-ingest"] {
+            assert!(bench(&options(workload)).await.is_err(), "{workload} must reach --ingest-target");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -237,8 +237,13 @@ pub struct ChaosArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// The server that answers lookups (and takes ingest, unless --ingest-target).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub target: String,
+    /// Where the target's ingest goes instead, for a split deployment: the
+    /// edge, with --target naming a lookup process.
+    #[arg(long)]
+    pub ingest_target: Option<String>,
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -510,6 +515,7 @@ async fn run_chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
 async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let options = bench::BenchOptions {
         target: args.target,
+        ingest_target: args.ingest_target,
         concurrency: args.concurrency,
         duration: args.duration,
         warmup: args.warmup,

@@ -29,16 +29,23 @@ pub(crate) struct ConsumerStats {
 impl ClientContext for ConsumerStats {
     fn stats(&self, stats: Statistics) {
         let mut lag = self.lag.lock().expect("lag lock");
-        lag.clear();
+        let before = std::mem::take(&mut *lag);
         for topic in stats.topics.values() {
             for (id, partition) in &topic.partitions {
-                // The internal UA partition (-1) and unassigned ones report -1.
-                if *id >= 0 && partition.consumer_lag >= 0 {
+                // Only the partitions assigned to this member (`desired`):
+                // librdkafka keeps reporting the lag a partition had when a
+                // rebalance moved it to another member, and that member
+                // drains it. The internal UA partition (-1) reports -1.
+                if *id >= 0 && partition.desired && partition.consumer_lag >= 0 {
                     lag.insert(*id, partition.consumer_lag);
                     metrics::gauge!("healthcode_kafka_consumer_lag_records", "partition" => id.to_string())
                         .set(partition.consumer_lag as f64);
                 }
             }
+        }
+        // A partition that moved away is no longer this member's lag.
+        for id in before.keys().filter(|id| !lag.contains_key(id)) {
+            metrics::gauge!("healthcode_kafka_consumer_lag_records", "partition" => id.to_string()).set(0.0);
         }
         self.total_lag.store(lag.values().map(|l| *l as u64).sum(), Ordering::Relaxed);
     }
@@ -257,5 +264,35 @@ fn delivered(message: &rdkafka::message::BorrowedMessage<'_>) -> Delivered {
             key: message.key().unwrap_or_default().to_vec(),
             payload: message.payload().unwrap_or_default().to_vec(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::statistics::{Partition, Topic};
+
+    use super::*;
+
+    fn stats(partitions: &[(i32, bool, i64)]) -> Statistics {
+        let partitions = partitions
+            .iter()
+            .map(|&(partition, desired, consumer_lag)| {
+                (partition, Partition { partition, desired, consumer_lag, ..Partition::default() })
+            })
+            .collect();
+        let topic = Topic { topic: "events".into(), partitions, ..Topic::default() };
+        Statistics { topics: [("events".to_string(), topic)].into(), ..Statistics::default() }
+    }
+
+    #[test]
+    fn lag_counts_only_the_partitions_this_member_is_assigned() {
+        let member = ConsumerStats::default();
+        member.stats(stats(&[(0, true, 7), (1, true, 5), (-1, false, -1)]));
+        assert_eq!(member.total_lag.load(Ordering::Relaxed), 12);
+        // A rebalance moved partition 1 away with 5 records left; librdkafka
+        // still reports them, but the member that took it drains them.
+        member.stats(stats(&[(0, true, 0), (1, false, 5), (-1, false, -1)]));
+        assert_eq!(member.total_lag.load(Ordering::Relaxed), 0);
+        assert_eq!(member.lag.lock().unwrap().keys().copied().collect::<Vec<_>>(), vec![0]);
     }
 }
