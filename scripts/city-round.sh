@@ -30,15 +30,8 @@ GRPC=127.0.0.1:50951
 ADMIN=127.0.0.1:9951
 
 cargo build --release --locked -p healthcode -p healthcode-loadtest
-mkdir -p "$WORK"
-shape="residents=$RESIDENTS days=$DAYS tests_per_day=$TESTS_PER_DAY lookups=$LOOKUPS"
-if [ ! -f "$WORK/round/round.json" ] || [ "$(cat "$WORK/round/shape" 2>/dev/null)" != "$shape" ]; then
-    echo "== generate $RESIDENTS residents"
-    /usr/bin/time -f "generate: %e s wall, %M KiB peak memory" \
-        "$B/healthcode-loadtest" generate --out "$WORK/round" --residents "$RESIDENTS" --lookups-per-resident "$LOOKUPS" \
-        --days "$DAYS" --tests-per-day "$TESTS_PER_DAY"
-    echo "$shape" >"$WORK/round/shape"
-fi
+. scripts/lib/round.sh
+generate_round
 
 rm -rf "$WORK/data"
 "$B/healthcode-loadtest" credentials --dir "$WORK/round" --tokens-file "$WORK/data/credentials/tokens.toml"

@@ -8,7 +8,7 @@
 # resident. Prints throughput, freshness, lookup p99 and the CPU each process
 # (and each engine node) used. Settings via the environment:
 #   RESIDENTS (1000000), COMPRESSION (400), LOOKUPS per resident (0.2), DAYS (3)
-#   and TESTS_PER_DAY (2) (the round's shape, as in city-round.sh), WORK dir,
+#   and TESTS_PER_DAY (2) (the round's shape, scripts/lib/round.sh), WORK dir,
 #   REPLAY_ARGS (more options for the replay, e.g. --checks 0);
 #   BENCH_ROUNDS: after each verify, `bench`'s lookups alone and under a batch
 #   flood (issue 14, target 3) that many rounds, lookups to one lookup
@@ -34,14 +34,8 @@ if [ -z "${HEALTHCODE_KAFKA_BROKERS:-}" ] || [ -z "${HEALTHCODE_SCYLLA_NODES:-}"
     eval "$(scripts/engines.sh up --kafka 3 --cql 3)"
     STARTED_ENGINES=1
 fi
-mkdir -p "$WORK"
-shape="residents=$RESIDENTS days=$DAYS tests_per_day=$TESTS_PER_DAY lookups=$LOOKUPS"
-if [ ! -f "$WORK/round/round.json" ] || [ "$(cat "$WORK/round/shape" 2>/dev/null)" != "$shape" ]; then
-    echo "== generate $RESIDENTS residents"
-    "$B/healthcode-loadtest" generate --out "$WORK/round" --residents "$RESIDENTS" --lookups-per-resident "$LOOKUPS" \
-        --days "$DAYS" --tests-per-day "$TESTS_PER_DAY"
-    echo "$shape" >"$WORK/round/shape"
-fi
+. scripts/lib/round.sh
+generate_round
 
 pids=()
 names=()

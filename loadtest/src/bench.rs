@@ -278,13 +278,13 @@ pub async fn bench(options: &BenchOptions) -> anyhow::Result<Vec<Measured>> {
     let bare = format!("http://{}", start_bare().await?);
     let bearer = Bearer::new(&options.token)?;
     let station: Arc<str> = options.station.as_str().into();
+    let target_ingest = options.ingest_target.as_deref().unwrap_or(&options.target);
     let mut out = Vec::new();
     let chosen = WORKLOADS.iter().filter(|w| options.workloads.iter().any(|c| c == *w));
     let runs = chosen.flat_map(|w| (1..=options.rounds.max(1)).map(move |round| (*w, round)));
     for (workload, round) in runs {
         // Each round its own event ids, so no run's events are duplicates.
         let run = UnixMicros::now().0 as u64;
-        let target_ingest = options.ingest_target.as_deref().unwrap_or(&options.target);
         for (server, lookup_url, ingest_url) in
             [("bare", bare.as_str(), bare.as_str()), ("target", options.target.as_str(), target_ingest)]
         {
