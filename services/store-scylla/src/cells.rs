@@ -4,18 +4,22 @@
 //! - A register (latest positive, latest test, updated_at) is written with its
 //!   value as the cell's write timestamp. ScyllaDB keeps the cell with the
 //!   greatest write timestamp, on every replica and at every compaction, so
-//!   the cell holds the maximum of everything ever written to it.
-//! - The latest scan is last-writer-wins on (scanned_at, event_id). Its write
-//!   timestamp is scanned_at; for equal timestamps ScyllaDB keeps the greater
-//!   value, compared as unsigned bytes, and the value starts with the
-//!   event_id followed by a 0 byte (ids never contain one), so the greater
-//!   event_id wins, as in `Facts::merge`.
-//! - Negatives and overrides are clustering rows keyed by their time (and
-//!   event_id): writing one adds it to a set, writing it again changes
-//!   nothing, and a set union does not care about order. "The two latest
-//!   negatives" and "the latest 64 overrides" are picked from the set when
-//!   read, by the domain's own merge, so no write needs to know what is
-//!   already stored.
+//!   the cell holds the maximum of everything ever written to it. Two writes
+//!   of one timestamp carry one value, so how a tie resolves cannot matter.
+//! - Nothing else is a cell that two different writes share. For two cells
+//!   of one timestamp, ScyllaDB (since scylladb#14183) and Cassandra (since
+//!   CASSANDRA-14592) keep the one that expires later before they compare
+//!   values; the expiry is the coordinator's clock plus the TTL, so the
+//!   winner of a tie would depend on when each write arrived. The latest scan
+//!   was such a cell until schema version 4, and two scans of one instant
+//!   could settle on either.
+//! - Negatives, overrides, visits, scans and site risks are clustering rows
+//!   keyed by their time and identity: writing one adds it to a set, writing
+//!   it again changes nothing, and a set union does not care about order.
+//!   "The two latest negatives", "the latest 64 overrides" and "the latest
+//!   scan, ties to the greater event_id" are picked from the set when read,
+//!   by the domain's own merge, so no write needs to know what is already
+//!   stored.
 //! - Each cell's TTL ends retention after the fact's own time
 //!   (`Facts::retained`). Expiry removes the oldest members of a set first,
 //!   so the top two of what is left are the top two of what is within retention.
@@ -37,14 +41,20 @@ const PAYLOAD_VERSION: u8 = 1;
 /// (microseconds, the CQL `USING TIMESTAMP` unit) and TTL in seconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
-    Register { register: Register, value: RegisterValue, timestamp: i64, ttl: i32 },
-    Row { kind: RowKind, at: i64, event_id: String, payload: Vec<u8>, timestamp: i64, ttl: i32 },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RegisterValue {
-    Micros(i64),
-    Blob(Vec<u8>),
+    /// A max register: its value (microseconds) is also its timestamp.
+    Register {
+        register: Register,
+        value: i64,
+        ttl: i32,
+    },
+    Row {
+        kind: RowKind,
+        at: i64,
+        event_id: String,
+        payload: Vec<u8>,
+        timestamp: i64,
+        ttl: i32,
+    },
 }
 
 /// The TTL of a fact that happened at `at`, written at `now`: the rest of its
@@ -60,22 +70,16 @@ pub fn ttl_seconds(at: UnixMicros, retention: Duration, now: UnixMicros) -> Opti
 /// The cells and rows that merge `facts` into a resident's partition.
 pub fn writes(facts: &Facts, retention: Duration, now: UnixMicros) -> Vec<Write> {
     let mut out = Vec::new();
-    let mut register = |register: Register, at: UnixMicros, value: RegisterValue| {
-        if let Some(ttl) = ttl_seconds(at, retention, now) {
-            out.push(Write::Register { register, value, timestamp: at.0, ttl });
-        }
-    };
-    for (reg, at) in [
+    for (register, at) in [
         (Register::LatestPositive, facts.latest_positive),
         (Register::LatestTest, facts.latest_test),
         (Register::UpdatedAt, facts.updated_at),
     ] {
-        if let Some(at) = at {
-            register(reg, at, RegisterValue::Micros(at.0));
+        if let Some(at) = at
+            && let Some(ttl) = ttl_seconds(at, retention, now)
+        {
+            out.push(Write::Register { register, value: at.0, ttl });
         }
-    }
-    if let Some(scan) = &facts.latest_scan {
-        register(Register::LatestScan, scan.scanned_at, RegisterValue::Blob(encode_scan(scan)));
     }
     let mut row = |kind: RowKind, at: UnixMicros, event_id: &str, payload: Vec<u8>| {
         if let Some(ttl) = ttl_seconds(at, retention, now) {
@@ -90,6 +94,9 @@ pub fn writes(facts: &Facts, retention: Duration, now: UnixMicros) -> Vec<Write>
     }
     for v in &facts.visits {
         row(RowKind::Visit, v.scanned_at, &v.site_id, Vec::new());
+    }
+    if let Some(scan) = &facts.latest_scan {
+        row(RowKind::Scan, scan.scanned_at, &scan.event_id, encode_scan_row(scan));
     }
     for r in &facts.site_risks {
         row(RowKind::SiteRisk, r.issued_at, &r.event_id, encode_site_risk(r));
@@ -135,9 +142,18 @@ pub fn decode_site_risk(issued_at: UnixMicros, event_id: String, bytes: &[u8]) -
     })
 }
 
+/// The `latest_scan` static cell of schema version 3, still read.
 #[derive(Serialize, Deserialize)]
 struct ScanRest {
     scanned_at: UnixMicros,
+    site_id: String,
+    station_id: String,
+    kind: ScanKind,
+}
+
+/// A scan row's payload: its time and event_id are the row's key.
+#[derive(Serialize, Deserialize)]
+struct ScanRowRest {
     site_id: String,
     station_id: String,
     kind: ScanKind,
@@ -188,9 +204,19 @@ fn from_postcard_part<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &'static st
     }
 }
 
-/// `scanned_at` is the cell's timestamp; the value starts with the event_id
-/// so that ties order by it (see the module comment).
-pub fn encode_scan(scan: &ScanFact) -> Vec<u8> {
+pub fn encode_scan_row(scan: &ScanFact) -> Vec<u8> {
+    postcard_part(&ScanRowRest { site_id: scan.site_id.clone(), station_id: scan.station_id.clone(), kind: scan.kind })
+}
+
+pub fn decode_scan_row(scanned_at: UnixMicros, event_id: String, bytes: &[u8]) -> Result<ScanFact, CellError> {
+    let rest: ScanRowRest = from_postcard_part(bytes, "scan")?;
+    Ok(ScanFact { scanned_at, event_id, site_id: rest.site_id, station_id: rest.station_id, kind: rest.kind })
+}
+
+/// The `latest_scan` cell as schema version 3 wrote it: the event_id, a 0
+/// byte, the rest. Only tests write it now.
+#[cfg(test)]
+pub fn encode_legacy_scan_cell(scan: &ScanFact) -> Vec<u8> {
     let mut out = scan.event_id.as_bytes().to_vec();
     out.push(0);
     out.extend(postcard_part(&ScanRest {
@@ -202,7 +228,7 @@ pub fn encode_scan(scan: &ScanFact) -> Vec<u8> {
     out
 }
 
-pub fn decode_scan(bytes: &[u8]) -> Result<ScanFact, CellError> {
+pub fn decode_legacy_scan_cell(bytes: &[u8]) -> Result<ScanFact, CellError> {
     let split = bytes.iter().position(|b| *b == 0).ok_or(CellError::NoSeparator)?;
     let event_id = std::str::from_utf8(&bytes[..split]).map_err(|_| CellError::NotUtf8)?.to_owned();
     let rest: ScanRest = from_postcard_part(&bytes[split + 1..], "scan")?;
@@ -259,7 +285,7 @@ pub fn facts_from_rows(rows: &[StoredRow]) -> Result<Option<Facts>, CellError> {
         latest_test: first.latest_test.map(UnixMicros),
         updated_at: first.updated_at.map(UnixMicros),
         latest_scan: match &first.latest_scan {
-            Some(bytes) => Some(decode_scan(bytes)?),
+            Some(bytes) => Some(decode_legacy_scan_cell(bytes)?),
             None => None,
         },
         ..Facts::default()
@@ -282,6 +308,11 @@ pub fn facts_from_rows(rows: &[StoredRow]) -> Result<Option<Facts>, CellError> {
                 let event_id = row.event_id.clone().unwrap_or_default();
                 let payload = row.payload.as_deref().unwrap_or_default();
                 Facts { site_risks: vec![decode_site_risk(at, event_id, payload)?], ..Facts::default() }
+            }
+            Some(RowKind::Scan) => {
+                let event_id = row.event_id.clone().unwrap_or_default();
+                let payload = row.payload.as_deref().unwrap_or_default();
+                Facts { latest_scan: Some(decode_scan_row(at, event_id, payload)?), ..Facts::default() }
             }
             None => return Err(CellError::UnknownKind(code)),
         };
@@ -327,22 +358,11 @@ mod tests {
             vec![
                 Write::Register {
                     register: Register::LatestPositive,
-                    value: RegisterValue::Micros(at(5).0),
-                    timestamp: 1_800_000_005_000_000,
+                    value: 1_800_000_005_000_000,
                     ttl: 30 * 86_400 - 5,
                 },
-                Write::Register {
-                    register: Register::LatestTest,
-                    value: RegisterValue::Micros(at(7).0),
-                    timestamp: 1_800_000_007_000_000,
-                    ttl: 30 * 86_400 - 3,
-                },
-                Write::Register {
-                    register: Register::UpdatedAt,
-                    value: RegisterValue::Micros(at(9).0),
-                    timestamp: 1_800_000_009_000_000,
-                    ttl: 30 * 86_400 - 1,
-                },
+                Write::Register { register: Register::LatestTest, value: 1_800_000_007_000_000, ttl: 30 * 86_400 - 3 },
+                Write::Register { register: Register::UpdatedAt, value: 1_800_000_009_000_000, ttl: 30 * 86_400 - 1 },
             ]
         );
     }
@@ -381,17 +401,51 @@ mod tests {
         }
     }
 
-    #[test]
-    fn scan_values_order_like_their_event_ids_as_scylla_compares_ties() {
-        // ScyllaDB keeps the greater value, as unsigned bytes, when two cells
-        // have the same timestamp; the domain keeps the greater event_id.
-        for (a, b) in [("e-1", "e-2"), ("e", "e-"), ("A", "a"), ("e-9", "e-10")] {
-            let domain = scan(a).cmp(&scan(b));
-            let bytes = encode_scan(&scan(a)).cmp(&encode_scan(&scan(b)));
-            assert_eq!(domain, bytes, "{a} vs {b}");
+    fn scan_row(scan: &ScanFact) -> StoredRow {
+        StoredRow {
+            kind: Some(RowKind::Scan as i8),
+            at: Some(scan.scanned_at.0),
+            event_id: Some(scan.event_id.clone()),
+            payload: Some(encode_scan_row(scan)),
+            ..StoredRow::default()
         }
-        assert_eq!(decode_scan(&encode_scan(&scan("e-7"))).unwrap(), scan("e-7"));
-        assert!(decode_scan(b"no-separator").is_err());
+    }
+
+    #[test]
+    fn scans_of_one_instant_are_two_rows_and_the_read_keeps_the_greater_event_id() {
+        // A tie between two cells would fall to whichever expires later, that
+        // is to the order the writes arrived in; two rows never tie.
+        for (a, b) in [("e-1", "e-2"), ("e", "e-"), ("A", "a"), ("e-9", "e-10")] {
+            let key = |id: &str| match &writes(
+                &Facts { latest_scan: Some(scan(id)), ..Facts::default() },
+                30 * DAY,
+                at(10),
+            )[..]
+            {
+                [Write::Row { kind: RowKind::Scan, at, event_id, timestamp, .. }] => {
+                    assert_eq!(timestamp, at, "a row's timestamp is its own time");
+                    (*at, event_id.clone())
+                }
+                other => panic!("one scan row expected: {other:?}"),
+            };
+            assert_ne!(key(a), key(b), "{a} and {b} share no cell");
+            let greater = if scan(a) > scan(b) { scan(a) } else { scan(b) };
+            for rows in [[scan_row(&scan(a)), scan_row(&scan(b))], [scan_row(&scan(b)), scan_row(&scan(a))]] {
+                assert_eq!(facts_from_rows(&rows).unwrap().unwrap().latest_scan, Some(greater.clone()), "{a} vs {b}");
+            }
+        }
+        assert!(decode_scan_row(at(1), "e".into(), b"").is_err());
+    }
+
+    #[test]
+    fn a_latest_scan_cell_of_schema_version_3_is_still_read_and_joined_with_the_rows() {
+        let old = StoredRow { latest_scan: Some(encode_legacy_scan_cell(&scan("e-1"))), ..StoredRow::default() };
+        assert_eq!(facts_from_rows(std::slice::from_ref(&old)).unwrap().unwrap().latest_scan, Some(scan("e-1")));
+        let newer = StoredRow { latest_scan: old.latest_scan.clone(), ..scan_row(&scan("e-2")) };
+        assert_eq!(facts_from_rows(&[newer]).unwrap().unwrap().latest_scan, Some(scan("e-2")));
+        let older = StoredRow { latest_scan: old.latest_scan.clone(), ..scan_row(&scan("e-0")) };
+        assert_eq!(facts_from_rows(&[older]).unwrap().unwrap().latest_scan, Some(scan("e-1")));
+        assert!(decode_legacy_scan_cell(b"no-separator").is_err());
     }
 
     #[test]
@@ -433,7 +487,6 @@ mod tests {
             latest_positive: Some(at(2).0),
             latest_test: Some(at(9).0),
             updated_at: Some(at(9).0),
-            latest_scan: Some(encode_scan(&scan("s-1"))),
             ..StoredRow::default()
         };
         // As ScyllaDB returns them: kind ascending, then newest first, with an
@@ -449,12 +502,14 @@ mod tests {
             (3, 3, "mall"),
             (4, 8, "r-2"),
             (4, 5, "r-1"),
+            (5, 1, "s-1"),
         ];
         for (kind, s, id) in rows_written {
             let payload = match kind {
                 2 => encode_override(&o(id, s)),
                 4 if id == "r-2" => encode_site_risk(&risk),
                 4 => encode_site_risk(&older),
+                5 => encode_scan_row(&scan(id)),
                 _ => Vec::new(),
             };
             rows.push(StoredRow {

@@ -10,16 +10,20 @@ use std::str::FromStr;
 /// Version 2 added visits and site risks (row kinds 3 and 4) and the
 /// `site_visits` index, which version 1 cannot read. Version 3 added the
 /// audit record: a version-2 build would apply decisions without recording
-/// them, so it is refused once a version-3 build has run.
-pub const SCHEMA_VERSION: i32 = 3;
+/// them, so it is refused once a version-3 build has run. Version 4 keeps the
+/// latest scan as rows (kind 5) instead of the `latest_scan` static cell,
+/// which a version-3 build would not see (it refuses the unknown kind).
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Schema components tracked in `schema_version`.
 pub const FACTS_COMPONENT: &str = "resident_facts";
 
-/// Rows that may come back for one resident: the static row plus its
-/// negatives and overrides within retention. Far above any real resident
-/// (tests are at most a few a day); a bound so that no partition can make a
-/// lookup read without limit.
+/// Rows that may come back for one resident: its negatives, overrides,
+/// visits and scans within retention, in that order. Far above any real
+/// resident's tests and overrides (a few a day); a bound so that no partition
+/// can make a lookup read without limit. A resident with more visits than
+/// fit loses only the oldest visits from the read (`VISITS_KEPT`, 512, are
+/// kept anyway) and its scans, whose latest is then read on its own.
 pub const ROWS_PER_RESIDENT: i32 = 1000;
 
 /// Rows of the site-risk registry's partition: every version of every risk
@@ -97,27 +101,28 @@ pub fn check_keyspace(name: &str) -> Result<(), SettingError> {
     if ok { Ok(()) } else { Err(SettingError::Keyspace(name.to_owned())) }
 }
 
-/// The four single-value facts, kept as static cells of the resident's
-/// partition. Each is a max (or last-writer-wins) register. The
-/// discriminant is the position in [`Register::ALL`].
+/// The three single-value facts, kept as static cells of the resident's
+/// partition. Each is a max register: its value is its write timestamp, so
+/// two writes of one timestamp carry one value. The discriminant is the
+/// position in [`Register::ALL`].
+///
+/// The `latest_scan` static cell is no register any more (schema version
+/// 4): it is only read, for what a version-3 build wrote.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Register {
     LatestPositive = 0,
     LatestTest = 1,
     UpdatedAt = 2,
-    LatestScan = 3,
 }
 
 impl Register {
-    pub const ALL: [Register; 4] =
-        [Register::LatestPositive, Register::LatestTest, Register::UpdatedAt, Register::LatestScan];
+    pub const ALL: [Register; 3] = [Register::LatestPositive, Register::LatestTest, Register::UpdatedAt];
 
     pub fn column(self) -> &'static str {
         match self {
             Register::LatestPositive => "latest_positive",
             Register::LatestTest => "latest_test",
             Register::UpdatedAt => "updated_at",
-            Register::LatestScan => "latest_scan",
         }
     }
 }
@@ -132,6 +137,9 @@ pub enum RowKind {
     Visit = 3,
     /// Under the registry key only: `at` issued_at, `event_id` the event's.
     SiteRisk = 4,
+    /// `at` the scan time, `event_id` the scan's, the rest in the payload:
+    /// the set of scans, of which the read keeps the greatest.
+    Scan = 5,
 }
 
 impl RowKind {
@@ -141,6 +149,7 @@ impl RowKind {
             2 => Some(RowKind::Override),
             3 => Some(RowKind::Visit),
             4 => Some(RowKind::SiteRisk),
+            5 => Some(RowKind::Scan),
             _ => None,
         }
     }
@@ -316,6 +325,18 @@ impl Cql {
         self.read_partition(ROWS_OF_SITE_RISKS)
     }
 
+    /// Binds: resident. The greatest scan row alone (clustering order puts
+    /// it first of its kind), for a partition whose read stopped at
+    /// [`ROWS_PER_RESIDENT`] before reaching the scans.
+    pub fn read_latest_scan(&self) -> String {
+        format!(
+            "SELECT latest_positive, latest_test, updated_at, latest_scan, kind, at, event_id, payload \
+             FROM {}.resident_facts WHERE resident = ? AND kind = {} LIMIT 1",
+            self.keyspace,
+            RowKind::Scan as i8
+        )
+    }
+
     fn read_partition(&self, limit: i32) -> String {
         format!(
             "SELECT latest_positive, latest_test, updated_at, latest_scan, kind, at, event_id, payload \
@@ -416,6 +437,17 @@ mod tests {
         let read = Cql::new("hc").unwrap().read_facts();
         assert!(read.contains("WHERE resident = ? LIMIT 1000"), "{read}");
         assert!(!read.contains(" IN "), "{read}");
+        let scan = Cql::new("hc").unwrap().read_latest_scan();
+        assert!(scan.ends_with("WHERE resident = ? AND kind = 5 LIMIT 1"), "{scan}");
+    }
+
+    #[test]
+    fn row_kinds_round_trip_their_codes() {
+        for kind in [RowKind::Negative, RowKind::Override, RowKind::Visit, RowKind::SiteRisk, RowKind::Scan] {
+            assert_eq!(RowKind::from_code(kind as i8), Some(kind));
+        }
+        assert_eq!(RowKind::from_code(0), None);
+        assert_eq!(RowKind::from_code(6), None);
     }
 
     #[test]

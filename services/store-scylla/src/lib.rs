@@ -30,9 +30,9 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 
-use crate::cells::{RegisterValue, StoredRow, Write};
+use crate::cells::{StoredRow, Write};
 pub use crate::config::{Consistency, ScyllaConfig};
-use crate::cql::{Cql, FACTS_COMPONENT, Register, SCHEMA_VERSION, VISIT_BUCKET_MICROS};
+use crate::cql::{Cql, FACTS_COMPONENT, ROWS_PER_RESIDENT, Register, SCHEMA_VERSION, VISIT_BUCKET_MICROS};
 
 /// The row type of [`Cql::read_facts`].
 type ReadRow =
@@ -41,12 +41,14 @@ type ReadRow =
 pub struct ScyllaStore {
     session: Session,
     read: PreparedStatement,
+    /// The greatest scan row, when `read` stopped before the scans.
+    read_latest_scan: PreparedStatement,
     /// The read of the site-risk registry's (larger) partition.
     read_site_risks: PreparedStatement,
     site_visit: PreparedStatement,
     site_visitors: PreparedStatement,
     scan: PreparedStatement,
-    registers: [PreparedStatement; 4],
+    registers: [PreparedStatement; Register::ALL.len()],
     /// Rows with a payload (overrides) and without (negatives).
     row: PreparedStatement,
     bare_row: PreparedStatement,
@@ -138,6 +140,7 @@ impl ScyllaStore {
         };
         let read = prepare_fact(cql.read_facts(), &read_profile).await?;
         let read_site_risks = prepare_fact(cql.read_site_risks(), &read_profile).await?;
+        let read_latest_scan = prepare_fact(cql.read_latest_scan(), &read_profile).await?;
         let site_visit = prepare_fact(cql.write_site_visit(), &write_profile).await?;
         let site_visitors = prepare_fact(cql.read_site_visitors(), &read_profile).await?;
         let scan = prepare_fact(cql.scan_residents(), &read_profile).await?;
@@ -160,6 +163,7 @@ impl ScyllaStore {
         Ok(ScyllaStore {
             session,
             read,
+            read_latest_scan,
             read_site_risks,
             site_visit,
             site_visitors,
@@ -189,13 +193,14 @@ impl ScyllaStore {
         let resident = CqlValue::Text(update.resident.clone());
         for write in writes {
             match write {
-                Write::Register { register, value, timestamp, ttl } => {
+                Write::Register { register, value, ttl } => {
                     batch.append_statement(self.registers[register as usize].clone());
-                    let value = match value {
-                        RegisterValue::Micros(m) => CqlValue::BigInt(m),
-                        RegisterValue::Blob(b) => CqlValue::Blob(b),
-                    };
-                    values.push(vec![CqlValue::BigInt(timestamp), CqlValue::Int(ttl), value, resident.clone()]);
+                    values.push(vec![
+                        CqlValue::BigInt(value),
+                        CqlValue::Int(ttl),
+                        CqlValue::BigInt(value),
+                        resident.clone(),
+                    ]);
                 }
                 Write::Row { kind, at, event_id, payload, timestamp, ttl } => {
                     let mut bound = vec![
@@ -235,10 +240,21 @@ impl ScyllaStore {
 
     async fn read_resident(&self, resident: &str, now: UnixMicros) -> Result<Option<Facts>, StoreError> {
         let statement = if resident == SITE_RISKS_KEY { &self.read_site_risks } else { &self.read };
+        let mut rows = self.read_rows(statement, resident).await?;
+        // Scans sort last in the partition: a read cut at its row limit
+        // (a resident with hundreds of visits) may not have reached them.
+        if resident != SITE_RISKS_KEY && rows.len() >= ROWS_PER_RESIDENT as usize {
+            rows.extend(self.read_rows(&self.read_latest_scan, resident).await?);
+        }
+        let facts = cells::facts_from_rows(&rows).map_err(|e| StoreError::storage_from("undecodable facts", e))?;
+        // TTLs count whole seconds from the server's clock: cut exactly here.
+        Ok(facts.and_then(|f| retained(f, self.config.retention, now)))
+    }
+
+    async fn read_rows(&self, statement: &PreparedStatement, resident: &str) -> Result<Vec<StoredRow>, StoreError> {
         let result = self.session.execute_unpaged(statement, (resident,)).await.map_err(|e| store_error("read", &e))?;
         let rows = result.into_rows_result().map_err(|e| StoreError::storage_from("reading facts", e))?;
-        let rows: Vec<StoredRow> = rows
-            .rows::<ReadRow>()
+        rows.rows::<ReadRow>()
             .map_err(|e| StoreError::storage_from("facts table has unexpected columns", e))?
             .map(|row| {
                 row.map(|(latest_positive, latest_test, updated_at, latest_scan, kind, at, event_id, payload)| {
@@ -246,10 +262,7 @@ impl ScyllaStore {
                 })
             })
             .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::storage_from("undecodable facts row", e))?;
-        let facts = cells::facts_from_rows(&rows).map_err(|e| StoreError::storage_from("undecodable facts", e))?;
-        // TTLs count whole seconds from the server's clock: cut exactly here.
-        Ok(facts.and_then(|f| retained(f, self.config.retention, now)))
+            .map_err(|e| StoreError::storage_from("undecodable facts row", e))
     }
 }
 

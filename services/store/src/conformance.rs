@@ -43,6 +43,7 @@ macro_rules! status_store_conformance {
             expired_facts_are_neither_read_nor_kept,
             each_fact_expires_on_its_own,
             scans_at_the_same_instant_resolve_by_event_id,
+            a_resident_with_many_visits_keeps_its_latest_scan,
             visits_and_site_risks_merge_in_any_order,
             visitors_are_counted_once_per_resident_within_the_window,
             the_audit_record_pages_newest_first_and_keeps_every_entry_once,
@@ -224,29 +225,60 @@ pub async fn each_fact_expires_on_its_own(factory: &impl StoreFactory) {
     );
 }
 
-pub async fn scans_at_the_same_instant_resolve_by_event_id(factory: &impl StoreFactory) {
-    let store = factory.open().await;
-    let scan = |id: &str, site: &str| Facts {
+fn scan_at(secs: i64, id: &str, site: &str) -> Facts {
+    Facts {
         latest_scan: Some(ScanFact {
-            scanned_at: at(70),
+            scanned_at: at(secs),
             event_id: id.into(),
             site_id: site.into(),
             station_id: format!("station-{site}"),
             kind: ScanKind::VenueEntry,
         }),
-        updated_at: Some(at(70)),
+        updated_at: Some(at(secs)),
         ..Facts::default()
-    };
+    }
+}
+
+pub async fn scans_at_the_same_instant_resolve_by_event_id(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let scan = |id: &str| scan_at(70, id, &format!("site-of-{id}"));
     let (one, other) = (factory.resident("scan-tie-a"), factory.resident("scan-tie-b"));
-    for (r, order) in [(&one, ["scan-b", "scan-a"]), (&other, ["scan-a", "scan-b"])] {
-        for id in order {
-            store.merge(vec![update(r, scan(id, &format!("site-of-{id}")))].into()).await.unwrap();
+    let orders = [(&one, ["scan-b", "scan-a"]), (&other, ["scan-a", "scan-b"])];
+    for step in 0..2 {
+        if step == 1 {
+            // The second write of each a second later: a store whose tie
+            // fell to the write that arrived last (or expires last) would
+            // keep "scan-a" for `one`.
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        }
+        for (r, order) in &orders {
+            store.merge(vec![update(r, scan(order[step]))].into()).await.unwrap();
         }
     }
     for r in [one, other] {
         let got = store.get(&r).await.unwrap().unwrap().latest_scan.unwrap();
         assert_eq!((got.event_id.as_str(), got.site_id.as_str()), ("scan-b", "site-of-scan-b"));
     }
+}
+
+/// More visits than a store may read at once in one go (a CQL read stops at
+/// 1000 rows): the latest scan and the latest `VISITS_KEPT` visits are
+/// still what comes back.
+pub async fn a_resident_with_many_visits_keeps_its_latest_scan(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let r = factory.resident("many-visits");
+    store.merge(vec![update(&r, scan_at(5_000, "the-scan", "gym"))].into()).await.unwrap();
+    let visits: Vec<VisitFact> =
+        (0..1100).map(|i| VisitFact { scanned_at: at(i), site_id: format!("site-{}", i % 7) }).collect();
+    for chunk in visits.chunks(275) {
+        let facts =
+            Facts { visits: chunk.to_vec(), updated_at: chunk.last().map(|v| v.scanned_at), ..Facts::default() };
+        store.merge(vec![update(&r, facts)].into()).await.unwrap();
+    }
+    let got = store.get(&r).await.unwrap().unwrap();
+    assert_eq!(got.latest_scan.map(|s| s.event_id), Some("the-scan".to_owned()));
+    let kept = healthcode_core::facts::VISITS_KEPT;
+    assert_eq!(got.visits, visits[visits.len() - kept..], "the latest {kept} visits, ascending");
 }
 
 pub async fn many_residents_in_one_merge(factory: &impl StoreFactory) {
