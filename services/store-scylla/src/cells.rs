@@ -90,18 +90,36 @@ pub fn writes(facts: &Facts, retention: Duration, now: UnixMicros) -> Vec<Write>
         row(RowKind::Negative, *at, "", Vec::new());
     }
     for o in &facts.overrides {
-        row(RowKind::Override, o.issued_at, &o.event_id, encode_override(o));
+        row(RowKind::Override, o.issued_at, &row_id(&o.authority_id, &o.event_id), encode_override(o));
     }
     for v in &facts.visits {
         row(RowKind::Visit, v.scanned_at, &v.site_id, Vec::new());
     }
     if let Some(scan) = &facts.latest_scan {
-        row(RowKind::Scan, scan.scanned_at, &scan.event_id, encode_scan_row(scan));
+        row(RowKind::Scan, scan.scanned_at, &row_id(&scan.station_id, &scan.event_id), encode_scan_row(scan));
     }
     for r in &facts.site_risks {
-        row(RowKind::SiteRisk, r.issued_at, &r.event_id, encode_site_risk(r));
+        row(RowKind::SiteRisk, r.issued_at, &row_id(&r.authority_id, &r.event_id), encode_site_risk(r));
     }
     out
+}
+
+/// Between the submitter and the event id in a row's `event_id` column.
+/// Neither contains it: ids are [A-Za-z0-9._:-].
+const ROW_ID_SEPARATOR: char = '\u{1f}';
+
+/// The `event_id` clustering column of an override, site-risk or scan row:
+/// the submitter and its event id, the key the edge deduplicates on. Event
+/// ids are unique per submitter only, so two authorities (or stations) that
+/// use one id at one instant write two rows, not one contested cell.
+pub fn row_id(submitter: &str, event_id: &str) -> String {
+    format!("{submitter}{ROW_ID_SEPARATOR}{event_id}")
+}
+
+/// The event id in a row's `event_id` column; the whole column for the rows
+/// of a version-3 build, which held the event id alone.
+pub fn event_id_of(row_id: &str) -> &str {
+    row_id.rsplit_once(ROW_ID_SEPARATOR).map_or(row_id, |(_, event_id)| event_id)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -296,7 +314,7 @@ pub fn facts_from_rows(rows: &[StoredRow]) -> Result<Option<Facts>, CellError> {
         let part = match RowKind::from_code(code) {
             Some(RowKind::Negative) => Facts { latest_negatives: [Some(at), None], ..Facts::default() },
             Some(RowKind::Override) => {
-                let event_id = row.event_id.clone().unwrap_or_default();
+                let event_id = event_id_of(row.event_id.as_deref().unwrap_or_default()).to_owned();
                 let payload = row.payload.as_deref().unwrap_or_default();
                 Facts { overrides: vec![decode_override(at, event_id, payload)?], ..Facts::default() }
             }
@@ -305,12 +323,12 @@ pub fn facts_from_rows(rows: &[StoredRow]) -> Result<Option<Facts>, CellError> {
                 Facts { visits: vec![VisitFact { scanned_at: at, site_id }], ..Facts::default() }
             }
             Some(RowKind::SiteRisk) => {
-                let event_id = row.event_id.clone().unwrap_or_default();
+                let event_id = event_id_of(row.event_id.as_deref().unwrap_or_default()).to_owned();
                 let payload = row.payload.as_deref().unwrap_or_default();
                 Facts { site_risks: vec![decode_site_risk(at, event_id, payload)?], ..Facts::default() }
             }
             Some(RowKind::Scan) => {
-                let event_id = row.event_id.clone().unwrap_or_default();
+                let event_id = event_id_of(row.event_id.as_deref().unwrap_or_default()).to_owned();
                 let payload = row.payload.as_deref().unwrap_or_default();
                 Facts { latest_scan: Some(decode_scan_row(at, event_id, payload)?), ..Facts::default() }
             }
@@ -388,7 +406,8 @@ mod tests {
             matches!(&w[0], Write::Row { kind: RowKind::Negative, at: a, timestamp: t, .. } if *a == at(8).0 && *t == at(8).0)
         );
         let Write::Row { kind: RowKind::Override, at: a, event_id, payload, .. } = &w[1] else { panic!("{w:?}") };
-        assert_eq!(decode_override(UnixMicros(*a), event_id.clone(), payload).unwrap(), o);
+        assert_eq!(event_id, &row_id("a-1", "o-1"), "keyed by authority and event id");
+        assert_eq!(decode_override(UnixMicros(*a), event_id_of(event_id).to_owned(), payload).unwrap(), o);
     }
 
     fn scan(id: &str) -> ScanFact {
@@ -405,7 +424,7 @@ mod tests {
         StoredRow {
             kind: Some(RowKind::Scan as i8),
             at: Some(scan.scanned_at.0),
-            event_id: Some(scan.event_id.clone()),
+            event_id: Some(row_id(&scan.station_id, &scan.event_id)),
             payload: Some(encode_scan_row(scan)),
             ..StoredRow::default()
         }
@@ -446,6 +465,30 @@ mod tests {
         let older = StoredRow { latest_scan: old.latest_scan.clone(), ..scan_row(&scan("e-0")) };
         assert_eq!(facts_from_rows(&[older]).unwrap().unwrap().latest_scan, Some(scan("e-1")));
         assert!(decode_legacy_scan_cell(b"no-separator").is_err());
+    }
+
+    #[test]
+    fn rows_of_schema_version_3_held_the_event_id_alone_and_still_read() {
+        assert_eq!(event_id_of(&row_id("authority-1", "o-1")), "o-1");
+        assert_eq!(event_id_of("o-1"), "o-1");
+        let o = OverrideFact {
+            issued_at: at(3),
+            event_id: "o-1".into(),
+            expires_at: at(60),
+            color: Color::Red,
+            authority_id: "a".into(),
+            note: String::new(),
+        };
+        let row = |event_id: String| StoredRow {
+            kind: Some(RowKind::Override as i8),
+            at: Some(at(3).0),
+            event_id: Some(event_id),
+            payload: Some(encode_override(&o)),
+            ..StoredRow::default()
+        };
+        for stored in [row("o-1".into()), row(row_id("a", "o-1"))] {
+            assert_eq!(facts_from_rows(&[stored]).unwrap().unwrap().overrides, vec![o.clone()]);
+        }
     }
 
     #[test]
@@ -512,10 +555,15 @@ mod tests {
                 5 => encode_scan_row(&scan(id)),
                 _ => Vec::new(),
             };
+            let event_id = match kind {
+                2 | 4 => row_id("a", id),
+                5 => row_id("st-1", id),
+                _ => id.to_owned(),
+            };
             rows.push(StoredRow {
                 kind: Some(kind),
                 at: Some(at(s).0),
-                event_id: Some(id.into()),
+                event_id: Some(event_id),
                 payload: Some(payload),
                 ..statics.clone()
             });

@@ -44,6 +44,7 @@ macro_rules! status_store_conformance {
             each_fact_expires_on_its_own,
             scans_at_the_same_instant_resolve_by_event_id,
             a_resident_with_many_visits_keeps_its_latest_scan,
+            submitters_sharing_an_event_id_and_an_instant_keep_both_facts,
             visits_and_site_risks_merge_in_any_order,
             visitors_are_counted_once_per_resident_within_the_window,
             the_audit_record_pages_newest_first_and_keeps_every_entry_once,
@@ -258,6 +259,60 @@ pub async fn scans_at_the_same_instant_resolve_by_event_id(factory: &impl StoreF
     for r in [one, other] {
         let got = store.get(&r).await.unwrap().unwrap().latest_scan.unwrap();
         assert_eq!((got.event_id.as_str(), got.site_id.as_str()), ("scan-b", "site-of-scan-b"));
+    }
+}
+
+/// Event ids are unique per submitter only (the edge deduplicates on
+/// submitter and id): two authorities, or two stations, may send the same id
+/// for the same instant, and neither may be lost or left to the order the
+/// writes arrive in.
+pub async fn submitters_sharing_an_event_id_and_an_instant_keep_both_facts(factory: &impl StoreFactory) {
+    let store = factory.open().await;
+    let by = |authority: &str, facts: Facts| -> Facts {
+        let mut facts = facts;
+        for o in &mut facts.overrides {
+            o.authority_id = authority.into();
+            o.note = format!("by {authority}");
+        }
+        for r in &mut facts.site_risks {
+            r.authority_id = authority.into();
+            r.event_id = "shared-id".into();
+        }
+        if let Some(s) = &mut facts.latest_scan {
+            s.station_id = format!("station-of-{authority}");
+        }
+        facts
+    };
+    let first = by("authority-a", override_fact(80, "shared-id", Color::Red))
+        .merged(&by("authority-a", scan_at(80, "shared-id", "site-a")));
+    let second = by("authority-b", override_fact(80, "shared-id", Color::Yellow))
+        .merged(&by("authority-b", scan_at(80, "shared-id", "site-b")));
+    let risks = [
+        by("authority-a", site_risk("risk-a", 80, "site-a", (0, 10), false)),
+        by("authority-b", site_risk("risk-b", 80, "site-b", (0, 10), false)),
+    ];
+    let (one, other) = (factory.resident("shared-id-a"), factory.resident("shared-id-b"));
+    let (registry_one, registry_other) = (factory.resident("shared-id-risks-a"), factory.resident("shared-id-risks-b"));
+    let orders = [[(&one, &first), (&registry_one, &risks[0])], [(&other, &second), (&registry_other, &risks[1])]];
+    let later = [[(&one, &second), (&registry_one, &risks[1])], [(&other, &first), (&registry_other, &risks[0])]];
+    for writes in [orders, later] {
+        for pair in writes {
+            let updates: Vec<_> = pair.iter().map(|(r, f)| update(r, (*f).clone())).collect();
+            store.merge(updates.into()).await.unwrap();
+        }
+        // The other submitter a second later: a tie left to expiry would
+        // keep whichever came last.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    let facts = first.merged(&second);
+    assert_eq!(facts.overrides.len(), 2, "the domain keeps both overrides");
+    let registry = risks[0].clone().merged(&risks[1]);
+    for (r, registry_key) in [(&one, &registry_one), (&other, &registry_other)] {
+        let got = store.get(r).await.unwrap().unwrap();
+        assert_eq!(got.overrides, facts.overrides, "both authorities' overrides, in the domain's order");
+        assert_eq!(got.latest_scan, facts.latest_scan, "the greater of the two scans");
+        let got = store.get(registry_key).await.unwrap().unwrap();
+        assert_eq!(got.site_risks, registry.site_risks, "both authorities' site risks");
     }
 }
 
