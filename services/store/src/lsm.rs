@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,9 @@ pub const LSM_DIR: &str = "lsm";
 /// The journal's bound: writes not yet in tables, in memory and on disk.
 const JOURNAL_BYTES: u64 = 128 << 20;
 
+/// Merges idle this long: the next read flushes the facts' memtable.
+const FLUSH_WHEN_IDLE: Duration = Duration::from_secs(5);
+
 #[derive(Clone)]
 pub struct LsmStore {
     inner: Arc<Inner>,
@@ -59,6 +63,11 @@ struct Inner {
     audit: Keyspace,
     /// Held by each read-join-write (merge, purge).
     writer: Mutex<()>,
+    /// When the facts' memtable was last written, in microseconds after
+    /// `opened` plus one; 0 once it is flushed (or being flushed).
+    unflushed_since: AtomicU64,
+    opened: Instant,
+    flush_when_idle: Duration,
 }
 
 impl LsmStore {
@@ -82,7 +91,18 @@ impl LsmStore {
         };
         let (facts, site_visits, audit) =
             (keyspace("facts", 32 << 20)?, keyspace("site_visits", 16 << 20)?, keyspace("audit", 8 << 20)?);
-        let inner = Inner { db, facts, site_visits, audit, writer: Mutex::new(()) };
+        let opened = Instant::now();
+        let inner = Inner {
+            db,
+            facts,
+            site_visits,
+            audit,
+            writer: Mutex::new(()),
+            // What the journal brought back is in the memtable too.
+            unflushed_since: AtomicU64::new(1),
+            opened,
+            flush_when_idle: FLUSH_WHEN_IDLE,
+        };
         Ok(LsmStore { inner: Arc::new(inner), retention, audit_retention: DEFAULT_AUDIT_RETENTION })
     }
 
@@ -105,6 +125,33 @@ impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         // A panicked writer left no half-written batch: batches are atomic.
         self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn wrote_facts(&self) {
+        self.unflushed_since.store(self.opened.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
+    }
+
+    /// Every read first searches the active memtable, a skip list of up to
+    /// 32 MiB that only more writes would flush; after a surge it would stay
+    /// while lookups and verify read around it (13% of a 13M verify,
+    /// docs/benchmarks.md). Once merges have been idle a while, the first
+    /// read hands it to fjall's flush workers. Done on a read because only
+    /// reads gain from it, so an idle store needs no timer.
+    fn flush_if_idle(&self) {
+        let since = self.unflushed_since.load(Ordering::Relaxed);
+        if since == 0 {
+            return;
+        }
+        let idle = (self.opened.elapsed().as_micros() as u64 + 1).saturating_sub(since);
+        if idle < self.flush_when_idle.as_micros() as u64
+            || self.unflushed_since.compare_exchange(since, 0, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        match self.facts.rotate_memtable() {
+            Ok(_) => tracing::debug!(idle_ms = idle / 1000, "facts memtable handed to flush after merges went idle"),
+            Err(e) => tracing::warn!(error = %e, "could not flush the idle facts memtable"),
+        }
     }
 
     fn read_facts(&self, resident: &str) -> Result<Option<Facts>, StoreError> {
@@ -190,7 +237,9 @@ impl StatusStore for LsmStore {
                 let merged = retained(stored.merged(facts), retention, now);
                 put(&mut batch, &inner.facts, *resident, merged.as_ref());
             }
-            Inner::commit(batch)
+            Inner::commit(batch)?;
+            inner.wrote_facts();
+            Ok(())
         })
         .await?;
         metrics::histogram!("healthcode_store_merge_seconds", "store" => "lsm").record(started.elapsed());
@@ -207,6 +256,7 @@ impl StatusStore for LsmStore {
         let residents = residents.to_vec();
         let retention = self.retention;
         self.blocking(move |inner| {
+            inner.flush_if_idle();
             let now = UnixMicros::now();
             residents
                 .iter()
@@ -281,6 +331,7 @@ impl StatusStore for LsmStore {
                     }
                 }
                 Inner::commit(batch)?;
+                inner.wrote_facts();
                 Ok(purged)
             })
             .await?;
@@ -346,5 +397,30 @@ mod tests {
         assert!(!long.starts_with(&group("s")));
         assert_ne!(short[..3], long[..3]);
         assert_eq!(split_index_key(b"\x00"), None);
+    }
+
+    #[tokio::test]
+    async fn the_first_read_after_merges_go_idle_flushes_the_facts_memtable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LsmStore::open(dir.path(), healthcode_core::validation::DEFAULT_RETENTION, 1 << 20).unwrap();
+        Arc::get_mut(&mut store.inner).expect("one handle").flush_when_idle = Duration::from_millis(300);
+        let tested = Facts { latest_test: Some(UnixMicros::now()), ..Facts::default() };
+        let update = |r: &str| vec![FactsUpdate { resident: r.into(), facts: tested.clone() }].into();
+        // Reads while merges are recent leave the memtable alone.
+        store.merge(update("a")).await.unwrap();
+        assert_eq!(store.get("a").await.unwrap().as_ref(), Some(&tested));
+        assert_eq!(store.inner.facts.table_count(), 0, "flushed while merges were recent");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(store.inner.facts.table_count(), 0, "nothing flushes without a read");
+        assert_eq!(store.get("a").await.unwrap().as_ref(), Some(&tested));
+        let asked = Instant::now();
+        while store.inner.facts.table_count() == 0 {
+            assert!(asked.elapsed() < Duration::from_secs(10), "the idle memtable was never flushed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A merge after the flush starts the wait again; nothing is lost.
+        store.merge(update("b")).await.unwrap();
+        assert!(store.inner.unflushed_since.load(Ordering::Relaxed) > 0, "the new merge is unflushed");
+        assert_eq!(store.get_many(&["a".into(), "b".into()]).await.unwrap(), vec![Some(tested.clone()), Some(tested)]);
     }
 }
