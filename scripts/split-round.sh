@@ -13,7 +13,9 @@
 #   BENCH_ROUNDS: after each verify, `bench`'s lookups alone and under a batch
 #   flood (issue 14, target 3) that many rounds, lookups to one lookup
 #   process and the flood to one edge (the same process in `up`), with the
-#   per-caller rate limit lifted.
+#   per-caller rate limit lifted;
+#   LOOKUP_ARGS: more options for the two lookup processes (e.g.
+#   --lookup-cache-fresh-for 2s); SPLIT_ONLY=1 skips `healthcode up`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -142,13 +144,15 @@ start edge-1 edge "$data/edge-1" "${common[@]}" --grpc-addr "127.0.0.1:$e1"
 start edge-2 edge "$data/edge-2" "${common[@]}" --grpc-addr "127.0.0.1:$e2"
 start materializer-1 materializer "$data/mat-1" "${common[@]}" "${store[@]}"
 start materializer-2 materializer "$data/mat-2" "${common[@]}" "${store[@]}"
-start lookup-1 lookup "$data/lookup-1" "${common[@]}" "${store[@]}" --grpc-addr "127.0.0.1:$l1"
-start lookup-2 lookup "$data/lookup-2" "${common[@]}" "${store[@]}" --grpc-addr "127.0.0.1:$l2"
+read -r -a lookup_args <<<"${LOOKUP_ARGS:-}"
+start lookup-1 lookup "$data/lookup-1" "${common[@]}" "${store[@]}" --grpc-addr "127.0.0.1:$l1" "${lookup_args[@]}"
+start lookup-2 lookup "$data/lookup-2" "${common[@]}" "${store[@]}" --grpc-addr "127.0.0.1:$l2" "${lookup_args[@]}"
 run split "http://127.0.0.1:$e1,http://127.0.0.1:$e2" "http://127.0.0.1:$l1,http://127.0.0.1:$l2" \
     "$ADMIN_materializer_1,$ADMIN_materializer_2" "$data/credentials"
 bench_against split "http://127.0.0.1:$l1" "http://127.0.0.1:$e1" "$data/credentials"
 cleanup
 pids=() names=()
+[ -z "${SPLIT_ONLY:-}" ] || exit 0
 
 # 2. `healthcode up` on the embedded log and store, same round.
 data="$WORK/up"
