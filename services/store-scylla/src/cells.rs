@@ -311,27 +311,25 @@ pub fn facts_from_rows(rows: &[StoredRow]) -> Result<Option<Facts>, CellError> {
     for row in rows {
         let (Some(code), Some(at)) = (row.kind, row.at) else { continue };
         let at = UnixMicros(at);
+        let key = row.event_id.as_deref().unwrap_or_default();
+        let payload = row.payload.as_deref().unwrap_or_default();
         let part = match RowKind::from_code(code) {
             Some(RowKind::Negative) => Facts { latest_negatives: [Some(at), None], ..Facts::default() },
-            Some(RowKind::Override) => {
-                let event_id = event_id_of(row.event_id.as_deref().unwrap_or_default()).to_owned();
-                let payload = row.payload.as_deref().unwrap_or_default();
-                Facts { overrides: vec![decode_override(at, event_id, payload)?], ..Facts::default() }
-            }
+            Some(RowKind::Override) => Facts {
+                overrides: vec![decode_override(at, event_id_of(key).to_owned(), payload)?],
+                ..Facts::default()
+            },
             Some(RowKind::Visit) => {
-                let site_id = row.event_id.clone().unwrap_or_default();
-                Facts { visits: vec![VisitFact { scanned_at: at, site_id }], ..Facts::default() }
+                Facts { visits: vec![VisitFact { scanned_at: at, site_id: key.to_owned() }], ..Facts::default() }
             }
-            Some(RowKind::SiteRisk) => {
-                let event_id = event_id_of(row.event_id.as_deref().unwrap_or_default()).to_owned();
-                let payload = row.payload.as_deref().unwrap_or_default();
-                Facts { site_risks: vec![decode_site_risk(at, event_id, payload)?], ..Facts::default() }
-            }
-            Some(RowKind::Scan) => {
-                let event_id = event_id_of(row.event_id.as_deref().unwrap_or_default()).to_owned();
-                let payload = row.payload.as_deref().unwrap_or_default();
-                Facts { latest_scan: Some(decode_scan_row(at, event_id, payload)?), ..Facts::default() }
-            }
+            Some(RowKind::SiteRisk) => Facts {
+                site_risks: vec![decode_site_risk(at, event_id_of(key).to_owned(), payload)?],
+                ..Facts::default()
+            },
+            Some(RowKind::Scan) => Facts {
+                latest_scan: Some(decode_scan_row(at, event_id_of(key).to_owned(), payload)?),
+                ..Facts::default()
+            },
             None => return Err(CellError::UnknownKind(code)),
         };
         facts.merge(&part);

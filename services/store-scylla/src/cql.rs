@@ -329,18 +329,18 @@ impl Cql {
     /// it first of its kind), for a partition whose read stopped at
     /// [`ROWS_PER_RESIDENT`] before reaching the scans.
     pub fn read_latest_scan(&self) -> String {
-        format!(
-            "SELECT latest_positive, latest_test, updated_at, latest_scan, kind, at, event_id, payload \
-             FROM {}.resident_facts WHERE resident = ? AND kind = {} LIMIT 1",
-            self.keyspace,
-            RowKind::Scan as i8
-        )
+        self.select_facts(&format!("AND kind = {} LIMIT 1", RowKind::Scan as i8))
     }
 
     fn read_partition(&self, limit: i32) -> String {
+        self.select_facts(&format!("LIMIT {limit}"))
+    }
+
+    /// The columns `ReadRow` (lib.rs) decodes, of one resident's partition.
+    fn select_facts(&self, rest: &str) -> String {
         format!(
             "SELECT latest_positive, latest_test, updated_at, latest_scan, kind, at, event_id, payload \
-             FROM {}.resident_facts WHERE resident = ? LIMIT {limit}",
+             FROM {}.resident_facts WHERE resident = ? {rest}",
             self.keyspace
         )
     }
