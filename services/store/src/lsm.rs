@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, UserKey};
+use fjall::config::{CompressionPolicy, PinningPolicy};
+use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode, UserKey};
 use healthcode_core::{AuditCursor, AuditEntry, AuditPage, Facts, UnixMicros};
 
 use crate::embedded::{decode_facts, encode_facts};
@@ -46,6 +47,25 @@ const JOURNAL_BYTES: u64 = 128 << 20;
 
 /// Merges idle this long: the next read flushes the facts' memtable.
 const FLUSH_WHEN_IDLE: Duration = Duration::from_secs(5);
+
+/// Table options for the facts, which every lookup and every merge reads
+/// by key in random order (fjall applies them when a keyspace is created;
+/// an existing store keeps its own until rebuilt):
+/// - data blocks uncompressed: values of about 100 bytes with 32-byte
+///   random keys shrink only 1.4x under LZ4, and each read missing the
+///   block cache paid a decompression (10% of a 13M verify, and the
+///   compactions of a drain decompress and compress every block again);
+/// - index and filter blocks pinned in memory on every level, not only the
+///   first two: about 20 MB of index and 16 MB of filters for 13M residents,
+///   searched on every read instead of fetched through the block cache.
+///
+/// Measured in docs/benchmarks.md ("Verify on other table options").
+fn point_read_options(options: KeyspaceCreateOptions) -> KeyspaceCreateOptions {
+    options
+        .data_block_compression_policy(CompressionPolicy::all(CompressionType::None))
+        .index_block_pinning_policy(PinningPolicy::all(true))
+        .filter_block_pinning_policy(PinningPolicy::all(true))
+}
 
 #[derive(Clone)]
 pub struct LsmStore {
@@ -86,11 +106,13 @@ impl LsmStore {
             .max_journaling_size(JOURNAL_BYTES)
             .open()
             .map_err(storage)?;
-        let keyspace = |name: &str, memtable: u64| {
-            db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable)).map_err(storage)
-        };
-        let (facts, site_visits, audit) =
-            (keyspace("facts", 32 << 20)?, keyspace("site_visits", 16 << 20)?, keyspace("audit", 8 << 20)?);
+        let keyspace = |name: &str, options: KeyspaceCreateOptions| db.keyspace(name, || options).map_err(storage);
+        let options = |memtable: u64| KeyspaceCreateOptions::default().max_memtable_size(memtable);
+        let (facts, site_visits, audit) = (
+            keyspace("facts", point_read_options(options(32 << 20)))?,
+            keyspace("site_visits", options(16 << 20))?,
+            keyspace("audit", options(8 << 20))?,
+        );
         let opened = Instant::now();
         let inner = Inner {
             db,
