@@ -45,6 +45,11 @@ pub const LSM_DIR: &str = "lsm";
 /// The journal's bound: writes not yet in tables, in memory and on disk.
 const JOURNAL_BYTES: u64 = 128 << 20;
 
+/// At most this many threads read a merge's residents, each at least
+/// [`MERGE_READS_PER_THREAD`] of them.
+const MERGE_READ_THREADS: usize = 4;
+const MERGE_READS_PER_THREAD: usize = 1_000;
+
 /// Merges idle this long: the next read flushes the facts' memtable.
 const FLUSH_WHEN_IDLE: Duration = Duration::from_secs(5);
 
@@ -180,6 +185,28 @@ impl Inner {
         self.facts.get(resident).map_err(storage)?.map(|v| decode_facts(&v)).transpose()
     }
 
+    /// The stored facts of each of `residents`, in their order. A merge
+    /// holds the writer's lock through its reads, and the materializer
+    /// waits for each merge: read on one thread, a drain left a third of
+    /// two cores idle (docs/benchmarks.md). Large batches are read on
+    /// several threads.
+    fn read_many<T: Sync>(&self, residents: &[(&str, T)], threads: usize) -> Result<Vec<Option<Facts>>, StoreError> {
+        let read = |part: &[(&str, T)]| part.iter().map(|(r, _)| self.read_facts(r)).collect::<Result<Vec<_>, _>>();
+        let threads = threads.min(residents.len() / MERGE_READS_PER_THREAD);
+        if threads < 2 {
+            return read(residents);
+        }
+        let part = residents.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = residents.chunks(part).map(|p| scope.spawn(move || read(p))).collect();
+            let mut all = Vec::with_capacity(residents.len());
+            for part in parts {
+                all.extend(part.join().map_err(|_| StoreError::storage("a merge's read thread panicked"))??);
+            }
+            Ok(all)
+        })
+    }
+
     /// Writes `batch` with the journal synced to disk: durable when `Ok`.
     fn commit(batch: fjall::OwnedWriteBatch) -> Result<(), StoreError> {
         batch.durability(Some(PersistMode::SyncAll)).commit().map_err(storage)
@@ -248,13 +275,16 @@ impl StatusStore for LsmStore {
                     None => drop(joined.insert(&update.resident, update.facts.clone())),
                 }
             }
+            let joined: Vec<(&str, Facts)> = joined.into_iter().collect();
             let _writer = inner.lock();
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MERGE_READ_THREADS);
+            let stored = inner.read_many(&joined, threads)?;
             let mut batch = inner.db.batch();
-            for (resident, facts) in &joined {
+            for ((resident, facts), stored) in joined.iter().zip(stored) {
                 for v in facts.visits.iter().filter(|v| v.scanned_at >= cutoff) {
                     batch.insert(&inner.site_visits, index_key(&v.site_id, v.scanned_at.0, resident), []);
                 }
-                let stored = inner.read_facts(resident)?.unwrap_or_default();
+                let stored = stored.unwrap_or_default();
                 // Facts past retention are gone even before the purge deletes them.
                 let merged = retained(stored.merged(facts), retention, now);
                 put(&mut batch, &inner.facts, *resident, merged.as_ref());
@@ -419,6 +449,42 @@ mod tests {
         assert!(!long.starts_with(&group("s")));
         assert_ne!(short[..3], long[..3]);
         assert_eq!(split_index_key(b"\x00"), None);
+    }
+
+    #[tokio::test]
+    async fn a_merge_read_on_several_threads_pairs_each_resident_with_its_own_facts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LsmStore::open(dir.path(), healthcode_core::validation::DEFAULT_RETENTION, 1 << 20).unwrap();
+        let now = UnixMicros::now().0;
+        let tested = |i: i64| Facts { latest_test: Some(UnixMicros(now - i)), ..Facts::default() };
+        // Every third resident has no facts: absent reads keep their place.
+        let ids: Vec<String> = (0..5_000).map(|i| format!("r{i:05}")).collect();
+        let stored: Arc<[FactsUpdate]> = (0..5_000i64)
+            .filter(|i| i % 3 != 0)
+            .map(|i| FactsUpdate { resident: ids[i as usize].clone(), facts: tested(i) })
+            .collect();
+        store.merge(stored).await.unwrap();
+        let residents: Vec<(&str, ())> = ids.iter().rev().map(|r| (r.as_str(), ())).collect();
+        let expected = |r: &str| {
+            let i: i64 = r[1..].parse().unwrap();
+            (i % 3 != 0).then(|| tested(i))
+        };
+        for threads in [1, 3] {
+            let read = store.inner.read_many(&residents, threads).unwrap();
+            assert_eq!(read.len(), residents.len());
+            for ((r, ()), facts) in residents.iter().zip(read) {
+                assert_eq!(facts, expected(r), "{r} on {threads} threads");
+            }
+        }
+        // And through a merge of all 5,000 at once: each keeps its own.
+        let again: Arc<[FactsUpdate]> =
+            ids.iter().map(|r| FactsUpdate { resident: r.clone(), facts: tested(-1) }).collect();
+        store.merge(again).await.unwrap();
+        for (r, facts) in ids.iter().zip(store.get_many(&ids).await.unwrap()) {
+            let mut want = expected(r).unwrap_or_default();
+            want.merge(&tested(-1));
+            assert_eq!(facts, Some(want), "{r}");
+        }
     }
 
     #[tokio::test]
