@@ -93,6 +93,9 @@ struct Inner {
     unflushed_since: AtomicU64,
     opened: Instant,
     flush_when_idle: Duration,
+    /// Threads for a merge's reads: one per core, at most
+    /// [`MERGE_READ_THREADS`] (counted once: std reads cgroup files for it).
+    merge_read_threads: usize,
 }
 
 impl LsmStore {
@@ -129,6 +132,7 @@ impl LsmStore {
             unflushed_since: AtomicU64::new(1),
             opened,
             flush_when_idle: FLUSH_WHEN_IDLE,
+            merge_read_threads: std::thread::available_parallelism().map_or(1, |n| n.get()).min(MERGE_READ_THREADS),
         };
         Ok(LsmStore { inner: Arc::new(inner), retention, audit_retention: DEFAULT_AUDIT_RETENTION })
     }
@@ -187,8 +191,8 @@ impl Inner {
 
     /// The stored facts of each of `residents`, in their order. A merge
     /// holds the writer's lock through its reads, and the materializer
-    /// waits for each merge: read on one thread, a drain left a third of
-    /// two cores idle (docs/benchmarks.md). Large batches are read on
+    /// waits for each merge: read on one thread, a drain kept only 1.42 of
+    /// two cores busy (docs/benchmarks.md). Large batches are read on
     /// several threads.
     fn read_many<T: Sync>(&self, residents: &[(&str, T)], threads: usize) -> Result<Vec<Option<Facts>>, StoreError> {
         let read = |part: &[(&str, T)]| part.iter().map(|(r, _)| self.read_facts(r)).collect::<Result<Vec<_>, _>>();
@@ -277,8 +281,7 @@ impl StatusStore for LsmStore {
             }
             let joined: Vec<(&str, Facts)> = joined.into_iter().collect();
             let _writer = inner.lock();
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MERGE_READ_THREADS);
-            let stored = inner.read_many(&joined, threads)?;
+            let stored = inner.read_many(&joined, inner.merge_read_threads)?;
             let mut batch = inner.db.batch();
             for ((resident, facts), stored) in joined.iter().zip(stored) {
                 for v in facts.visits.iter().filter(|v| v.scanned_at >= cutoff) {
